@@ -1,0 +1,234 @@
+"""`liwi decompose`: photos in, layered files (PSD, OpenRaster, zip of PNGs) out."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from ..image_io import DEFAULT_MAX_PIXELS, ImageInputWarning, ImageLoadError, load_image
+from ..layers import LayeredImage
+from ..sample_images import SAMPLE_IMAGES, load_sample_image
+from . import CLIError
+
+FORMATS = ("psd", "ora", "zip")
+METHODS = ("auto", "tools", "pipeline")
+MAX_LAYERS = 8
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif"}
+DEFAULT_METHOD_NOTE = (
+    "Default method: 'tools', the weight-free tool-chain decomposer (saliency + GrabCut segmentation, "
+    "pymatting alpha matting, OpenCV inpainting, cast-shadow estimation); nothing is downloaded. "
+    "It stays the default until a trained LiWi checkpoint beats it on the benchmark. "
+    "Give --model (a pipeline folder or Hub id) to use LiWiDecompositionPipeline instead."
+)
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "decompose",
+        help="take photos apart into background, shadow and object layers",
+        description=(
+            "Decompose each IMAGE into an opaque background and, per object (back to front), a shadow "
+            "layer and an RGBA object layer, written as OUT_DIR/<stem>.<format>. " + DEFAULT_METHOD_NOTE
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "images", nargs="*", metavar="IMAGE",
+        help="photo files (JPEG, PNG, WebP, TIFF, ...) or folders of them (not recursive)",
+    )
+    parser.add_argument(
+        "--example", action="append", choices=sorted(SAMPLE_IMAGES), default=[], metavar="NAME",
+        help=f"also decompose a photo bundled with installed packages ({', '.join(SAMPLE_IMAGES)}); repeatable",
+    )
+    parser.add_argument("-o", "--output-dir", required=True, type=Path, metavar="OUT_DIR",
+                        help="folder for the layered files (created if missing)")
+    parser.add_argument("-f", "--format", choices=FORMATS, default="psd",
+                        help="psd: Photoshop/GIMP/Krita; ora: OpenRaster (GIMP, Krita, MyPaint); "
+                             "zip: PNG per layer + manifest.json")
+    parser.add_argument("-n", "--layers", type=int, default=None, metavar="N",
+                        help=f"number of object layers, 1..{MAX_LAYERS} (default: as many as found, tools; "
+                             "4, pipeline)")
+    parser.add_argument("--method", choices=METHODS, default="auto",
+                        help="auto: 'pipeline' when --model is given, else 'tools'")
+    parser.add_argument("--model", default=None, metavar="PATH_OR_ID",
+                        help="LiWiDecompositionPipeline folder or Hub id (method 'pipeline')")
+    parser.add_argument("--steps", type=int, default=30, help="denoising steps (method 'pipeline')")
+    parser.add_argument("--resolution", type=int, default=640,
+                        help="working resolution of the pipeline's transformer (method 'pipeline')")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (results are deterministic for a seed)")
+    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ... (method 'pipeline')")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="model precision (method 'pipeline')")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="refuse inputs with more pixels than this (decompression-bomb guard)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-image lines")
+    parser.set_defaults(run=run)
+
+
+@dataclass
+class _Input:
+    name: str  # what messages call it
+    stem: str  # output file stem
+    open: Callable[[], Image.Image]
+
+
+def run(args: argparse.Namespace) -> int:
+    inputs = _collect_inputs(args)
+    method = args.method if args.method != "auto" else ("pipeline" if args.model else "tools")
+    if method == "pipeline" and not args.model:
+        raise CLIError("--method pipeline needs --model PATH_OR_ID (a LiWiDecompositionPipeline folder or Hub id)")
+    if args.layers is not None and not 1 <= args.layers <= MAX_LAYERS:
+        raise CLIError(f"--layers must be between 1 and {MAX_LAYERS}, got {args.layers}")
+    if args.steps < 1:
+        raise CLIError(f"--steps must be at least 1, got {args.steps}")
+    if args.max_pixels < 1:
+        raise CLIError(f"--max-pixels must be positive, got {args.max_pixels}")
+
+    from ..export import LayeredFileError, check_writable, save_layered
+
+    targets = [args.output_dir / f"{item.stem}.{args.format}" for item in inputs]
+    try:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        for target in targets:
+            check_writable(target)
+    except (OSError, LayeredFileError) as error:
+        raise CLIError(f"cannot write to {args.output_dir}: {error}") from None
+    if not args.overwrite:
+        existing = [str(t) for t in targets if t.exists()]
+        if existing:
+            raise CLIError(f"{existing[0]} exists; pass --overwrite to replace it"
+                           + (f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""))
+
+    decompose = _load_method(method, args)
+    failures = 0
+    progress = _progress(len(inputs), disable=args.quiet)
+    for item, target in zip(inputs, targets):
+        start = time.perf_counter()
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ImageInputWarning)
+                image = item.open()
+            for warning in caught:
+                _say(f"liwi: note: {warning.message}", args.quiet, progress)
+            layered = decompose(image)
+            save_layered(layered, target, format=args.format)
+        except ImageLoadError as error:
+            failures += 1
+            _say(f"liwi: error: {error}", False, progress)
+        else:
+            report = layered.check(image)
+            _say(
+                f"{item.name} -> {target} ({layered.num_objects} objects, recomposition error "
+                f"mean {report.mean_abs_error:.4f} max {report.max_abs_error:.4f}, "
+                f"{time.perf_counter() - start:.1f} s)",
+                args.quiet, progress, stream=sys.stdout,
+            )
+        if progress is not None:
+            progress.update(1)
+    if progress is not None:
+        progress.close()
+    if failures:
+        if len(inputs) > 1:
+            print(f"liwi: {failures} of {len(inputs)} images failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _collect_inputs(args: argparse.Namespace) -> list[_Input]:
+    inputs: list[_Input] = []
+    for raw in args.images:
+        path = Path(raw)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not files:
+                raise CLIError(f"{path}: folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            inputs += [_file_input(p, args.max_pixels) for p in files]
+        else:
+            inputs.append(_file_input(path, args.max_pixels))
+    for name in args.example:
+        inputs.append(_Input(f"example:{name}", name, lambda name=name: load_sample_image(name)))
+    if not inputs:
+        raise CLIError("no input: give IMAGE paths or --example NAME (e.g. liwi decompose --example astronaut -o out)")
+    stems: dict[str, str] = {}
+    for item in inputs:
+        if item.stem in stems:
+            raise CLIError(
+                f"{stems[item.stem]} and {item.name} would both be written as {item.stem}.{args.format}; "
+                "decompose them into different --output-dir folders"
+            )
+        stems[item.stem] = item.name
+    return inputs
+
+
+def _file_input(path: Path, max_pixels: int) -> _Input:
+    return _Input(str(path), path.stem, lambda: load_image(path, max_pixels=max_pixels))
+
+
+def _load_method(method: str, args: argparse.Namespace) -> Callable[[Image.Image], LayeredImage]:
+    if method == "tools":
+        from ..tools.decomposer import ToolChainDecomposer
+
+        decomposer = ToolChainDecomposer()
+        return lambda image: decomposer(image, num_layers=args.layers)
+    return _load_pipeline(args)
+
+
+def _load_pipeline(args: argparse.Namespace) -> Callable[[Image.Image], LayeredImage]:
+    import torch
+
+    from ..pipelines.pipeline_liwi import LiWiDecompositionPipeline
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError(f"--device {device}: no CUDA GPU is visible to torch; use --device cpu")
+    dtype = getattr(torch, args.dtype)
+    try:
+        pipe = LiWiDecompositionPipeline.from_pretrained(args.model, torch_dtype=dtype)
+    except (OSError, ValueError) as error:
+        raise CLIError(f"cannot load a LiWi pipeline from {args.model!r}: {str(error).splitlines()[0]}") from None
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+
+    def decompose(image: Image.Image) -> LayeredImage:
+        generator = torch.Generator(device="cpu").manual_seed(args.seed)
+        output = pipe(
+            image,
+            num_layers=args.layers or 4,
+            num_inference_steps=args.steps,
+            resolution=args.resolution,
+            generator=generator,
+            output_type="pil",
+        )
+        return output.layers[0]
+
+    return decompose
+
+
+def _progress(total: int, disable: bool) -> Any:
+    if disable or total < 2:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="image", desc="decompose", file=sys.stderr)
+
+
+def _say(message: str, quiet: bool, progress: Any, stream: Any = None) -> None:
+    """Print a line without breaking the progress bar; results go to stdout, notes and errors to stderr."""
+    if quiet:
+        return
+    stream = stream or sys.stderr
+    if progress is not None:
+        progress.write(message, file=stream)
+    else:
+        print(message, file=stream)
