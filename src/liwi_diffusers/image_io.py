@@ -8,6 +8,7 @@ reported with an `ImageInputWarning`.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,8 @@ def load_image(
     `ImageInputWarning`). Raises `ImageLoadError` for a missing, empty, non-image, truncated,
     too small or too large (``> max_pixels``, checked before decoding) input.
     """
+    if not isinstance(source, (str, os.PathLike, Image.Image)):
+        raise TypeError(f"load_image takes a file path or a PIL image, got {type(source).__name__}")
     name = "image" if isinstance(source, Image.Image) else str(source)
     image = source if isinstance(source, Image.Image) else _open(Path(source), max_pixels)
     _check_size(image.size, name, max_pixels, min_side)
@@ -90,8 +93,11 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(path)
     except Image.DecompressionBombError as error:
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{int(found.group(1)) / 1e6:.0f} MP" if found else "too many pixels"
         raise ImageLoadError(
-            f"{path}: image too large to decode safely ({_short(error)}); downscale it first"
+            f"{path}: image has {size}, above the {max_pixels / 1e6:.0f} MP limit (a possible decompression bomb); "
+            "downscale it first"
         ) from None
     except UnidentifiedImageError:
         raise ImageLoadError(f"{path}: not an image file Pillow can read (JPEG, PNG, WebP, TIFF, GIF, BMP)") from None
