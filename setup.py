@@ -43,13 +43,18 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    package_dir={"": "src"},
-    packages=find_packages("src"),
+    # The ADD builder lives in the top-level folder dataset_builder/ and installs as liwi_dataset_builder.
+    package_dir={"": "src", "liwi_dataset_builder": "dataset_builder"},
+    packages=find_packages("src") + ["liwi_dataset_builder"] + [
+        f"liwi_dataset_builder.{name}" for name in find_packages("dataset_builder")
+    ],
     include_package_data=True,
     package_data={"liwi_diffusers": ["py.typed", "metrics/*/*.py", "metrics/*/*.md"]},
     install_requires=install_requires,
     extras_require=extras,
-    entry_points={"console_scripts": ["liwi=liwi_diffusers.cli:main"]},
+    entry_points={
+        "console_scripts": ["liwi=liwi_diffusers.cli:main", "liwi-build=liwi_dataset_builder.cli:main"],
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "License :: OSI Approved :: Apache Software License",
