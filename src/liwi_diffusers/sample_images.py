@@ -1,8 +1,7 @@
 """Real photos that installed packages ship, for examples, tests, the demo and sample datasets.
 
 Nothing is downloaded: scikit-image bundles these files in its wheel, scikit-learn bundles two
-JPEGs. Licences: scikit-image's sample data is public domain or CC0/CC-BY as listed in
-``skimage/data/README.txt``; scikit-learn's ``china.jpg`` and ``flower.jpg`` are CC-BY.
+JPEGs. `SAMPLE_IMAGE_LICENCES` records what each one's documentation says about its licence.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from collections.abc import Callable
 
 from PIL import Image
 
-__all__ = ["SAMPLE_IMAGES", "load_sample_image"]
+__all__ = ["SAMPLE_IMAGES", "SAMPLE_IMAGE_LICENCES", "load_sample_image"]
 
 
 def _skimage(name: str) -> Callable[[], Image.Image]:
@@ -45,6 +44,17 @@ SAMPLE_IMAGES: dict[str, Callable[[], Image.Image]] = {
     "motorcycle": _skimage("stereo_motorcycle"),
     "china": _sklearn("china.jpg"),
     "flower": _sklearn("flower.jpg"),
+}
+
+# From the docstrings of skimage.data and sklearn.datasets.load_sample_image.
+SAMPLE_IMAGE_LICENCES: dict[str, str] = {
+    "astronaut": "public domain (NASA)",
+    "coffee": "CC0 (Rachel Michetti)",
+    "chelsea": "CC0 (Stefan van der Walt)",
+    "rocket": "public domain (SpaceX)",
+    "motorcycle": "Middlebury 2014 stereo benchmark; no explicit licence, research use with citation",
+    "china": "CC-BY (scikit-learn sample image)",
+    "flower": "CC-BY (scikit-learn sample image)",
 }
 
 
