@@ -1,0 +1,208 @@
+"""What the layered-file writers and readers share: layers as stored, crop and un-crop, PNG and zip I/O."""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+import zipfile
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..layers import LayeredImage, LayeredImageError, alpha_bbox, parse_layer_name, to_float_image
+
+# PIL's decompression-bomb threshold: larger canvases are refused before anything is allocated.
+MAX_CANVAS_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+# Largest zip member read into memory: an uncompressed RGBA PNG of the largest canvas, plus slack.
+MAX_MEMBER_BYTES = 4 * MAX_CANVAS_PIXELS + (64 << 20)
+
+
+class LayeredFileError(ValueError):
+    """A file that cannot be read as a layered image: foreign, truncated, corrupt or inconsistent."""
+
+
+def file_error(source: str | os.PathLike, problem: str, advice: str = "") -> LayeredFileError:
+    """One-line error: which file, what is wrong, what to do."""
+    message = f"cannot read {str(source)!r}: {problem}"
+    return LayeredFileError(f"{message}; {advice}" if advice else message)
+
+
+@dataclass
+class FileLayer:
+    """A layer as files store it: 8-bit RGBA pixels of its box, placed at ``(left, top)`` on the canvas.
+
+    An empty layer (nothing visible) has ``(0, 0, 4)`` pixels.
+    """
+
+    name: str
+    pixels: np.ndarray
+    left: int = 0
+    top: int = 0
+
+    @property
+    def is_empty(self) -> bool:
+        return self.pixels.size == 0
+
+    @property
+    def role(self) -> str:
+        return parse_layer_name(self.name)[0]
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """Float image in [0, 1] to uint8, rounding to the nearest step (as `LayeredImage.quantized`)."""
+    return np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def file_layers(layered: LayeredImage, crop: bool = True) -> list[FileLayer]:
+    """Back-to-front layers of ``layered`` (`LayeredImage.to_rgba_stack`) as files store them.
+
+    With ``crop``, each layer is cut to the box of its non-zero 8-bit alpha; colour under fully
+    transparent pixels outside that box is not stored (it reads back as 0).
+    """
+    layers = []
+    for name, rgba in layered.to_rgba_stack():
+        pixels = to_uint8(rgba)
+        box = alpha_bbox(pixels[:, :, 3]) if crop else (0, 0, layered.width, layered.height)
+        if box is None:
+            layers.append(FileLayer(name, np.zeros((0, 0, 4), np.uint8)))
+            continue
+        left, top, right, bottom = box
+        layers.append(FileLayer(name, np.ascontiguousarray(pixels[top:bottom, left:right]), left, top))
+    return layers
+
+
+def uncrop(pixels: np.ndarray, left: int, top: int, width: int, height: int) -> np.ndarray:
+    """Place a layer's RGBA pixels at ``(left, top)`` on a transparent canvas, clipping what falls outside."""
+    canvas = np.zeros((height, width, 4), np.uint8)
+    rows, cols = pixels.shape[:2]
+    x0, y0 = max(left, 0), max(top, 0)
+    x1, y1 = min(left + cols, width), min(top + rows, height)
+    if x0 < x1 and y0 < y1:
+        canvas[y0:y1, x0:x1] = pixels[y0 - top : y1 - top, x0 - left : x1 - left]
+    return canvas
+
+
+def composite_uint8(layered: LayeredImage, composite: Any = None) -> np.ndarray:
+    """The flattened picture to store beside the layers: ``composite`` if given, else ``layered.compose()``."""
+    if composite is None:
+        return to_uint8(layered.compose())
+    image = to_float_image(composite, 3, "composite")
+    if image.shape[:2] != (layered.height, layered.width):
+        raise LayeredImageError(
+            f"composite is {image.shape[1]}x{image.shape[0]} but the layers are {layered.width}x{layered.height}"
+        )
+    return to_uint8(image)
+
+
+def thumbnail(image: np.ndarray, max_size: int = 256) -> Image.Image:
+    """A PIL copy of ``image`` that fits in ``max_size`` x ``max_size`` (aspect ratio kept)."""
+    picture = Image.fromarray(image)
+    picture.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)
+    return picture
+
+
+def png_bytes(pixels: np.ndarray | Image.Image) -> bytes:
+    """Encode an 8-bit image (array ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)``, or PIL) as PNG."""
+    picture = pixels if isinstance(pixels, Image.Image) else Image.fromarray(np.ascontiguousarray(pixels))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def transparent_pixel() -> np.ndarray:
+    """A 1x1 fully transparent RGBA image: how formats without empty layers store one."""
+    return np.zeros((1, 1, 4), np.uint8)
+
+
+def decode_png(data: bytes, what: str, source: str | os.PathLike) -> np.ndarray:
+    """Decode a PNG (any 8-bit mode) to ``(H, W, 4)`` uint8 RGBA, or raise `LayeredFileError`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as picture:
+                if picture.format != "PNG":
+                    raise file_error(source, f"{what} is a {picture.format} image, not a PNG")
+                picture.load()
+                if picture.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                    raise file_error(source, f"{what} is a {picture.mode} (16/32-bit) PNG", "store 8-bit PNGs")
+                return np.asarray(picture.convert("RGBA")).copy()
+    except LayeredFileError:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        raise file_error(source, f"{what} is too large to open safely ({error})") from error
+    except Exception as error:  # PIL reports broken PNGs with several exception types
+        problem = f"{what} is not a readable PNG ({type(error).__name__}: {error})"
+        raise file_error(source, problem, "the file is corrupt or truncated") from error
+
+
+def png_size(data: bytes, what: str, source: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` of a PNG from its header, without decoding the pixels."""
+    try:
+        with Image.open(io.BytesIO(data)) as picture:
+            return picture.size
+    except Exception as error:
+        raise file_error(source, f"{what} is not a readable PNG ({type(error).__name__}: {error})") from error
+
+
+def check_canvas(width: Any, height: Any, source: str | os.PathLike) -> tuple[int, int]:
+    """Validate a canvas size read from a file (positive ints, at most `MAX_CANVAS_PIXELS`)."""
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height)):
+        raise file_error(source, f"invalid canvas size {width!r} x {height!r}", "the file is corrupt")
+    if width * height > MAX_CANVAS_PIXELS:
+        raise file_error(
+            source, f"the canvas is {width}x{height}, more than {MAX_CANVAS_PIXELS} pixels", "it is too large to load"
+        )
+    return width, height
+
+
+def build_layered(layers: Sequence[tuple[str, np.ndarray]], source: str | os.PathLike) -> LayeredImage:
+    """`LayeredImage.from_rgba_stack` on layers read from a file, its errors naming the file."""
+    try:
+        return LayeredImage.from_rgba_stack(layers)
+    except LayeredImageError as error:
+        raise file_error(source, f"its layers do not form a layered image: {error}") from error
+
+
+# ---------------------------------------------------------------------- zip archives
+@contextmanager
+def open_zip(source: str | os.PathLike) -> Iterator[zipfile.ZipFile]:
+    """Open a zip archive for reading; a broken or truncated archive raises `LayeredFileError`."""
+    try:
+        archive = zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError) as error:
+        raise file_error(
+            source, f"not a valid zip archive ({error})", "the file is truncated or corrupt: export it again"
+        ) from error
+    with archive:
+        yield archive
+
+
+def read_member(archive: zipfile.ZipFile, name: str, source: str | os.PathLike, limit: int = MAX_MEMBER_BYTES) -> bytes:
+    """Read one file of a zip archive, or raise `LayeredFileError` saying why it cannot be read."""
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        advice = "the file is incomplete or was not written by liwi"
+        raise file_error(source, f"the archive has no {name!r}", advice) from None
+    if info.file_size > limit:
+        raise file_error(source, f"{name!r} is {info.file_size} bytes uncompressed, more than the {limit} allowed")
+    try:
+        return archive.read(info)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, ValueError) as error:
+        raise file_error(
+            source, f"{name!r} in the archive is damaged ({error})", "the file is truncated or corrupt: export it again"
+        ) from error
+
+
+def zip_write(archive: zipfile.ZipFile, name: str, data: bytes, compress: bool = False) -> None:
+    """Add ``data`` as ``name`` with a fixed timestamp (reproducible files), deflated or stored."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    info.external_attr = 0o644 << 16
+    archive.writestr(info, data)

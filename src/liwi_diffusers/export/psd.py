@@ -1,0 +1,97 @@
+"""Photoshop PSD files, written and read with psd-tools.
+
+The document is 8-bit RGB with transparency, so a layer's alpha is real transparency (not a mask)
+in Photoshop, GIMP, Krita and Photopea. Layers, back to front: ``background``, then per object
+``shadow k[: label]`` (black, alpha sigma) and ``object k[: label]``, each cropped to its alpha box
+and placed with its top/left offset. psd-tools renders the merged image (what viewers and file
+browsers show) from those layers when saving.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from psd_tools import PSDImage
+from psd_tools.constants import ColorMode
+
+from ..layers import LayeredImage
+from ._common import LayeredFileError, build_layered, check_canvas, file_error, file_layers, uncrop
+from .atomic import atomic_write
+
+__all__ = ["read_psd", "write_psd"]
+
+# Photoshop stores at most 255 characters of a layer name.
+MAX_NAME_LENGTH = 255
+
+
+def write_psd(layered: LayeredImage, path: str | os.PathLike, *, composite: Any = None, crop: bool = True) -> None:
+    """Write ``layered`` as a layered PSD at ``path`` (atomically).
+
+    ``composite`` is accepted for a uniform writer signature but not stored: a PSD's merged image
+    is always rendered from its layers, so it shows exactly what the layers show.
+    """
+    layers = file_layers(layered, crop)
+    for layer in layers:
+        if len(layer.name) > MAX_NAME_LENGTH:
+            raise ValueError(
+                f"layer name {layer.name[:40]!r}... is {len(layer.name)} characters; a PSD layer name holds at most "
+                f"{MAX_NAME_LENGTH}: shorten the label, or save as .ora or .zip"
+            )
+    document = PSDImage.new("RGBA", layered.size)
+    for layer in layers:
+        image = Image.new("RGBA", (0, 0)) if layer.is_empty else Image.fromarray(layer.pixels, "RGBA")
+        pixel_layer = document.create_pixel_layer(image, name="layer", top=layer.top, left=layer.left)
+        # The name setter also stores names that Mac Roman cannot encode (in the Unicode name block).
+        pixel_layer.name = layer.name
+    with atomic_write(path) as file:
+        document.save(file)
+
+
+def read_psd(path: str | os.PathLike) -> LayeredImage:
+    """Read a layered image from an 8-bit RGB PSD (pixel layers; groups are flattened into the stack)."""
+    try:
+        document = PSDImage.open(path)
+    except Exception as error:  # psd-tools reports broken files with many exception types
+        raise file_error(
+            path, f"not a readable PSD ({type(error).__name__}: {error})", "the file is truncated or corrupt"
+        ) from error
+    if document.color_mode != ColorMode.RGB:
+        raise file_error(
+            path,
+            f"the PSD is in {document.color_mode.name} mode, not RGB",
+            "convert it to RGB in your editor (e.g. Image > Mode > RGB Color) and save again",
+        )
+    if document.depth != 8:
+        raise file_error(path, f"the PSD has {document.depth} bits per channel", "save it with 8 bits per channel")
+    width, height = check_canvas(document.width, document.height, path)
+    try:
+        if document.has_preview():
+            document.topil()  # the merged image is the last section: decoding it tells a truncated file
+        layers = [_read_layer(layer, width, height, path) for layer in document.descendants() if not layer.is_group()]
+    except LayeredFileError:
+        raise
+    except Exception as error:
+        raise file_error(
+            path, f"its image data is damaged ({type(error).__name__}: {error})", "the file is truncated or corrupt"
+        ) from error
+    if not layers:
+        raise file_error(path, "the PSD has no layers (a flat image)", "decompose it with `liwi decompose` instead")
+    return build_layered(layers, path)
+
+
+def _read_layer(layer: Any, width: int, height: int, path: str | os.PathLike) -> tuple[str, np.ndarray]:
+    """One pixel layer as a full-canvas ``(name, RGBA uint8)`` pair, its opacity applied to alpha."""
+    if layer.kind != "pixel":
+        raise file_error(
+            path, f"layer {layer.name!r} is a {layer.kind} layer", "rasterize it in your editor and save again"
+        )
+    image = layer.topil()
+    if image is None:  # an empty layer
+        return layer.name, np.zeros((height, width, 4), np.uint8)
+    pixels = np.asarray(image.convert("RGBA")).copy()
+    if layer.opacity < 255:
+        pixels[:, :, 3] = np.round(pixels[:, :, 3] * (layer.opacity / 255.0)).astype(np.uint8)
+    return layer.name, uncrop(pixels, layer.left, layer.top, width, height)
