@@ -1,0 +1,40 @@
+"""Weight-free tools that take a photo apart, and the training-free decomposer built on them.
+
+Each tool is an interface (a `typing.Protocol`) with a CPU default that needs no weights:
+
+- `ObjectProposer` -> `SaliencyProposer` (saliency, focus and frame hypotheses refined by GrabCut);
+- `AlphaMatter` -> `ClosedFormMatter` (pymatting closed-form matting, straight colour estimation);
+- `Inpainter` -> `OpenCVInpainter` (coarse-to-fine OpenCV inpainting);
+- `ShadowExtractor` -> `DarkeningShadowExtractor` (darkening against a shadow-free reference).
+
+Adapters for real models (``transformers`` mask-generation / detection / depth pipelines, a
+``diffusers`` inpainting pipeline) implement the same call signatures and plug into
+`ToolChainDecomposer` (and the ADD dataset builder) as constructor arguments.
+
+Importing this package does not import pymatting (its numba compile takes about a minute the first
+time); `ClosedFormMatter` imports it when first called.
+"""
+
+from .decomposer import ToolChainDecomposer
+from .inpainting import Inpainter, OpenCVInpainter
+from .matting import AlphaMatter, ClosedFormMatter, Matte, make_trimap
+from .proposals import ObjectProposal, ObjectProposer, SaliencyProposer, focus_map, saliency_map
+from .shadows import DarkeningShadowExtractor, ShadowExtractor, remove_attached_shadow
+
+__all__ = [
+    "AlphaMatter",
+    "ClosedFormMatter",
+    "DarkeningShadowExtractor",
+    "Inpainter",
+    "Matte",
+    "ObjectProposal",
+    "ObjectProposer",
+    "OpenCVInpainter",
+    "SaliencyProposer",
+    "ShadowExtractor",
+    "ToolChainDecomposer",
+    "focus_map",
+    "make_trimap",
+    "remove_attached_shadow",
+    "saliency_map",
+]
