@@ -429,42 +429,48 @@ def reconcile_with_image(layered: LayeredImage, image: Any, iterations: int | No
     What cannot be removed (e.g. a pixel brighter than its shadow allows) stays; measure it with
     `check_decomposition`.
     """
-    target = to_float_image(image, 3, "image").astype(np.float64)
+    target = to_float_image(image, 3, "image")
     if target.shape[:2] != (layered.height, layered.width):
         raise LayeredImageError(
             f"image is {target.shape[1]}x{target.shape[0]} but the layers are {layered.width}x{layered.height}"
         )
     count = layered.num_objects
-    colors = np.stack(
-        [layered.background.astype(np.float64)] + [fg[:, :, :3].astype(np.float64) for fg in layered.foregrounds]
-    )  # (K+1, H, W, 3), index 0 = background
-    alphas = np.stack([np.ones(target.shape[:2])] + [fg[:, :, 3].astype(np.float64) for fg in layered.foregrounds])
-    transmittance = np.stack(
-        [np.ones(target.shape[:2])]
-        + [(1 - fg[:, :, 3].astype(np.float64)) * (1 - s.astype(np.float64))
-           for fg, s in zip(layered.foregrounds, layered.shadows)]
-    )
-    # Visible weight of layer k: alpha_k times the transmittance of every layer above it.
-    above = np.ones_like(alphas)
-    for k in range(count - 1, -1, -1):
-        above[k] = above[k + 1] * transmittance[k + 1]
-    weights = (alphas * above)[..., None]  # (K+1, H, W, 1)
-    for _ in range(iterations if iterations is not None else count + 3):
-        residual = target - (weights * colors).sum(axis=0)
-        if float(np.abs(residual).max()) < 1e-7:
-            break
-        free = np.where(residual[None] > 0, colors < 1.0, colors > 0.0)
-        free_weights = weights * free
-        norm = (free_weights**2).sum(axis=0)
-        step = np.divide(residual, norm, out=np.zeros_like(residual), where=norm > 1e-12)
-        colors = np.clip(colors + free_weights * step[None], 0.0, 1.0)
-    foregrounds = [
-        np.concatenate([colors[k + 1], layered.foregrounds[k][:, :, 3:4].astype(np.float64)], axis=2)
-        for k in range(count)
-    ]
-    return LayeredImage(
-        colors[0].astype(np.float32),
-        [fg.astype(np.float32) for fg in foregrounds],
-        [s.copy() for s in layered.shadows],
-        list(layered.labels),
-    )
+    background = layered.background.copy()
+    foregrounds = [fg.copy() for fg in layered.foregrounds]
+    # Where no object or shadow covers a pixel only the background shows: it simply becomes the image there.
+    # The least-squares update below runs on the covered pixels only (memory grows with them, not the canvas).
+    covered = np.zeros(target.shape[:2], bool)
+    for fg, shadow in zip(layered.foregrounds, layered.shadows):
+        covered |= (fg[:, :, 3] > 0) | (shadow > 0)
+    background[~covered] = target[~covered]
+    if covered.any():
+        pixels = np.flatnonzero(covered)
+
+        def gather(array: np.ndarray) -> np.ndarray:  # (H, W, ...) -> (N, ...) float64 at the covered pixels
+            return array.reshape(-1, *array.shape[2:])[pixels].astype(np.float64)
+
+        colors = np.stack([gather(background)] + [gather(fg[:, :, :3]) for fg in foregrounds])  # (K+1, N, 3)
+        alphas = np.stack([np.ones(pixels.size)] + [gather(fg[:, :, 3]) for fg in foregrounds])  # (K+1, N)
+        transmittance = np.stack(
+            [np.ones(pixels.size)] + [(1 - gather(fg[:, :, 3])) * (1 - gather(s))
+                                      for fg, s in zip(foregrounds, layered.shadows)]
+        )
+        # Visible weight of layer k: its alpha times the transmittance of every layer above it.
+        above = np.ones_like(alphas)
+        for k in range(count - 1, -1, -1):
+            above[k] = above[k + 1] * transmittance[k + 1]
+        weights = (alphas * above)[..., None]  # (K+1, N, 1)
+        wanted = gather(target)
+        for _ in range(iterations if iterations is not None else count + 3):
+            residual = wanted - (weights * colors).sum(axis=0)
+            if float(np.abs(residual).max()) < 1e-7:
+                break
+            free = np.where(residual[None] > 0, colors < 1.0, colors > 0.0)
+            free_weights = weights * free
+            norm = (free_weights**2).sum(axis=0)
+            step = np.divide(residual, norm, out=np.zeros_like(residual), where=norm > 1e-12)
+            colors = np.clip(colors + free_weights * step[None], 0.0, 1.0)
+        background.reshape(-1, 3)[pixels] = colors[0]
+        for k, fg in enumerate(foregrounds):
+            fg.reshape(-1, 4)[pixels, :3] = colors[k + 1]
+    return LayeredImage(background, foregrounds, [s.copy() for s in layered.shadows], list(layered.labels))
