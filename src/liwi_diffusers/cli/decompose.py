@@ -194,7 +194,7 @@ def _load_pipeline(args: argparse.Namespace) -> Callable[[Image.Image], LayeredI
         raise CLIError(f"--device {device}: no CUDA GPU is visible to torch; use --device cpu")
     dtype = getattr(torch, args.dtype)
     try:
-        pipe = LiWiDecompositionPipeline.from_pretrained(args.model, torch_dtype=dtype)
+        pipe = LiWiDecompositionPipeline.from_pretrained(args.model, dtype=dtype)
     except (OSError, ValueError) as error:
         raise CLIError(f"cannot load a LiWi pipeline from {args.model!r}: {str(error).splitlines()[0]}") from None
     pipe = pipe.to(device)
