@@ -27,11 +27,11 @@ extras = {
     "eval": ["evaluate>=0.4.3", "datasets>=4.0"],
     "build": ["datasets>=4.0", "transformers>=4.51"],
     "train": ["accelerate>=1.0", "datasets>=4.0", "transformers>=4.51", "tensorboard>=2.14"],
-    "demo": ["gradio>=5.0"],
+    "demo": ["gradio>=6.0,<7"],
 }
 extras["dev"] = sorted(
     {dep for group in extras.values() for dep in group}
-    | {"pytest>=8", "ruff>=0.6", "gradio_client>=1.0", "scikit-learn>=1.3", "matplotlib>=3.7"}
+    | {"pytest>=8", "ruff>=0.6", "gradio_client>=1.0", "selenium>=4.20", "scikit-learn>=1.3", "matplotlib>=3.7"}
 )
 extras["all"] = sorted({dep for group in extras.values() for dep in group})
 

@@ -1,0 +1,553 @@
+"""The Gradio Space (spaces_demo/): edit functions, handlers, the app over HTTP with gradio_client, and a real browser.
+
+The browser tests drive Debian's Chromium through Selenium and fail (not skip) when either is missing,
+since CI installs them; set LIWI_SKIP_BROWSER_TESTS=1 to skip them on a machine without a browser.
+Set LIWI_SAVE_SCREENSHOT=1 to refresh docs/images/space_screenshot.png.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import io
+import os
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+from liwi_diffusers.export import load_layered
+from liwi_diffusers.layers import LayeredImage
+from liwi_diffusers.sample_images import load_sample_image
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE_DIR = ROOT / "spaces_demo"
+SCREENSHOT = ROOT / "docs" / "images" / "space_screenshot.png"
+LAYER_NAME = re.compile(r"^(background|(shadow|object) \d+(: .+)?)$")
+
+
+def _load_space() -> ModuleType:
+    """spaces_demo/app.py as a module (it is a Space folder, not a package)."""
+    spec = importlib.util.spec_from_file_location("liwi_space_app", SPACE_DIR / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+space = _load_space()
+editing = importlib.import_module("editing")  # spaces_demo/ is on sys.path once app.py is loaded
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small real photos: ``coffee``, ``chelsea`` (160 px wide), ``astronaut`` (320), ``large`` (400); bad files."""
+    folder = tmp_path_factory.mktemp("space_photos")
+    paths = {}
+    for name, width in (("coffee", 160), ("chelsea", 160), ("astronaut", 320), ("large", 400)):
+        image = load_sample_image("chelsea" if name == "large" else name)
+        image = image.resize((width, round(image.height * width / image.width)), Image.Resampling.LANCZOS)
+        paths[name] = folder / f"{name}.jpg"
+        image.save(paths[name], quality=92)
+    paths["corrupt"] = folder / "corrupt.jpg"
+    paths["corrupt"].write_bytes(b"this is not a photo, just text with a .jpg name\n" * 4)
+    paths["truncated"] = folder / "truncated.jpg"
+    paths["truncated"].write_bytes(paths["coffee"].read_bytes()[:1500])
+    paths["oversize"] = folder / "oversize.png"  # noise does not compress: a PNG above the upload limit
+    noise = np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(paths["oversize"])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory):
+    """Small limits so that the limits are cheap to hit; the tiny pipeline offered beside the tool chain."""
+    return space.SpaceConfig(
+        default_model=space.TOOLS,
+        models=(space.TOOLS, space.TINY),
+        max_side=320,
+        max_file_size="300kb",
+        max_steps=30,
+        queue_size=16,
+        concurrency=2,
+        output_dir=tmp_path_factory.mktemp("space_out"),
+    )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(config) -> Iterator[str]:
+    """The app, launched in this process on 127.0.0.1 (a random free port); its URL. Closed at the end."""
+    demo = space.build_demo(config)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **space.launch_options(config))
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server: str, tmp_path_factory: pytest.TempPathFactory):
+    from gradio_client import Client
+
+    return Client(server, verbose=False, download_files=str(tmp_path_factory.mktemp("client_downloads")))
+
+
+def _layered(num_objects: int = 2, size: tuple[int, int] = (64, 48)) -> LayeredImage:
+    """A small synthetic decomposition: noisy background, square objects with soft shadows."""
+    width, height = size
+    rng = np.random.default_rng(1)
+    background = rng.random((height, width, 3)).astype(np.float32)
+    foregrounds, shadows = [], []
+    for k in range(num_objects):
+        rgba = np.zeros((height, width, 4), np.float32)
+        left, top = 8 + 20 * k, 12
+        rgba[top:top + 16, left:left + 12, :3] = (0.9, 0.2 + 0.3 * k, 0.1)
+        rgba[top:top + 16, left:left + 12, 3] = 1.0
+        rgba[top + 15, left:left + 12, 3] = 0.5  # a soft edge
+        foregrounds.append(rgba)
+        shadow = np.zeros((height, width), np.float32)
+        shadow[top + 16:top + 22, left - 2:left + 14] = 0.4
+        shadows.append(shadow)
+    return LayeredImage(background, foregrounds, shadows, ["box"] * num_objects)
+
+
+def _bbox(alpha: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.flatnonzero((alpha > 0.01).any(1)), np.flatnonzero((alpha > 0.01).any(0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+# ---------------------------------------------------------------------------------------------- editing
+def test_unedited_session_gives_back_the_8_bit_decomposition():
+    layered = _layered()
+    session = editing.EditSession.from_layered(layered)
+    assert not session.is_edited()
+    edited = editing.apply_edits(session)
+    np.testing.assert_allclose(edited.compose(), layered.quantized().compose(), atol=1e-6)
+    assert edited.labels == ["box", "box"]
+
+
+def test_hiding_an_object_shows_the_background_and_keeps_it_for_later():
+    layered = _layered()
+    session = editing.update_edit(editing.EditSession.from_layered(layered), 1, visible=False)
+    edited = editing.apply_edits(session)
+    assert edited.num_objects == 1
+    np.testing.assert_allclose(edited.compose(), layered.quantized().select([0]).compose(), atol=1e-6)
+    assert editing.shown_objects(session) == [0]
+    assert [index for _, index in editing.object_choices(session)] == [0, 1]  # still pickable
+    shown_again = editing.update_edit(session, 1, visible=True)
+    assert editing.apply_edits(shown_again).num_objects == 2
+
+
+def test_deleting_removes_an_object_until_reset():
+    session = editing.delete_object(editing.EditSession.from_layered(_layered()), 0)
+    assert editing.apply_edits(session).num_objects == 1
+    assert [index for _, index in editing.object_choices(session)] == [1]
+    with pytest.raises(ValueError, match="deleted"):
+        editing.update_edit(session, 0, dx=3)
+    restored = editing.reset_edits(session)
+    assert not restored.is_edited() and editing.apply_edits(restored).num_objects == 2
+
+
+def test_moving_shifts_the_object_and_its_shadow_exactly():
+    layered = _layered(1)
+    session = editing.update_edit(editing.EditSession.from_layered(layered), 0, dx=5, dy=-3)
+    edited = editing.apply_edits(session)
+    original = layered.quantized()
+    np.testing.assert_allclose(edited.foregrounds[0][:, :, 3],
+                               np.roll(original.foregrounds[0][:, :, 3], (-3, 5), axis=(0, 1)), atol=1e-5)
+    np.testing.assert_allclose(edited.shadows[0], np.roll(original.shadows[0], (-3, 5), axis=(0, 1)), atol=1e-5)
+    inside = edited.foregrounds[0][:, :, 3] > 0.99
+    np.testing.assert_allclose(edited.foregrounds[0][inside, :3], [[0.9, 0.2, 0.1]] * int(inside.sum()), atol=2 / 255)
+    # The uncovered place shows the background (nothing there any more).
+    assert edited.foregrounds[0][12:15, 8:13, 3].max() == 0.0
+
+
+def test_scaling_grows_the_object_about_its_centre():
+    layered = _layered(1)
+    left, top, right, bottom = _bbox(layered.foregrounds[0][:, :, 3])
+    session = editing.update_edit(editing.EditSession.from_layered(layered), 0, scale=2.0)
+    new_left, new_top, new_right, new_bottom = _bbox(editing.apply_edits(session).foregrounds[0][:, :, 3])
+    assert abs((new_right - new_left) - 2 * (right - left)) <= 2
+    assert abs((new_bottom - new_top) - 2 * (bottom - top)) <= 2
+    assert abs((new_left + new_right) - (left + right)) <= 2 and abs((new_top + new_bottom) - (top + bottom)) <= 2
+
+
+def test_shadow_strength_scales_the_shadow_alpha():
+    layered = _layered(1)
+    session = editing.EditSession.from_layered(layered)
+    none = editing.apply_edits(editing.update_edit(session, 0, shadow_strength=0.0))
+    double = editing.apply_edits(editing.update_edit(session, 0, shadow_strength=2.0))
+    assert none.shadows[0].max() == 0.0
+    np.testing.assert_allclose(double.shadows[0], np.clip(2 * layered.quantized().shadows[0], 0, 1), atol=1e-6)
+    np.testing.assert_allclose(editing.scale_shadow(np.full((2, 2), 0.7), 3.0), np.ones((2, 2)))
+
+
+def test_edit_values_are_checked():
+    session = editing.EditSession.from_layered(_layered())
+    with pytest.raises(ValueError, match="scale"):
+        editing.update_edit(session, 0, scale=0.0)
+    with pytest.raises(ValueError, match="shadow strength"):
+        editing.update_edit(session, 0, shadow_strength=-1.0)
+    with pytest.raises(IndexError, match="no object 5"):
+        editing.update_edit(session, 5, dx=1)
+
+
+# ---------------------------------------------------------------------------------------------- handlers
+def test_decompose_handler_gives_named_rgba_layers_a_psd_and_an_edit_session(config, photos):
+    gallery, recomposition, report, psd, session = space.decompose(str(photos["coffee"]), space.TOOLS, 0, 20, 0,
+                                                                   config)
+    count = session.num_objects
+    assert count >= 1 and len(gallery) == 2 * count + 1
+    names = [name for _, name in gallery]
+    assert names[0] == "background" and names[1:3] == ["shadow 1", "object 1"]
+    assert all(LAYER_NAME.match(name) for name in names)
+    size = Image.open(photos["coffee"]).size
+    for path, _ in gallery:
+        assert Path(path).is_relative_to(config.output_dir)
+        with Image.open(path) as layer:
+            assert layer.mode == "RGBA" and layer.size == size
+    assert Image.open(recomposition).size == size
+    assert f"{count} object" in report and "Recomposition error" in report
+    layered = load_layered(psd)
+    assert layered.num_objects == count
+    photo = np.asarray(Image.open(photos["coffee"]).convert("RGB"), np.float32) / 255
+    assert np.abs(layered.compose() - photo).mean() < 2 / 255
+
+
+def test_decompose_handler_downscales_large_photos_with_a_notice(config, photos):
+    with pytest.warns(UserWarning, match="downscaled"):  # gr.Warning, outside a request
+        gallery, _, report, _, session = space.decompose(str(photos["large"]), space.TOOLS, 1, 20, 0, config)
+    assert session.size == (320, 213)
+    assert "Your photo (400x266) was downscaled to 320x213" in report
+    assert Image.open(gallery[0][0]).size == (320, 213)
+
+
+def test_decompose_handler_runs_a_pipeline_with_steps_and_seed(config, photos):
+    calls = []
+    gallery, _, report, _, session = space.decompose(
+        str(photos["chelsea"]), space.TINY, 2, 2, 7, config, progress=lambda *args, **kwargs: calls.append(args)
+    )
+    assert session.num_objects == 2 and len(gallery) == 5
+    assert ((2, 2),) in calls  # the last denoising step was reported
+    assert "Tiny random pipeline" in report
+
+
+@pytest.mark.parametrize(
+    ("photo", "message"),
+    [
+        ("corrupt", "corrupt.jpg: not an image file"),
+        ("truncated", "truncated.jpg: corrupt or truncated"),
+        (None, "Upload a photo or pick an example"),
+    ],
+)
+def test_bad_uploads_give_readable_errors(config, photos, photo, message):
+    path = None if photo is None else str(photos[photo])
+    with pytest.raises(gr.Error, match=re.escape(message)) as caught:
+        space.decompose(path, space.TOOLS, 0, 20, 0, config)
+    assert str(config.output_dir) not in caught.value.message and "/tmp" not in caught.value.message
+
+
+def test_bad_settings_give_readable_errors(config, photos):
+    with pytest.raises(gr.Error, match="Unknown model"):
+        space.decompose(str(photos["coffee"]), "some/other-model", 0, 20, 0, config)
+    with pytest.raises(gr.Error, match=re.escape("between 0 (automatic) and 8")):
+        space.decompose(str(photos["coffee"]), space.TOOLS, 9, 20, 0, config)
+    with pytest.raises(gr.Error, match="Steps must be between 1 and 30"):
+        space.decompose(str(photos["coffee"]), space.TOOLS, 0, 31, 0, config)
+    huge = space.SpaceConfig(max_pixels=10_000, output_dir=config.output_dir)
+    with pytest.raises(gr.Error, match="above the 0 MP limit"):
+        space.decompose(str(photos["coffee"]), space.TOOLS, 0, 20, 0, huge)
+
+
+def test_edit_handlers_and_exports_follow_the_edits(config):
+    session = editing.EditSession.from_layered(_layered(2))
+    assert space.edit_controls(session, 0) == (True, 0.0, 0.0, 1.0, 1.0)
+    session = space.edit_object(session, 0, True, 25.0, -10.0, 1.5, 0.0)
+    assert session.edits[0].dx == pytest.approx(16.0) and session.edits[0].dy == pytest.approx(-4.8)
+    assert space.edit_controls(session, 0) == pytest.approx((True, 25.0, -10.0, 1.5, 0.0))
+    session = space.edit_object(session, 1, False, 0, 0, 1.0, 1.0)
+    picture, gallery, summary = space.render_edits(session, config.output_dir)
+    assert Image.open(picture).size == (64, 48)
+    assert [name for _, name in gallery] == ["background", "shadow 1: box", "object 1: box"]
+    assert summary == "1 of 2 objects shown, 1 hidden, 1 moved or scaled, 1 with a new shadow."
+    only_second = space.edit_object(space.edit_object(session, 1, True, 0, 0, 1, 1), 0, False, 0, 0, 1, 1)
+    names = [name for _, name in space.render_edits(only_second, config.output_dir)[1]]
+    assert names == ["background", "shadow 2: box", "object 2: box"]  # objects keep their numbers
+    expected = editing.apply_edits(session).quantized().compose()
+    for label, suffix in (("PSD", ".psd"), ("ORA", ".ora"), ("ZIP of PNGs", ".zip")):
+        path = Path(space.export_layers(session, label, config))
+        assert path.suffix == suffix and path.name.startswith("liwi_layers_edited")
+        assert path.is_relative_to(config.output_dir)
+        loaded = load_layered(path)
+        assert loaded.num_objects == 1
+        np.testing.assert_allclose(loaded.compose(), expected, atol=1e-6)
+    with pytest.raises(gr.Error, match="Decompose a photo first"):
+        space.export_layers(None, "PSD", config)
+    with pytest.raises(gr.Error, match="Decompose a photo first"):
+        space.edit_object(None, 0, True, 0, 0, 1, 1)
+    assert space.render_edits(None, config.output_dir)[0] is None
+
+
+def test_config_from_environment():
+    config = space.SpaceConfig.from_env({"LIWI_MODEL": "/models/liwi", "LIWI_MODELS": "tiny, tools",
+                                         "LIWI_MAX_SIDE": "512", "LIWI_QUEUE_SIZE": "8"})
+    assert config.default_model == "/models/liwi" and config.models == ("/models/liwi", "tools", "tiny")
+    assert config.max_side == 512 and config.queue_size == 8 and config.concurrency == 2
+    assert space.SpaceConfig.from_env({}).models == ("tools",)
+    with pytest.raises(ValueError, match="LIWI_MAX_SIDE must be a whole number"):
+        space.SpaceConfig.from_env({"LIWI_MAX_SIDE": "big"})
+    with pytest.raises(ValueError, match="LIWI_CONCURRENCY must be positive"):
+        space.SpaceConfig.from_env({"LIWI_CONCURRENCY": "0"})
+
+
+def test_gpu_decorator_is_a_no_op_without_the_spaces_package():
+    def function() -> int:
+        return 1
+
+    if importlib.util.find_spec("spaces") is None:
+        assert space._gpu(function) is function
+
+
+def test_space_readme_header_and_requirements():
+    import yaml  # a gradio dependency
+
+    text = (SPACE_DIR / "README.md").read_text(encoding="utf-8")
+    assert text.startswith("---\n")
+    fields = yaml.safe_load(text.split("---\n")[1])
+    # The Space runs the pinned version; the app needs Gradio 6 (api_visibility, theme/css at launch).
+    assert fields["sdk"] == "gradio" and re.fullmatch(r"6\.\d+\.\d+", str(fields["sdk_version"]))
+    assert gr.__version__.split(".")[0] == "6"
+    assert fields["app_file"] == "app.py" and (SPACE_DIR / fields["app_file"]).exists()
+    assert fields["license"] == "apache-2.0" and fields["title"] and fields["emoji"]
+    assert fields["suggested_hardware"] and fields["tags"] and fields["models"]
+    assert len(fields["short_description"]) <= 60
+    assert 'api_name="/decompose"' in text
+    requirements = (SPACE_DIR / "requirements.txt").read_text(encoding="utf-8")
+    assert "liwi-diffusers" in requirements and "spaces" in requirements
+
+
+# ---------------------------------------------------------------------------------------------- over HTTP
+def test_client_decomposes_a_photo_into_rgba_layers_and_a_psd(client, photos):
+    from gradio_client import handle_file
+
+    assert "/decompose" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    layers, recomposition, report, psd = client.predict(
+        handle_file(str(photos["chelsea"])), "tools", 2, 20, 0, api_name="/decompose"
+    )
+    count = (len(layers) - 1) // 2
+    assert 1 <= count <= 2 and len(layers) == 2 * count + 1
+    assert [layer["caption"] for layer in layers][:3] == ["background", "shadow 1", "object 1"]
+    with Image.open(photos["chelsea"]) as photo:
+        size = photo.size
+    for layer in layers:
+        with Image.open(layer["image"]) as image:
+            assert image.mode == "RGBA" and image.size == size
+    assert f"{count} object" in report
+    layered = load_layered(psd)
+    assert layered.num_objects == count
+    with Image.open(recomposition) as image:
+        shown = np.asarray(image.convert("RGB"), np.float32) / 255
+    assert np.abs(layered.compose() - shown).max() < 4 / 255  # the PSD recomposes to what the page shows
+    photo = np.asarray(Image.open(photos["chelsea"]).convert("RGB"), np.float32) / 255
+    assert np.abs(layered.compose() - photo).mean() < 2 / 255
+
+
+def test_client_gets_readable_errors_for_bad_uploads(client, photos):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=re.escape("corrupt.jpg: not an image file Pillow can read")):
+        client.predict(handle_file(str(photos["corrupt"])), "tools", 0, 20, 0, api_name="/decompose")
+    with pytest.raises(ValueError, match="exceeds the maximum file size"):
+        client.predict(handle_file(str(photos["oversize"])), "tools", 0, 20, 0, api_name="/decompose")
+
+
+def test_server_refuses_oversize_uploads(server, photos):
+    body, boundary = _multipart("files", photos["oversize"])
+    request = urllib.request.Request(f"{server}/gradio_api/upload", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=30)
+    assert caught.value.code == 413
+    assert "maximum allowed size" in caught.value.read().decode()
+
+
+def test_server_serves_only_files_it_wrote(server, client, photos):
+    for path in (SPACE_DIR / "app.py", Path("/etc/passwd"), ROOT / "pyproject.toml"):
+        url = f"{server}/gradio_api/file={urllib.parse.quote(str(path))}"
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(url, timeout=30)
+        assert caught.value.code in (403, 404)
+
+
+def test_queue_turns_away_requests_beyond_its_size(config, photos, tmp_path):
+    from gradio_client import Client, handle_file
+
+    small = space.SpaceConfig(queue_size=1, concurrency=1, output_dir=tmp_path / "out")
+    demo = space.build_demo(small)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **space.launch_options(small))
+    try:
+        client = Client(f"http://127.0.0.1:{port}", verbose=False, download_files=str(tmp_path / "downloads"))
+        jobs = [client.submit(handle_file(str(photos["coffee"])), "tools", 1, 20, 0, api_name="/decompose")
+                for _ in range(4)]
+        outcomes = []
+        for job in jobs:
+            try:
+                job.result(timeout=120)
+                outcomes.append("ok")
+            except Exception as error:
+                outcomes.append(str(error))
+    finally:
+        demo.close()
+    assert "ok" in outcomes  # the running request and the one waiting are served
+    assert any("queue is full" in outcome.lower() for outcome in outcomes), outcomes
+
+
+def _multipart(field: str, path: Path) -> tuple[bytes, str]:
+    boundary = "liwiboundary7d1f"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{path.name}\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    return head + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode(), boundary
+
+
+# ---------------------------------------------------------------------------------------------- in a browser
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium through Selenium and /usr/bin/chromedriver (nothing downloaded)."""
+    if os.environ.get("LIWI_SKIP_BROWSER_TESTS") == "1":
+        pytest.skip("LIWI_SKIP_BROWSER_TESTS=1")
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    chromedriver = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    missing = [path for path in (chromium, chromedriver) if not Path(path).exists()]
+    if missing:
+        pytest.fail(f"browser tests need Debian's chromium and chromium-driver ({', '.join(missing)} missing): "
+                    "apt-get install chromium chromium-driver, or set LIWI_SKIP_BROWSER_TESTS=1")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.fail("browser tests need selenium: pip install selenium")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    profile = tempfile.mkdtemp(prefix="liwi_chromium_")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 f"--user-data-dir={profile}", "--window-size=1400,1250", "--force-device-scale-factor=1"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _open_page(driver, url: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url)
+    WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#liwi-photo input[type=file]"))
+
+
+def _upload(driver, path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.CSS_SELECTOR, "#liwi-photo input[type=file]").send_keys(str(path))
+
+
+def _toasts(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return " | ".join(element.text for element in driver.find_elements(By.CSS_SELECTOR, "[data-testid=toast-body]"))
+
+
+def test_browser_decomposes_a_photo_and_shows_its_layers(server, browser, photos, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _open_page(browser, server)
+    _upload(browser, photos["astronaut"])
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#liwi-photo img"))
+    browser.find_element(By.ID, "liwi-decompose").click()
+    thumbnails = "#liwi-layers .thumbnail-item img"
+    WebDriverWait(browser, 120).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, thumbnails)) >= 3)
+    WebDriverWait(browser, 30).until(
+        lambda d: all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", image)
+                      for image in d.find_elements(By.CSS_SELECTOR, thumbnails))
+    )
+    captions = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#liwi-layers .caption-label")]
+    assert len(captions) % 2 == 1 and captions[:3] == ["background", "shadow 1", "object 1"]
+    assert len(browser.find_elements(By.CSS_SELECTOR, thumbnails)) == len(captions)
+    report = browser.find_element(By.ID, "liwi-report").text
+    assert f"{len(captions) // 2} object" in report and "Recomposition error" in report
+    assert browser.find_elements(By.CSS_SELECTOR, "#liwi-recomposition img")
+    assert "astronaut_layers.psd" in "".join(browser.find_element(By.ID, "liwi-psd").text.split())
+    time.sleep(0.5)  # let thumbnails finish painting
+    shot = tmp_path / "space_screenshot.png"
+    browser.save_screenshot(str(shot))
+    with Image.open(shot) as image:
+        assert image.width >= 1000
+    if os.environ.get("LIWI_SAVE_SCREENSHOT") == "1":
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, SCREENSHOT)
+
+    # Edit: hiding object 1 updates the edited picture and its layers.
+    next(tab for tab in browser.find_elements(By.CSS_SELECTOR, "button[role=tab]") if tab.text == "Edit").click()
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#liwi-edited img"))
+    before = browser.find_element(By.CSS_SELECTOR, "#liwi-edited img").get_attribute("src")
+    browser.find_element(By.CSS_SELECTOR, "#liwi-visible input[type=checkbox]").click()
+    WebDriverWait(browser, 60).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, "#liwi-edited img").get_attribute("src") != before
+    )
+    assert "1 hidden" in browser.find_element(By.ID, "liwi-edit-status").text
+
+
+def test_browser_shows_readable_messages_for_corrupt_and_oversize_uploads(server, browser, photos):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _open_page(browser, server)
+    _upload(browser, photos["corrupt"])
+    time.sleep(1)
+    browser.find_element(By.ID, "liwi-decompose").click()
+    WebDriverWait(browser, 60).until(lambda d: "not an image file" in _toasts(d))
+    assert "corrupt.jpg: not an image file Pillow can read" in _toasts(browser)
+
+    _open_page(browser, server)
+    _upload(browser, photos["oversize"])
+    WebDriverWait(browser, 60).until(lambda d: "maximum allowed size" in _toasts(d))
+    assert "oversize.png" in _toasts(browser)
+
+
+def test_zip_export_is_a_plain_zip_of_pngs(config):
+    path = space.export_layers(editing.EditSession.from_layered(_layered(1)), "ZIP of PNGs", config)
+    with zipfile.ZipFile(path) as archive:
+        pngs = [name for name in archive.namelist() if name.endswith(".png")]
+        assert pngs
+        Image.open(io.BytesIO(archive.read(pngs[0]))).verify()
