@@ -32,6 +32,9 @@ _LAZY = {
     "save_layered": ".export",
     "load_layered": ".export",
     "ToolChainDecomposer": ".tools.decomposer",
+    "load_layered_dataset": ".layered_dataset",
+    "iter_layered": ".layered_dataset",
+    "row_to_layered": ".layered_dataset",
 }
 
 __all__ = [
