@@ -1,0 +1,849 @@
+"""`LiWiDecompositionPipeline`: a photo in, its layers out (background, then per object a shadow and an RGBA layer).
+
+The generator is Qwen-Image-Layered's architecture: an RGBA VAE (`AutoencoderKLQwenImage` with 4 input
+channels) and a `QwenImageTransformer2DModel` with layer-3D RoPE. Output layers are frames along the RoPE
+layer axis; the input image's latent is appended as one more frame, the condition (RoPE layer index -1).
+The transformer works at a processing resolution; LiWi's heads then bring the layers to the input's full
+size: the alpha decoder refines each object's matte, the shadow head predicts each object's shadow, and a
+last step (`reconcile_with_image`) adjusts colours so that the layers recompose to the input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.loaders import QwenImageLoraLoaderMixin
+from diffusers.models import AutoencoderKLQwenImage, QwenImageTransformer2DModel
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.schedulers import FlowMatchEulerDiscreteScheduler
+from diffusers.utils import BaseOutput, logging
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..layers import (
+    LayeredImage,
+    RecompositionReport,
+    check_decomposition,
+    reconcile_with_image,
+    to_float_image,
+)
+from ..models.alpha_decoder import AlphaDecoder
+from ..models.shadow_head import ShadowHead
+
+logger = logging.get_logger(__name__)
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# Object and shadow alphas below half an 8-bit step are set to 0: they are invisible and would round to 0 in
+# any PNG/PSD/ORA file anyway, and exact zeros let `reconcile_with_image` skip the pixels no layer covers.
+MIN_VISIBLE_ALPHA = 0.5 / 255
+
+# Qwen-Image's prompt template and the number of its leading tokens (the system part) dropped from the
+# text encoder's hidden states; kept identical so that Qwen-Image-Layered weights see what they were trained on.
+PROMPT_TEMPLATE = (
+    "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, "
+    "spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+PROMPT_TEMPLATE_DROP_TOKENS = 34
+
+# Instruction for captioning the input with the vision-language text encoder when no prompt is given.
+CAPTION_TEMPLATE = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+    "<|vision_start|><|image_pad|><|vision_end|>Write one paragraph describing this picture in plain language: "
+    "each visible object with its colour, shape, material, size and position, how the objects are arranged, "
+    "the background, the light, and any legible text in quotation marks.<|im_end|>\n<|im_start|>assistant\n"
+)
+
+# Keys of `from_qwen_image_layered` that the scheduler's loader understands (it takes no dtype or variant).
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "token")
+
+
+@dataclass
+class LiWiDecompositionPipelineOutput(BaseOutput):
+    """Output of `LiWiDecompositionPipeline`.
+
+    Attributes:
+        images: per input, its layers back to front (background, then per object its shadow and its RGBA
+            layer; 2K+1 layers): a list of RGBA PIL images (``"pil"``), a float32 array ``(2K+1, H, W, 4)``
+            (``"np"``) or a float32 tensor ``(2K+1, 4, H, W)`` (``"pt"``). None for ``"latent"``.
+        layers: per input, the `LayeredImage` (None for ``"latent"``).
+        latents: for ``"latent"``, the denoised packed latents ``(B, frames * tokens, channels * 4)``, the
+            layout the ``latents`` argument takes; None otherwise.
+        recomposition: per input, how far the layers recompose from it (None for ``"latent"``).
+    """
+
+    images: list[list[PIL.Image.Image]] | list[np.ndarray] | list[torch.Tensor] | None
+    layers: list[LayeredImage] | None = None
+    latents: torch.Tensor | None = None
+    recomposition: list[RecompositionReport] | None = None
+
+
+def layered_shift_mu(condition_seq_len: int) -> float:
+    """Timestep shift ``mu`` as Qwen-Image-Layered sets it: ``sqrt(tokens / 256)`` of the condition image.
+
+    256 tokens is a 256x256 image (VAE factor 8, 2x2 patches). The scheduler applies ``mu`` only when its
+    ``use_dynamic_shifting`` is on.
+    """
+    return math.sqrt(condition_seq_len / 256.0)
+
+
+class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
+    r"""Decompose photos into an opaque background and, per object, a shadow layer and an RGBA layer.
+
+    Args:
+        vae ([`AutoencoderKLQwenImage`]): RGBA VAE (``input_channels=4``).
+        transformer ([`QwenImageTransformer2DModel`]): denoiser with ``use_layer3d_rope=True``.
+        scheduler ([`FlowMatchEulerDiscreteScheduler`]): flow-matching scheduler.
+        shadow_head ([`ShadowHead`]): predicts each object's shadow alpha.
+        alpha_decoder ([`AlphaDecoder`]): refines each object's alpha at full resolution.
+        text_encoder (optional): a Qwen2.5-VL model; without it the transformer gets a fixed empty-prompt
+            embedding (one all-zero token) unless ``prompt_embeds`` are passed.
+        tokenizer (optional): the text encoder's tokenizer.
+        processor (optional): the text encoder's processor, used to caption the input when no prompt is given.
+        leading_composite_frame: whether the transformer generates the recomposed image as an extra first frame
+            before the background (Qwen-Image-Layered's convention; that frame is dropped). False for models
+            trained with LiWi's convention (background first); `from_qwen_image_layered` sets True.
+    """
+
+    model_cpu_offload_seq = "text_encoder->transformer->vae->alpha_decoder->shadow_head"
+    _optional_components: ClassVar[list[str]] = ["text_encoder", "tokenizer", "processor"]
+    _callback_tensor_inputs: ClassVar[list[str]] = ["latents", "prompt_embeds"]
+    # Object layers a call may ask for.
+    min_num_layers: ClassVar[int] = 1
+    max_num_layers: ClassVar[int] = 16
+
+    def __init__(
+        self,
+        vae: AutoencoderKLQwenImage,
+        transformer: QwenImageTransformer2DModel,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        shadow_head: ShadowHead,
+        alpha_decoder: AlphaDecoder,
+        text_encoder: torch.nn.Module | None = None,
+        tokenizer: Any = None,
+        processor: Any = None,
+        leading_composite_frame: bool = False,
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            vae=vae,
+            transformer=transformer,
+            scheduler=scheduler,
+            shadow_head=shadow_head,
+            alpha_decoder=alpha_decoder,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            processor=processor,
+        )
+        self.register_to_config(leading_composite_frame=bool(leading_composite_frame))
+        self._check_components()
+
+    def _check_components(self) -> None:
+        vae, transformer = getattr(self, "vae", None), getattr(self, "transformer", None)
+        if vae is not None and vae.config.input_channels != 4:
+            raise ValueError(
+                f"the VAE must be an RGBA VAE (AutoencoderKLQwenImage with input_channels=4), "
+                f"got input_channels={vae.config.input_channels}"
+            )
+        if transformer is None:
+            return
+        if not transformer.config.use_layer3d_rope:
+            raise ValueError(
+                "the transformer must use layer-3D RoPE (QwenImageTransformer2DModel(use_layer3d_rope=True))"
+            )
+        if transformer.config.guidance_embeds:
+            raise ValueError("guidance-distilled transformers (guidance_embeds=True) are not supported")
+        if vae is not None:
+            packed = vae.config.z_dim * transformer.config.patch_size**2
+            if transformer.config.in_channels != packed or transformer.config.out_channels != vae.config.z_dim:
+                raise ValueError(
+                    f"transformer (in_channels={transformer.config.in_channels}, out_channels="
+                    f"{transformer.config.out_channels}) does not match the VAE's z_dim={vae.config.z_dim} "
+                    f"with patch_size={transformer.config.patch_size} (expected {packed} and {vae.config.z_dim})"
+                )
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def vae_scale_factor(self) -> int:
+        """Spatial downsampling of the VAE (8 for Qwen-Image's)."""
+        return 2 ** len(self.vae.config.temperal_downsample)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.z_dim
+
+    @property
+    def patch_size(self) -> int:
+        return self.transformer.config.patch_size
+
+    @property
+    def size_multiple(self) -> int:
+        """Processing height and width are multiples of this (VAE factor times patch size)."""
+        return self.vae_scale_factor * self.patch_size
+
+    def processing_size(self, height: int, width: int, resolution: int) -> tuple[int, int]:
+        """``(height, width)`` of about ``resolution**2`` pixels with the input's aspect ratio.
+
+        Both are multiples of `size_multiple` (at least one multiple).
+        """
+        multiple = self.size_multiple
+        ratio = width / height
+        target_width = math.sqrt(resolution * resolution * ratio)
+        target_height = target_width / ratio
+        return (
+            max(multiple, round(target_height / multiple) * multiple),
+            max(multiple, round(target_width / multiple) * multiple),
+        )
+
+    # ------------------------------------------------------------------ properties used during a call
+    @property
+    def attention_kwargs(self) -> dict[str, Any] | None:
+        return self._attention_kwargs
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def current_timestep(self) -> torch.Tensor | None:
+        return self._current_timestep
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    # ------------------------------------------------------------------ inputs
+    @staticmethod
+    def _as_rgb(item: Any, what: str) -> np.ndarray:
+        """One image (PIL, ``(H, W[, C])`` array, ``(C, H, W)`` tensor) as float32 ``(H, W, 3)`` in [0, 1]."""
+        if isinstance(item, PIL.Image.Image):
+            if item.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (item.mode == "P" and "transparency" in item.info):
+                array = to_float_image(item, 4, what)
+            else:
+                array = to_float_image(item, 3, what)
+        elif isinstance(item, torch.Tensor):
+            if item.ndim == 3:
+                if item.shape[0] not in (1, 3, 4):
+                    raise ValueError(
+                        f"{what}: a tensor image must be (C, H, W) with C in 1, 3, 4; got {tuple(item.shape)}"
+                    )
+                item = item.permute(1, 2, 0)
+            elif item.ndim != 2:
+                raise ValueError(f"{what}: a tensor image must be (C, H, W) or (H, W); got {tuple(item.shape)}")
+            array = to_float_image(item, None, what)
+        elif isinstance(item, np.ndarray):
+            array = to_float_image(item, None, what)
+        else:
+            raise TypeError(f"{what}: expected a PIL image, a numpy array or a torch tensor, got {type(item).__name__}")
+        channels = array.shape[2]
+        if channels == 1:
+            return np.repeat(array, 3, axis=2)
+        if channels == 4:
+            alpha = array[:, :, 3:]
+            if float(alpha.min()) < 1.0:
+                logger.warning(f"{what} has transparent pixels; it is decomposed as shown over a white background")
+            return np.ascontiguousarray(array[:, :, :3] * alpha + (1.0 - alpha))
+        if channels != 3:
+            raise ValueError(f"{what}: expected 1, 3 or 4 channels, got {channels} (shape {array.shape})")
+        return array
+
+    def prepare_images(self, image: Any) -> list[np.ndarray]:
+        """Inputs as a list of float32 ``(H, W, 3)`` RGB arrays in [0, 1], with clear errors for bad ones.
+
+        Accepts a PIL image, a ``(H, W)``/``(H, W, C)`` array (uint8, uint16 or float in [0, 1]), a ``(B, H, W, C)``
+        array, a ``(C, H, W)``/``(B, C, H, W)`` tensor in [0, 1], or a list of those (a batch). Alpha is flattened
+        over white (with a warning), grayscale is repeated to RGB.
+        """
+        if image is None:
+            raise ValueError("`image` is required: a PIL image, numpy array, torch tensor, or a list of them")
+        if isinstance(image, np.ndarray) and image.ndim == 4:
+            items = list(image)
+        elif isinstance(image, torch.Tensor) and image.ndim == 4:
+            items = list(image.unbind(0))
+        elif isinstance(image, (list, tuple)):
+            items = list(image)
+        else:
+            items = [image]
+        if not items:
+            raise ValueError("`image` is an empty batch: pass at least one image")
+        # Bad pixels raise `LayeredImageError`, a `ValueError` naming the image and the problem.
+        return [self._as_rgb(item, f"image {index}") for index, item in enumerate(items)]
+
+    def check_inputs(
+        self,
+        num_layers: int,
+        resolution: int,
+        num_inference_steps: int,
+        output_type: str,
+        callback_on_step_end_tensor_inputs: list[str] | None,
+        true_cfg_scale: float,
+    ) -> None:
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int):
+            raise ValueError(f"`num_layers` must be an int (object layers), got {num_layers!r}")
+        if not self.min_num_layers <= num_layers <= self.max_num_layers:
+            raise ValueError(
+                f"`num_layers` (object layers, not counting the background) must be between {self.min_num_layers} "
+                f"and {self.max_num_layers}, got {num_layers}"
+            )
+        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < self.size_multiple:
+            raise ValueError(f"`resolution` must be an int >= {self.size_multiple}, got {resolution!r}")
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be a positive int, got {num_inference_steps!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if callback_on_step_end_tensor_inputs is not None:
+            unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+            if unknown:
+                raise ValueError(
+                    f"`callback_on_step_end_tensor_inputs` must be among {self._callback_tensor_inputs}, got {unknown}"
+                )
+        if not math.isfinite(true_cfg_scale) or true_cfg_scale < 0:
+            raise ValueError(f"`true_cfg_scale` must be a finite number >= 0, got {true_cfg_scale!r}")
+
+    # ------------------------------------------------------------------ text conditioning
+    def empty_prompt_embeds(self, batch_size: int, device: torch.device | None = None) -> torch.Tensor:
+        """The fixed conditioning used without a text encoder: one all-zero token per image."""
+        return torch.zeros(
+            batch_size, 1, self.transformer.config.joint_attention_dim, device=device, dtype=self.transformer.dtype
+        )
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None = None,
+        batch_size: int = 1,
+        device: torch.device | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_embeds_mask: torch.Tensor | None = None,
+        max_sequence_length: int = 1024,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Text conditioning ``(embeds (B, T, D), mask (B, T) or None)``, as Qwen-Image-Layered computes it.
+
+        Without a text encoder, ``prompt`` must be None or empty and the result is `empty_prompt_embeds`.
+        """
+        device = device or self._execution_device
+        if prompt_embeds is not None:
+            if prompt_embeds.shape[0] == 1 and batch_size > 1:
+                prompt_embeds = prompt_embeds.expand(batch_size, -1, -1)
+                prompt_embeds_mask = None if prompt_embeds_mask is None else prompt_embeds_mask.expand(batch_size, -1)
+            if prompt_embeds.shape[0] != batch_size:
+                raise ValueError(f"`prompt_embeds` has batch size {prompt_embeds.shape[0]}, expected {batch_size}")
+            mask = None if prompt_embeds_mask is None else prompt_embeds_mask.to(device)
+            return prompt_embeds.to(device=device, dtype=self.transformer.dtype), mask
+        prompts = [prompt] * batch_size if prompt is None or isinstance(prompt, str) else list(prompt)
+        if len(prompts) != batch_size:
+            raise ValueError(f"got {len(prompts)} prompts for {batch_size} images")
+        if self.text_encoder is None or self.tokenizer is None:
+            if any(p for p in prompts):
+                raise ValueError(
+                    "a `prompt` needs a `text_encoder` and a `tokenizer`, and this pipeline has none; leave `prompt` "
+                    "empty or pass `prompt_embeds`"
+                )
+            return self.empty_prompt_embeds(batch_size, device), None
+
+        texts = [PROMPT_TEMPLATE.format(p or "") for p in prompts]
+        tokens = self.tokenizer(texts, padding=True, return_tensors="pt").to(device)
+        hidden = self.text_encoder(
+            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, output_hidden_states=True
+        ).hidden_states[-1]
+        # Each prompt's own tokens, without the template's system part, then padded to a common length.
+        sequences = [
+            states[mask.bool()][PROMPT_TEMPLATE_DROP_TOKENS:][:max_sequence_length]
+            for states, mask in zip(hidden, tokens.attention_mask)
+        ]
+        length = max(1, max(len(s) for s in sequences))
+        embeds = hidden.new_zeros(batch_size, length, hidden.shape[-1])
+        mask = torch.zeros(batch_size, length, dtype=torch.long, device=device)
+        for index, sequence in enumerate(sequences):
+            embeds[index, : len(sequence)] = sequence
+            mask[index, : len(sequence)] = 1
+        embeds = embeds.to(dtype=self.transformer.dtype)
+        return embeds, (None if bool(mask.all()) else mask)
+
+    def caption_images(self, images: Sequence[np.ndarray], max_new_tokens: int = 256) -> list[str]:
+        """Captions from the vision-language text encoder (needs `text_encoder` and `processor`)."""
+        if self.text_encoder is None or self.processor is None:
+            raise ValueError("captioning needs a `text_encoder` and a `processor`")
+        device = self._execution_device
+        captions = []
+        for image in images:
+            pil = PIL.Image.fromarray(np.round(image * 255).astype(np.uint8), "RGB")
+            inputs = self.processor(text=CAPTION_TEMPLATE, images=pil, padding=True, return_tensors="pt").to(device)
+            generated = self.text_encoder.generate(**inputs, max_new_tokens=max_new_tokens)
+            new_tokens = generated[:, inputs.input_ids.shape[1] :]
+            captions.append(self.processor.batch_decode(new_tokens, skip_special_tokens=True)[0].strip())
+        return captions
+
+    # ------------------------------------------------------------------ latents
+    @staticmethod
+    def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+        """``(B, F, C, h, w)`` -> ``(B, F * h/2 * w/2, C * 4)``: 2x2 patches, frame-major.
+
+        This is Qwen-Image-Layered's token layout; real weights depend on it.
+        """
+        batch, frames, channels, height, width = latents.shape
+        latents = latents.view(batch, frames, channels, height // 2, 2, width // 2, 2)
+        latents = latents.permute(0, 1, 3, 5, 2, 4, 6)
+        return latents.reshape(batch, frames * (height // 2) * (width // 2), channels * 4)
+
+    @staticmethod
+    def unpack_latents(latents: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
+        """Inverse of `pack_latents`; ``height``/``width`` are the latent's (before patching)."""
+        batch, _, packed_channels = latents.shape
+        channels = packed_channels // 4
+        latents = latents.view(batch, frames, height // 2, width // 2, channels, 2, 2)
+        latents = latents.permute(0, 1, 4, 2, 5, 3, 6)
+        return latents.reshape(batch, frames, channels, height, width)
+
+    def _latent_stats(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, self.latent_channels, 1, 1, 1)
+        mean = torch.tensor(self.vae.config.latents_mean, device=device, dtype=dtype).view(shape)
+        std = torch.tensor(self.vae.config.latents_std, device=device, dtype=dtype).view(shape)
+        return mean, std
+
+    def encode_images(self, images: Sequence[np.ndarray], height: int, width: int) -> torch.Tensor:
+        """Condition latents: images resized to ``(height, width)``, made RGBA (opaque), encoded, normalised.
+
+        Returns ``(B, C, 1, height / f, width / f)`` (the VAE posterior's mode, so encoding is deterministic).
+        """
+        device = self._execution_device
+        pixels = []
+        for image in images:
+            tensor = torch.from_numpy(image).to(device).permute(2, 0, 1)[None]
+            if image.shape[:2] != (height, width):
+                shrinking = image.shape[0] > height or image.shape[1] > width
+                tensor = F.interpolate(
+                    tensor, size=(height, width), mode="bilinear", align_corners=False, antialias=shrinking
+                ).clamp(0, 1)
+            pixels.append(torch.cat([tensor, torch.ones_like(tensor[:, :1])], dim=1))
+        pixels = (torch.cat(pixels) * 2 - 1).unsqueeze(2).to(self.vae.dtype)
+        latents = self.vae.encode(pixels).latent_dist.mode()
+        mean, std = self._latent_stats(latents.device, latents.dtype)
+        return (latents - mean) / std
+
+    def decode_latents(self, latents: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
+        """Packed latents of ``frames`` output frames -> RGBA ``(B, frames, 4, height, width)`` float32 in [0, 1].
+
+        A leading composite frame (see ``leading_composite_frame``) is dropped here.
+        """
+        factor = self.vae_scale_factor
+        latents = self.unpack_latents(latents, frames, height // factor, width // factor).to(self.vae.dtype)
+        if self.config.leading_composite_frame:
+            latents = latents[:, 1:]
+        batch, kept, channels = latents.shape[:3]
+        latents = latents.permute(0, 2, 1, 3, 4)
+        mean, std = self._latent_stats(latents.device, latents.dtype)
+        latents = latents * std + mean
+        latents = latents.permute(0, 2, 1, 3, 4).reshape(batch * kept, channels, 1, *latents.shape[-2:])
+        pixels = self.vae.decode(latents, return_dict=False)[0][:, :, 0]
+        pixels = ((pixels.float() + 1) / 2).clamp(0, 1)
+        return pixels.view(batch, kept, *pixels.shape[1:])
+
+    # ------------------------------------------------------------------ layers at full resolution
+    def layers_from_frames(self, frames: torch.Tensor, image: np.ndarray) -> tuple[LayeredImage, RecompositionReport]:
+        """Decoded frames ``(K+1, 4, h, w)`` (background, objects back to front) -> the input's full-size layers.
+
+        RGBA is resized to the input's size; the alpha decoder refines each object's alpha against the full
+        image; the shadow head predicts each object's shadow; alphas and shadows under `MIN_VISIBLE_ALPHA`
+        become 0; the background is made opaque by compositing it over the input where it is transparent;
+        finally colours are reconciled with the input (`reconcile_with_image`) and the remaining error is
+        measured (`check_decomposition`).
+        """
+        height, width = image.shape[:2]
+        device = frames.device
+        full = frames.float()
+        if full.shape[-2:] != (height, width):
+            shrinking = height < full.shape[-2] or width < full.shape[-1]
+            full = F.interpolate(full, size=(height, width), mode="bilinear", align_corners=False, antialias=shrinking)
+            full = full.clamp(0, 1)
+        target = torch.from_numpy(image).to(device).permute(2, 0, 1)[None]
+        num_objects = full.shape[0] - 1
+
+        background_alpha = full[0, 3:]
+        background = background_alpha * full[0, :3] + (1 - background_alpha) * target[0]
+
+        image_batch = target.expand(num_objects, -1, -1, -1)
+        decoder_dtype = self.alpha_decoder.dtype
+        alphas = self.alpha_decoder(image_batch.to(decoder_dtype), full[1:, 3:].to(decoder_dtype)).float()
+        alphas = torch.where(alphas < MIN_VISIBLE_ALPHA, torch.zeros_like(alphas), alphas)
+        union = 1 - torch.prod(1 - alphas, dim=0, keepdim=True).expand(num_objects, -1, -1, -1)
+        head_dtype = self.shadow_head.dtype
+        shadows = self.shadow_head(image_batch.to(head_dtype), alphas.to(head_dtype), union.to(head_dtype)).float()
+        shadows = torch.where(shadows < MIN_VISIBLE_ALPHA, torch.zeros_like(shadows), shadows)
+
+        foregrounds = torch.cat([full[1:, :3], alphas], dim=1).permute(0, 2, 3, 1).cpu().numpy()
+        layered = LayeredImage(
+            background.permute(1, 2, 0).cpu().numpy(),
+            list(foregrounds),
+            list(shadows[:, 0].cpu().numpy()),
+        )
+        layered = reconcile_with_image(layered, image)
+        return layered, check_decomposition(layered, image)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_qwen_image_layered(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        shadow_head: ShadowHead | None = None,
+        alpha_decoder: AlphaDecoder | None = None,
+        load_text_encoder: bool = False,
+        dtype: torch.dtype | None = None,
+        torch_dtype: torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> LiWiDecompositionPipeline:
+        """Build a LiWi pipeline from a `QwenImageLayeredPipeline` folder (or Hub id): its transformer, VAE and
+        scheduler, plus LiWi heads (fresh default ones unless given).
+
+        Args:
+            pretrained_model_name_or_path: the folder (``transformer/``, ``vae/``, ``scheduler/`` inside).
+            shadow_head, alpha_decoder: trained heads; untrained defaults predict no shadow and keep the
+                transformer's alpha.
+            load_text_encoder: also load ``text_encoder``, ``tokenizer`` and ``processor`` (Qwen2.5-VL, about
+                16 GB in bf16) when the folder has them; by default the pipeline runs with the empty-prompt
+                embedding.
+            dtype: dtype of every model (e.g. ``torch.bfloat16`` on a GPU); ``torch_dtype`` is the older name.
+            kwargs: loading options passed to each ``from_pretrained`` (``local_files_only``, ``revision``,
+                ``cache_dir``, ``variant``...).
+
+        The Qwen-Image-Layered transformer generates the recomposed image as its first frame, so the pipeline
+        is built with ``leading_composite_frame=True``.
+        """
+        dtype = dtype if dtype is not None else torch_dtype
+        model_kwargs = dict(kwargs)
+        if dtype is not None:
+            model_kwargs["dtype"] = dtype
+        hub_kwargs = {k: v for k, v in kwargs.items() if k in _HUB_KWARGS}
+        model_index = cls._read_model_index(pretrained_model_name_or_path, hub_kwargs)
+        if model_index is not None:
+            for name in ("transformer", "vae"):
+                if not model_index.get(name) or model_index[name][0] is None:
+                    raise ValueError(f"{pretrained_model_name_or_path}: model_index.json lists no {name!r}")
+            if model_index.get("_class_name") != "QwenImageLayeredPipeline":
+                logger.warning(
+                    f"{pretrained_model_name_or_path} holds a {model_index.get('_class_name')!r}, not a "
+                    "QwenImageLayeredPipeline; loading its transformer and VAE anyway"
+                )
+        transformer = QwenImageTransformer2DModel.from_pretrained(
+            pretrained_model_name_or_path, subfolder="transformer", **model_kwargs
+        )
+        vae = AutoencoderKLQwenImage.from_pretrained(pretrained_model_name_or_path, subfolder="vae", **model_kwargs)
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(
+            pretrained_model_name_or_path, subfolder="scheduler", **hub_kwargs
+        )
+        shadow_head = shadow_head if shadow_head is not None else ShadowHead()
+        alpha_decoder = alpha_decoder if alpha_decoder is not None else AlphaDecoder()
+        if dtype is not None:
+            shadow_head, alpha_decoder = shadow_head.to(dtype), alpha_decoder.to(dtype)
+
+        text_parts: dict[str, Any] = {}
+        if load_text_encoder:
+            text_parts = cls._load_text_parts(
+                pretrained_model_name_or_path, model_index or {}, model_kwargs, hub_kwargs
+            )
+        return cls(
+            vae=vae,
+            transformer=transformer,
+            scheduler=scheduler,
+            shadow_head=shadow_head,
+            alpha_decoder=alpha_decoder,
+            leading_composite_frame=True,
+            **text_parts,
+        )
+
+    @staticmethod
+    def _read_model_index(path: str | os.PathLike, hub_kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        if os.path.isdir(path):
+            index_file = os.path.join(path, "model_index.json")
+            if not os.path.isfile(index_file):
+                return None
+        else:
+            from huggingface_hub import hf_hub_download
+
+            index_file = hf_hub_download(str(path), "model_index.json", **hub_kwargs)
+        with open(index_file, encoding="utf-8") as handle:
+            return json.load(handle)
+
+    @staticmethod
+    def _load_text_parts(
+        path: str | os.PathLike, model_index: dict[str, Any], model_kwargs: dict[str, Any], hub_kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        import importlib
+
+        parts = {}
+        for name in ("text_encoder", "tokenizer", "processor"):
+            entry = model_index.get(name)
+            if not entry or entry[0] is None:
+                continue
+            library, class_name = entry
+            loader = getattr(importlib.import_module(library), class_name)
+            options = model_kwargs if name == "text_encoder" else hub_kwargs
+            parts[name] = loader.from_pretrained(path, subfolder=name, **options)
+        if "text_encoder" not in parts:
+            raise ValueError(f"{path}: `load_text_encoder=True` but model_index.json lists no text_encoder")
+        return parts
+
+    # ------------------------------------------------------------------ the call
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: Any = None,
+        num_layers: int = 3,
+        resolution: int = 640,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        attention_kwargs: dict[str, Any] | None = None,
+        prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_embeds_mask: torch.Tensor | None = None,
+        negative_prompt: str | list[str] | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds_mask: torch.Tensor | None = None,
+        true_cfg_scale: float = 1.0,
+        sigmas: list[float] | None = None,
+        max_sequence_length: int = 512,
+    ) -> LiWiDecompositionPipelineOutput | tuple:
+        r"""Decompose images into layers.
+
+        Args:
+            image: a PIL image, a ``(H, W[, C])`` numpy array (uint8, uint16 or float in [0, 1]), a ``(C, H, W)``
+                torch tensor in [0, 1], a batched ``(B, ...)`` array/tensor, or a list of these.
+            num_layers: object layers K (1 to `max_num_layers`); the transformer generates K+1 frames:
+                the background, then the objects back to front.
+            resolution: the transformer works on about ``resolution**2`` pixels, keeping the aspect ratio
+                (height and width multiples of `size_multiple`); layers come back at the input's size.
+            num_inference_steps: denoising steps.
+            generator: a `torch.Generator`, or one per input image, for reproducible noise.
+            latents: initial packed noise ``(B, frames * tokens, channels * 4)`` (all inputs must then share a
+                processing size); drawn from ``generator`` when None.
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` (see `LiWiDecompositionPipelineOutput.images`) or
+                ``"latent"`` (denoised packed latents; no decoding).
+            return_dict: return a `LiWiDecompositionPipelineOutput`; otherwise the tuple
+                ``(images, layers, latents, recomposition)``.
+            callback_on_step_end: called as ``callback(pipeline, step, timestep, callback_kwargs)`` after every
+                step; may return a dict with a replacement ``latents`` (or ``prompt_embeds``).
+            callback_on_step_end_tensor_inputs: names put into ``callback_kwargs`` (default ``["latents"]``).
+            attention_kwargs: passed to the transformer's attention processors (e.g. ``{"scale": 0.5}`` for LoRA).
+            prompt: text describing the image; needs a text encoder. With a text encoder and a processor,
+                None means: caption the image first (as Qwen-Image-Layered does).
+            prompt_embeds, prompt_embeds_mask: precomputed text conditioning (``(B or 1, T, D)``, ``(B or 1, T)``).
+            negative_prompt, negative_prompt_embeds, negative_prompt_embeds_mask: for true classifier-free
+                guidance when ``true_cfg_scale > 1``.
+            true_cfg_scale: guidance scale; 1 (default) runs the transformer once per step.
+            sigmas: custom noise levels (one per step, from 1 down); default ``linspace(1, 1 / steps, steps)``.
+            max_sequence_length: longest text conditioning kept, in tokens.
+
+        Returns:
+            `LiWiDecompositionPipelineOutput` (or a tuple, see ``return_dict``).
+        """
+        if callback_on_step_end_tensor_inputs is None:
+            callback_on_step_end_tensor_inputs = ["latents"]
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+
+        # 1. Check arguments and inputs.
+        self.check_inputs(
+            num_layers, resolution, num_inference_steps, output_type, callback_on_step_end_tensor_inputs, true_cfg_scale
+        )
+        images = self.prepare_images(image)
+        batch_size = len(images)
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"got {len(generator)} generators for {batch_size} images; pass one, or one per image")
+        if sigmas is not None and len(sigmas) != num_inference_steps:
+            raise ValueError(f"got {len(sigmas)} `sigmas` for {num_inference_steps} steps")
+        if isinstance(prompt, list) and len(prompt) != batch_size:
+            raise ValueError(f"got {len(prompt)} prompts for {batch_size} images")
+
+        self._attention_kwargs = attention_kwargs or {}
+        self._current_timestep = None
+        self._interrupt = False
+        device = self._execution_device
+        frames = num_layers + 1 + int(self.config.leading_composite_frame)
+
+        # Inputs of different aspect ratios are denoised in groups that share a processing size.
+        sizes = [self.processing_size(img.shape[0], img.shape[1], resolution) for img in images]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, size in enumerate(sizes):
+            groups.setdefault(size, []).append(index)
+        if latents is not None and len(groups) > 1:
+            raise ValueError("`latents` can only be given when all images share a processing size (aspect ratio)")
+        if output_type == "latent" and len(groups) > 1:
+            raise ValueError('output_type="latent" needs all images to share a processing size (aspect ratio)')
+
+        # 2. Text conditioning (one all-zero token without a text encoder).
+        if prompt is None and prompt_embeds is None and self.text_encoder is not None and self.processor is not None:
+            prompt = self.caption_images(images)
+        do_true_cfg = true_cfg_scale > 1 and (negative_prompt is not None or negative_prompt_embeds is not None)
+        if true_cfg_scale > 1 and not do_true_cfg:
+            logger.warning("`true_cfg_scale` > 1 has no effect without `negative_prompt` or `negative_prompt_embeds`")
+
+        results: list[tuple[LayeredImage, RecompositionReport] | None] = [None] * batch_size
+        output_latents: torch.Tensor | None = None
+        for (height, width), indices in groups.items():
+            count = len(indices)
+            latent_height, latent_width = height // self.vae_scale_factor, width // self.vae_scale_factor
+            tokens_per_frame = (latent_height // 2) * (latent_width // 2)
+
+            def pick(values: Any, picked: list[int] = indices) -> Any:
+                return [values[i] for i in picked] if isinstance(values, list) else values
+
+            def pick_rows(values: torch.Tensor | None, picked: list[int] = indices) -> torch.Tensor | None:
+                if values is None or values.shape[0] == 1:
+                    return values
+                return values[picked]
+
+            prompt_embeds_g, prompt_mask_g = self.encode_prompt(
+                pick(prompt),
+                count,
+                device,
+                pick_rows(prompt_embeds),
+                pick_rows(prompt_embeds_mask),
+                max_sequence_length,
+            )
+            if do_true_cfg:
+                negative_embeds_g, negative_mask_g = self.encode_prompt(
+                    pick(negative_prompt) or "",
+                    count,
+                    device,
+                    pick_rows(negative_prompt_embeds),
+                    pick_rows(negative_prompt_embeds_mask),
+                    max_sequence_length,
+                )
+
+            # 3. Condition latents (the input image) and initial noise, packed.
+            condition = self.encode_images([images[i] for i in indices], height, width)
+            condition = self.pack_latents(condition.permute(0, 2, 1, 3, 4).to(self.transformer.dtype))
+            noise_shape = (count, frames, self.latent_channels, latent_height, latent_width)
+            expected_packed = (count, frames * tokens_per_frame, self.latent_channels * 4)
+            if latents is None:
+                group_generators = pick(generator)
+                if isinstance(group_generators, list):
+                    noise = torch.cat(
+                        [
+                            randn_tensor(
+                                (1, *noise_shape[1:]), generator=g, device=device, dtype=self.transformer.dtype
+                            )
+                            for g in group_generators
+                        ]
+                    )
+                else:
+                    noise = randn_tensor(
+                        noise_shape, generator=group_generators, device=device, dtype=self.transformer.dtype
+                    )
+                group_latents = self.pack_latents(noise)
+            else:
+                if tuple(latents.shape) != expected_packed:
+                    raise ValueError(
+                        f"`latents` must have the packed shape {expected_packed} for {num_layers} layers at "
+                        f"{width}x{height}, got {tuple(latents.shape)}"
+                    )
+                group_latents = latents.to(device=device, dtype=self.transformer.dtype)
+            img_shapes = [[(1, latent_height // 2, latent_width // 2)] * (frames + 1)] * count
+            additional_t_cond = (
+                torch.zeros(count, dtype=torch.long, device=device)
+                if self.transformer.config.use_additional_t_cond
+                else None
+            )
+
+            # 4. Timesteps, shifted for the condition's token count as Qwen-Image-Layered does.
+            step_sigmas = sigmas if sigmas is not None else np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
+            self.scheduler.set_timesteps(sigmas=step_sigmas, device=device, mu=layered_shift_mu(condition.shape[1]))
+            timesteps = self.scheduler.timesteps
+            self.scheduler.set_begin_index(0)
+            self._num_timesteps = len(timesteps)
+
+            # 5. Denoising loop: the condition frame is appended after the output frames at every step.
+            with self.progress_bar(total=len(timesteps)) as progress_bar:
+                for step, t in enumerate(timesteps):
+                    if self.interrupt:
+                        continue
+                    self._current_timestep = t
+                    model_input = torch.cat([group_latents, condition], dim=1)
+                    timestep = (t / 1000).expand(count).to(group_latents.dtype)
+                    with self.transformer.cache_context("cond"):
+                        velocity = self.transformer(
+                            hidden_states=model_input,
+                            timestep=timestep,
+                            encoder_hidden_states=prompt_embeds_g,
+                            encoder_hidden_states_mask=prompt_mask_g,
+                            img_shapes=img_shapes,
+                            additional_t_cond=additional_t_cond,
+                            attention_kwargs=self.attention_kwargs,
+                            return_dict=False,
+                        )[0][:, : group_latents.shape[1]]
+                    if do_true_cfg:
+                        with self.transformer.cache_context("uncond"):
+                            negative_velocity = self.transformer(
+                                hidden_states=model_input,
+                                timestep=timestep,
+                                encoder_hidden_states=negative_embeds_g,
+                                encoder_hidden_states_mask=negative_mask_g,
+                                img_shapes=img_shapes,
+                                additional_t_cond=additional_t_cond,
+                                attention_kwargs=self.attention_kwargs,
+                                return_dict=False,
+                            )[0][:, : group_latents.shape[1]]
+                        velocity = negative_velocity + true_cfg_scale * (velocity - negative_velocity)
+                    group_latents = self.scheduler.step(velocity, t, group_latents, return_dict=False)[0]
+
+                    if callback_on_step_end is not None:
+                        named = {"latents": group_latents, "prompt_embeds": prompt_embeds_g}
+                        callback_kwargs = {name: named[name] for name in callback_on_step_end_tensor_inputs}
+                        callback_outputs = callback_on_step_end(self, step, t, callback_kwargs) or {}
+                        group_latents = callback_outputs.pop("latents", group_latents)
+                        prompt_embeds_g = callback_outputs.pop("prompt_embeds", prompt_embeds_g)
+                    progress_bar.update()
+            self._current_timestep = None
+
+            if output_type == "latent":
+                output_latents = group_latents
+                continue
+
+            # 6. Decode the output frames and build each input's full-size layers.
+            decoded = self.decode_latents(group_latents, frames, height, width)
+            for row, index in enumerate(indices):
+                results[index] = self.layers_from_frames(decoded[row], images[index])
+
+        self.maybe_free_model_hooks()
+
+        if output_type == "latent":
+            output = LiWiDecompositionPipelineOutput(
+                images=None, layers=None, latents=output_latents, recomposition=None
+            )
+        else:
+            layers = [result[0] for result in results]
+            reports = [result[1] for result in results]
+            output = LiWiDecompositionPipelineOutput(
+                images=[self._layers_to_output(layered, output_type) for layered in layers],
+                layers=layers,
+                latents=None,
+                recomposition=reports,
+            )
+        if not return_dict:
+            return output.images, output.layers, output.latents, output.recomposition
+        return output
+
+    @staticmethod
+    def _layers_to_output(layered: LayeredImage, output_type: str) -> Any:
+        if output_type == "pil":
+            return [layer for _, layer in layered.to_pil()]
+        stack = np.stack([rgba for _, rgba in layered.to_rgba_stack()])
+        if output_type == "np":
+            return stack
+        return torch.from_numpy(stack).permute(0, 3, 1, 2).contiguous()
