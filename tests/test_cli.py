@@ -158,3 +158,28 @@ def test_folder_input_expands_to_its_images(photo, tmp_path):
     (folder / "notes.txt").write_text("ignored")
     assert run_cli("decompose", folder, "-o", tmp_path / "out", "--format", "zip", "-q") == 0
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.zip"]
+
+
+def test_decompose_with_a_saved_pipeline_folder(photo, tmp_path, capsys):
+    from liwi_diffusers.pipelines.tiny import build_tiny_pipeline
+
+    model = tmp_path / "tiny-liwi"
+    build_tiny_pipeline(seed=0).save_pretrained(model)
+    args = ("decompose", photo, "--model", model, "--layers", "2", "--steps", "2", "--resolution", "64",
+            "--device", "cpu", "--format", "ora")
+    assert run_cli(*args, "-o", tmp_path / "a") == 0
+    assert run_cli(*args, "-o", tmp_path / "b") == 0
+    first, second = load_layered(tmp_path / "a" / "chelsea.ora"), load_layered(tmp_path / "b" / "chelsea.ora")
+    assert first.num_objects == 2 and first.size == Image.open(photo).size
+    np.testing.assert_array_equal(first.compose(), second.compose())  # same seed, same layers
+    original = np.asarray(Image.open(photo).convert("RGB"), dtype=np.float32) / 255
+    assert np.abs(first.compose() - original).max() <= 1.5 / 255
+    assert "chelsea.jpg ->" in capsys.readouterr().out
+
+
+def test_cuda_device_without_a_gpu_is_a_clear_error(photo, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on GPU machines
+    assert run_cli("decompose", photo, "-o", tmp_path, "--model", tmp_path, "--device", "cuda") == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
