@@ -72,6 +72,20 @@ def test_layers_option_is_respected(photo, tmp_path):
     assert load_layered(tmp_path / "chelsea.zip").num_objects == 1
 
 
+def test_notes_about_the_input_and_the_result_are_one_line_each(tmp_path, capsys):
+    rgba = np.zeros((96, 128, 4), np.uint8)
+    rgba[..., :3] = 200
+    rgba[20:70, 30:90] = (30, 60, 200, 255)
+    rgba[:, :10, 3] = 0
+    rgba[:, 10:, 3] = np.maximum(rgba[:, 10:, 3], 255)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "card.png")
+    assert run_cli("decompose", tmp_path / "card.png", "-o", tmp_path / "out", "--layers", "8", "--format", "zip") == 0
+    err = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("liwi: note:") and "flattened" in line for line in err)
+    assert any(line.startswith("liwi: note:") and "asked for 8" in line for line in err)
+    assert not any("Warning" in line for line in err)
+
+
 def test_existing_output_needs_overwrite(photo, tmp_path, capsys):
     (tmp_path / "chelsea.psd").write_bytes(b"keep me")
     assert run_cli("decompose", photo, "-o", tmp_path) == 2

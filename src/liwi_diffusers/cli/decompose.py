@@ -54,8 +54,8 @@ def add_parser(subparsers: Any) -> None:
                         help="psd: Photoshop/GIMP/Krita; ora: OpenRaster (GIMP, Krita, MyPaint); "
                              "zip: PNG per layer + manifest.json")
     parser.add_argument("-n", "--layers", type=int, default=None, metavar="N",
-                        help=f"number of object layers, 1..{MAX_LAYERS} (default: as many as found, tools; "
-                             "4, pipeline)")
+                        help=f"number of object layers, 1..{MAX_LAYERS}; tools: at most N (fewer when fewer objects "
+                             "are found; default: as many as found, up to 4); pipeline: exactly N (default 4)")
     parser.add_argument("--method", choices=METHODS, default="auto",
                         help="auto: 'pipeline' when --model is given, else 'tools'")
     parser.add_argument("--model", default=None, metavar="PATH_OR_ID",
@@ -115,11 +115,16 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         try:
             with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", ImageInputWarning)
+                warnings.simplefilter("always")
                 image = item.open()
+                layered = decompose(image)
             for warning in caught:
-                _say(f"liwi: note: {warning.message}", args.quiet, progress)
-            layered = decompose(image)
+                if issubclass(warning.category, ImageInputWarning):  # already names the file
+                    _say(f"liwi: note: {warning.message}", args.quiet, progress)
+                elif "liwi_diffusers" in warning.filename:  # e.g. fewer objects found than asked for
+                    _say(f"liwi: note: {item.name}: {warning.message}", args.quiet, progress)
+                else:
+                    warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
             save_layered(layered, target, format=args.format)
         except ImageLoadError as error:
             failures += 1
