@@ -49,7 +49,18 @@ setup(
         f"liwi_dataset_builder.{name}" for name in find_packages("dataset_builder")
     ],
     include_package_data=True,
-    package_data={"liwi_diffusers": ["py.typed", "metrics/*/*.py", "metrics/*/*.md"]},
+    package_data={
+        "liwi_diffusers": [
+            "py.typed",
+            "metrics/*/*.py",
+            "metrics/*/*.md",
+            # the shipped checkpoint (liwi_diffusers.checkpoints): model_index, card, component folders
+            "checkpoints/*/*.json",
+            "checkpoints/*/*.md",
+            "checkpoints/*/*/*.json",
+            "checkpoints/*/*/*.safetensors",
+        ]
+    },
     install_requires=install_requires,
     extras_require=extras,
     entry_points={

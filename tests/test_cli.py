@@ -197,3 +197,22 @@ def test_cuda_device_without_a_gpu_is_a_clear_error(photo, tmp_path, capsys, mon
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on GPU machines
     assert run_cli("decompose", photo, "-o", tmp_path, "--model", tmp_path, "--device", "cuda") == 2
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_decompose_with_the_shipped_checkpoint_by_name(photo, tmp_path, capsys):
+    args = ("decompose", photo, "--model", "liwi-small", "--layers", "2", "--steps", "2", "--device", "cpu",
+            "--format", "zip", "-o", tmp_path)
+    assert run_cli(*args) == 0
+    layered = load_layered(tmp_path / "chelsea.zip")
+    assert layered.num_objects == 2 and layered.size == Image.open(photo).size
+    original = np.asarray(Image.open(photo).convert("RGB"), dtype=np.float32) / 255
+    assert np.abs(layered.compose() - original).mean() <= 1e-3  # the final step reconciles with the input
+    assert "chelsea.jpg ->" in capsys.readouterr().out
+
+
+def test_resolution_below_the_model_multiple_is_a_clear_error(photo, tmp_path, capsys):
+    assert run_cli("decompose", photo, "--model", "liwi-small", "--resolution", "8", "-o", tmp_path) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "liwi: error: --resolution must be at least 16 for this model, got 8"
+    assert not any("Traceback" in line for line in err)
+    assert not list(tmp_path.iterdir())

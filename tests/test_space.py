@@ -79,7 +79,7 @@ def config(tmp_path_factory: pytest.TempPathFactory):
     """Small limits so that the limits are cheap to hit; the tiny pipeline offered beside the tool chain."""
     return space.SpaceConfig(
         default_model=space.TOOLS,
-        models=(space.TOOLS, space.TINY),
+        models=(space.TOOLS, space.TINY, space.SHIPPED_CHECKPOINT),
         max_side=320,
         max_file_size="300kb",
         max_steps=30,
@@ -255,6 +255,12 @@ def test_decompose_handler_runs_a_pipeline_with_steps_and_seed(config, photos):
     assert "Tiny random pipeline" in report
 
 
+def test_decompose_handler_runs_the_shipped_checkpoint(config, photos):
+    gallery, _, report, _, session = space.decompose(str(photos["coffee"]), space.SHIPPED_CHECKPOINT, 2, 3, 0, config)
+    assert session.num_objects == 2 and len(gallery) == 5
+    assert "LiWi checkpoint liwi-small" in report
+
+
 @pytest.mark.parametrize(
     ("photo", "message"),
     [
@@ -314,9 +320,9 @@ def test_edit_handlers_and_exports_follow_the_edits(config):
 def test_config_from_environment():
     config = space.SpaceConfig.from_env({"LIWI_MODEL": "/models/liwi", "LIWI_MODELS": "tiny, tools",
                                          "LIWI_MAX_SIDE": "512", "LIWI_QUEUE_SIZE": "8"})
-    assert config.default_model == "/models/liwi" and config.models == ("/models/liwi", "tools", "tiny")
+    assert config.default_model == "/models/liwi" and config.models == ("/models/liwi", "tools", "liwi-small", "tiny")
     assert config.max_side == 512 and config.queue_size == 8 and config.concurrency == 2
-    assert space.SpaceConfig.from_env({}).models == ("tools",)
+    assert space.SpaceConfig.from_env({}).models == ("tools", "liwi-small")
     with pytest.raises(ValueError, match="LIWI_MAX_SIDE must be a whole number"):
         space.SpaceConfig.from_env({"LIWI_MAX_SIDE": "big"})
     with pytest.raises(ValueError, match="LIWI_CONCURRENCY must be positive"):

@@ -13,6 +13,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..checkpoints import SHIPPED_CHECKPOINTS, resolve_model
 from ..image_io import DEFAULT_MAX_PIXELS, ImageInputWarning, ImageLoadError, load_image
 from ..layers import LayeredImage
 from ..sample_images import SAMPLE_IMAGES, load_sample_image
@@ -21,12 +22,15 @@ from . import CLIError
 FORMATS = ("psd", "ora", "zip")
 METHODS = ("auto", "tools", "pipeline")
 MAX_LAYERS = 8
+DEFAULT_RESOLUTION = 640
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif"}
 DEFAULT_METHOD_NOTE = (
     "Default method: 'tools', the weight-free tool-chain decomposer (saliency + GrabCut segmentation, "
     "pymatting alpha matting, OpenCV inpainting, cast-shadow estimation); nothing is downloaded. "
-    "It stays the default until a trained LiWi checkpoint beats it on the benchmark. "
-    "Give --model (a pipeline folder or Hub id) to use LiWiDecompositionPipeline instead."
+    "It stays the default until a trained LiWi checkpoint beats it on the benchmark; the shipped checkpoint "
+    "'liwi-small' does not yet (see the README). "
+    "Give --model (a pipeline folder, Hub id or shipped name such as liwi-small) to use "
+    "LiWiDecompositionPipeline instead."
 )
 
 
@@ -59,10 +63,12 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--method", choices=METHODS, default="auto",
                         help="auto: 'pipeline' when --model is given, else 'tools'")
     parser.add_argument("--model", default=None, metavar="PATH_OR_ID",
-                        help="LiWiDecompositionPipeline folder or Hub id (method 'pipeline')")
+                        help="LiWiDecompositionPipeline folder, Hub id, or a checkpoint shipped with the package "
+                             f"({', '.join(SHIPPED_CHECKPOINTS)}) (method 'pipeline')")
     parser.add_argument("--steps", type=int, default=30, help="denoising steps (method 'pipeline')")
-    parser.add_argument("--resolution", type=int, default=640,
-                        help="working resolution of the pipeline's transformer (method 'pipeline')")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="working resolution of the pipeline's transformer (method 'pipeline'; default: the "
+                             f"resolution a shipped checkpoint was trained at, else {DEFAULT_RESOLUTION})")
     parser.add_argument("--seed", type=int, default=0, help="random seed (results are deterministic for a seed)")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ... (method 'pipeline')")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
@@ -199,9 +205,16 @@ def _load_pipeline(args: argparse.Namespace) -> Callable[[Image.Image], LayeredI
         raise CLIError(f"--device {device}: no CUDA GPU is visible to torch; use --device cpu")
     dtype = getattr(torch, args.dtype)
     try:
-        pipe = LiWiDecompositionPipeline.from_pretrained(args.model, dtype=dtype)
+        source, trained_resolution = resolve_model(args.model)
+    except (OSError, ValueError) as error:
+        raise CLIError(str(error)) from None
+    resolution = args.resolution or trained_resolution or DEFAULT_RESOLUTION
+    try:
+        pipe = LiWiDecompositionPipeline.from_pretrained(source, dtype=dtype)
     except (OSError, ValueError) as error:
         raise CLIError(f"cannot load a LiWi pipeline from {args.model!r}: {str(error).splitlines()[0]}") from None
+    if resolution < pipe.size_multiple:
+        raise CLIError(f"--resolution must be at least {pipe.size_multiple} for this model, got {resolution}")
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
 
@@ -211,7 +224,7 @@ def _load_pipeline(args: argparse.Namespace) -> Callable[[Image.Image], LayeredI
             image,
             num_layers=args.layers or 4,
             num_inference_steps=args.steps,
-            resolution=args.resolution,
+            resolution=resolution,
             generator=generator,
             output_type="pil",
         )

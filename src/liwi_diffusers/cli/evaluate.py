@@ -69,13 +69,16 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--include-shadows", action="store_true",
                         help="count the non-empty shadow layers of LiWi layered images as layers (use when "
                              "predicted PNG stacks contain shadow layers); default: shadows are scored separately")
-    parser.add_argument("--checkpoint", metavar="PATH", help="pipeline folder for --method pipeline")
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help="pipeline folder, or a checkpoint shipped with the package (liwi-small), "
+                             "for --method pipeline")
     parser.add_argument("--num-layers", default=None, metavar="auto|gt|N",
                         help="objects to ask the method for: auto (the method decides), gt (as many as the "
                              "ground truth has) or a number; default: auto for toolchain, gt for pipeline")
     parser.add_argument("--steps", type=int, default=50, help="pipeline denoising steps (default: %(default)s)")
-    parser.add_argument("--pipeline-resolution", type=int, default=640,
-                        help="pipeline processing resolution (default: %(default)s)")
+    parser.add_argument("--pipeline-resolution", type=int, default=None,
+                        help="pipeline processing resolution (default: a shipped checkpoint's training "
+                             "resolution, else 640)")
     parser.add_argument("--device", default=None, help="pipeline device (default: cuda when available, else cpu)")
     parser.add_argument("--seed", type=int, default=0,
                         help="pipeline noise seed, the same for every sample (default: %(default)s)")
@@ -330,11 +333,19 @@ def _pipeline_method(args: argparse.Namespace) -> Callable[[_Sample], Any]:
         from ..pipelines.pipeline_liwi import LiWiDecompositionPipeline
     except ImportError as error:
         raise CLIError(f"the LiWi pipeline is not available in this installation ({error})") from error
-    if not Path(args.checkpoint).exists():
-        raise CLIError(f"checkpoint {args.checkpoint} does not exist")
+    from ..checkpoints import resolve_model
+
+    try:
+        source, trained_resolution = resolve_model(args.checkpoint)
+    except (OSError, ValueError) as error:
+        raise CLIError(str(error)) from None
+    if not Path(source).exists():
+        raise CLIError(f"checkpoint {args.checkpoint} does not exist (a pipeline folder or a shipped name such as "
+                       "liwi-small)")
+    resolution = args.pipeline_resolution or trained_resolution or 640
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        pipeline = LiWiDecompositionPipeline.from_pretrained(args.checkpoint).to(device)
+        pipeline = LiWiDecompositionPipeline.from_pretrained(source).to(device)
     except (OSError, ValueError) as error:
         raise CLIError(f"could not load the pipeline from {args.checkpoint}: {error}") from error
 
@@ -343,7 +354,7 @@ def _pipeline_method(args: argparse.Namespace) -> Callable[[_Sample], Any]:
         output = pipeline(
             Image.fromarray(sample.composite, "RGB"),
             num_layers=_num_layers(args.num_layers, "pipeline", sample),
-            resolution=args.pipeline_resolution,
+            resolution=resolution,
             num_inference_steps=args.steps,
             generator=generator,
         )
