@@ -133,6 +133,28 @@ def test_layers_recompose_to_the_input(photo, reference):
     assert all(np.count_nonzero(shadow) == 0 for shadow in layered.shadows)
 
 
+def test_object_colour_under_low_vae_alpha_comes_from_the_input():
+    """Black colour under a transparent VAE output is no evidence: the photo's colour is used there."""
+    from liwi_diffusers.pipelines.pipeline_liwi import CONFIDENT_COLOUR_ALPHA
+
+    pipe = build_tiny_pipeline(seed=0)  # untrained heads keep the VAE's alpha and cast no shadow
+    rng = np.random.default_rng(0)
+    image = rng.random((16, 20, 3), dtype=np.float32)
+    frames = torch.zeros(2, 4, 16, 20)
+    frames[0] = 1.0  # an opaque white background
+    frames[1, 3, :, 10:] = 1.0  # the object: opaque black on the right half, black under alpha 0 on the left
+    frames[1, 3, :, 5] = CONFIDENT_COLOUR_ALPHA / 2  # a half-confident column, reconciled below
+    with torch.no_grad():
+        layered, _ = pipe.layers_from_frames(frames, image)
+    colour, alpha = layered.foregrounds[0][..., :3], layered.foregrounds[0][..., 3]
+    assert np.count_nonzero(alpha[:, :5]) == 0
+    np.testing.assert_allclose(colour[:, :5], image[:, :5], atol=1e-6)
+    np.testing.assert_allclose(alpha[:, 5], CONFIDENT_COLOUR_ALPHA / 2, atol=1e-6)
+    # the reconciled colour still recomposes to the photo, starting from the half-blended guess
+    composite = layered.compose()
+    np.testing.assert_allclose(composite, image, atol=1e-5)
+
+
 def test_untrained_heads_keep_alpha_and_cast_no_shadow():
     decoder, head = AlphaDecoder(), ShadowHead()
     image, coarse = torch.rand(3, 3, 40, 24), torch.rand(3, 1, 40, 24)

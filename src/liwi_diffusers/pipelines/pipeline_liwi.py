@@ -45,6 +45,11 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # Object and shadow alphas below half an 8-bit step are set to 0: they are invisible and would round to 0 in
 # any PNG/PSD/ORA file anyway, and exact zeros let `reconcile_with_image` skip the pixels no layer covers.
 MIN_VISIBLE_ALPHA = 0.5 / 255
+# An RGBA VAE's colour says nothing where its own alpha is near 0 (it learns any colour under full transparency,
+# often black), yet the alpha decoder may give an object coverage there. Object colours are blended towards the
+# input photo as the VAE alpha falls below this value: the photo is the best guess for an object seen there,
+# and `reconcile_with_image` then corrects what shows.
+CONFIDENT_COLOUR_ALPHA = 0.5
 
 # Qwen-Image's prompt template and the number of its leading tokens (the system part) dropped from the
 # text encoder's hidden states; kept identical so that Qwen-Image-Layered weights see what they were trained on.
@@ -453,7 +458,8 @@ class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
 
         RGBA is resized to the input's size; the alpha decoder refines each object's alpha against the full
         image; the shadow head predicts each object's shadow; alphas and shadows under `MIN_VISIBLE_ALPHA`
-        become 0; the background is made opaque by compositing it over the input where it is transparent;
+        become 0; object colours where the VAE's alpha is low come from the input (`CONFIDENT_COLOUR_ALPHA`); the
+        background is made opaque by compositing it over the input where it is transparent;
         finally colours are reconciled with the input (`reconcile_with_image`) and the remaining error is
         measured (`check_decomposition`).
         """
@@ -479,7 +485,9 @@ class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         shadows = self.shadow_head(image_batch.to(head_dtype), alphas.to(head_dtype), union.to(head_dtype)).float()
         shadows = torch.where(shadows < MIN_VISIBLE_ALPHA, torch.zeros_like(shadows), shadows)
 
-        foregrounds = torch.cat([full[1:, :3], alphas], dim=1).permute(0, 2, 3, 1).cpu().numpy()
+        confidence = (full[1:, 3:] / CONFIDENT_COLOUR_ALPHA).clamp(0, 1)
+        colours = confidence * full[1:, :3] + (1 - confidence) * image_batch
+        foregrounds = torch.cat([colours, alphas], dim=1).permute(0, 2, 3, 1).cpu().numpy()
         layered = LayeredImage(
             background.permute(1, 2, 0).cpu().numpy(),
             list(foregrounds),
