@@ -92,6 +92,18 @@ class LiWiDecompositionPipelineOutput(BaseOutput):
     recomposition: list[RecompositionReport] | None = None
 
 
+def processing_size(height: int, width: int, resolution: int, multiple: int) -> tuple[int, int]:
+    """``(height, width)`` of about ``resolution**2`` pixels with the aspect ratio of ``height x width``, each a
+    multiple of ``multiple`` (at least one). The pipeline works at this size; training buckets by it."""
+    ratio = width / height
+    target_width = math.sqrt(resolution * resolution * ratio)
+    target_height = target_width / ratio
+    return (
+        max(multiple, round(target_height / multiple) * multiple),
+        max(multiple, round(target_width / multiple) * multiple),
+    )
+
+
 def layered_shift_mu(condition_seq_len: int) -> float:
     """Timestep shift ``mu`` as Qwen-Image-Layered sets it: ``sqrt(tokens / 256)`` of the condition image.
 
@@ -200,14 +212,7 @@ class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
 
         Both are multiples of `size_multiple` (at least one multiple).
         """
-        multiple = self.size_multiple
-        ratio = width / height
-        target_width = math.sqrt(resolution * resolution * ratio)
-        target_height = target_width / ratio
-        return (
-            max(multiple, round(target_height / multiple) * multiple),
-            max(multiple, round(target_width / multiple) * multiple),
-        )
+        return processing_size(height, width, resolution, self.size_multiple)
 
     # ------------------------------------------------------------------ properties used during a call
     @property

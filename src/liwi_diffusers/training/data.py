@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 
 from ..layered_dataset import row_to_layered
 from ..layers import LayeredImage, compose_layers
+from ..pipelines.pipeline_liwi import processing_size
 
 __all__ = [
     "REQUIRED_COLUMNS",
@@ -37,18 +37,6 @@ def check_dataset_columns(column_names: Sequence[str], what: str = "dataset") ->
             f"{what} is not in LiWi format: missing column(s) {missing} (needs {list(REQUIRED_COLUMNS)}; "
             f"has {list(column_names)})"
         )
-
-
-def processing_size(height: int, width: int, resolution: int, multiple: int) -> tuple[int, int]:
-    """The pipeline's processing size (`LiWiDecompositionPipeline.processing_size`): about ``resolution**2``
-    pixels, the input's aspect ratio, multiples of ``multiple``. Each distinct result is an aspect bucket."""
-    ratio = width / height
-    target_width = math.sqrt(resolution * resolution * ratio)
-    target_height = target_width / ratio
-    return (
-        max(multiple, round(target_height / multiple) * multiple),
-        max(multiple, round(target_width / multiple) * multiple),
-    )
 
 
 @dataclass
