@@ -210,6 +210,14 @@ def test_decompose_with_the_shipped_checkpoint_by_name(photo, tmp_path, capsys):
     assert "chelsea.jpg ->" in capsys.readouterr().out
 
 
+def test_quiet_pipeline_run_prints_nothing(photo, tmp_path, capsys):
+    args = ("decompose", photo, "--model", "liwi-small", "--layers", "1", "--steps", "1", "-q", "-o", tmp_path)
+    assert run_cli(*args) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+    assert (tmp_path / "chelsea.psd").is_file()
+
+
 def test_resolution_below_the_model_multiple_is_a_clear_error(photo, tmp_path, capsys):
     assert run_cli("decompose", photo, "--model", "liwi-small", "--resolution", "8", "-o", tmp_path) == 2
     err = capsys.readouterr().err.strip().splitlines()

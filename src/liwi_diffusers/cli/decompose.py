@@ -209,10 +209,18 @@ def _load_pipeline(args: argparse.Namespace) -> Callable[[Image.Image], LayeredI
     except (OSError, ValueError) as error:
         raise CLIError(str(error)) from None
     resolution = args.resolution or trained_resolution or DEFAULT_RESOLUTION
+    from diffusers.utils import logging as diffusers_logging
+
+    bars_were_on = not diffusers_logging.are_progress_bars_disabled()
+    if args.quiet:
+        diffusers_logging.disable_progress_bar()  # the "Loading pipeline components" bar
     try:
         pipe = LiWiDecompositionPipeline.from_pretrained(source, dtype=dtype)
     except (OSError, ValueError) as error:
         raise CLIError(f"cannot load a LiWi pipeline from {args.model!r}: {str(error).splitlines()[0]}") from None
+    finally:
+        if bars_were_on:
+            diffusers_logging.enable_progress_bar()
     if resolution < pipe.size_multiple:
         raise CLIError(f"--resolution must be at least {pipe.size_multiple} for this model, got {resolution}")
     pipe = pipe.to(device)
