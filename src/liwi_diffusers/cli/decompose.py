@@ -211,7 +211,7 @@ def _load_pipeline(args: argparse.Namespace) -> Callable[[Image.Image], LayeredI
     resolution = args.resolution or trained_resolution or DEFAULT_RESOLUTION
     from diffusers.utils import logging as diffusers_logging
 
-    bars_were_on = not diffusers_logging.are_progress_bars_disabled()
+    bars_were_on = diffusers_logging.is_progress_bar_enabled()
     if args.quiet:
         diffusers_logging.disable_progress_bar()  # the "Loading pipeline components" bar
     try:
