@@ -617,7 +617,7 @@ def test_cli_dataset_errors(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_pipeline_checkpoint(tmp_path):
-    tiny = pytest.importorskip("liwi_diffusers.pipelines.tiny")
+    import liwi_diffusers.pipelines.tiny as tiny
     checkpoint = tmp_path / "tiny-pipeline"
     tiny.build_tiny_pipeline().save_pretrained(checkpoint)
     root = tmp_path / "liwi-tiny"
@@ -630,3 +630,15 @@ def test_cli_pipeline_checkpoint(tmp_path):
     assert report["num_evaluated"] == 2
     assert [sample["num_pred_layers"] for sample in report["samples"]] == [2, 3]  # --num-layers gt
     assert all(math.isfinite(level["rgb_l1"]) for level in report["levels"])
+
+
+def test_cli_pipeline_shipped_checkpoint_by_name(tmp_path):
+    root = tmp_path / "liwi-tiny"
+    write_dataset(root, np.random.default_rng(11), count=1)
+    output = tmp_path / "shipped.json"
+    args = ["evaluate", "--method", "pipeline", "--checkpoint", "liwi-small", "--dataset", str(root),
+            "--steps", "1", "--device", "cpu", "-o", str(output)]
+    assert main(args) == 0
+    report = json.loads(output.read_text())
+    assert report["num_evaluated"] == 1 and all(math.isfinite(level["alpha_iou"]) for level in report["levels"])
+    assert report["source"]["pipeline"] == {"resolution": 128, "steps": 1, "seed": 0}  # the checkpoint's resolution

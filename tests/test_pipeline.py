@@ -33,7 +33,7 @@ def pipe() -> LiWiDecompositionPipeline:
 @pytest.fixture(scope="module")
 def photo() -> PIL.Image.Image:
     """A real photo, small and not square (96x80)."""
-    skimage_data = pytest.importorskip("skimage.data")
+    import skimage.data as skimage_data
     return PIL.Image.fromarray(skimage_data.astronaut()).resize((96, 80), PIL.Image.BICUBIC)
 
 
@@ -187,7 +187,7 @@ def test_save_pretrained_from_pretrained_round_trip(pipe, photo, reference, tmp_
 
 
 def test_lora_save_and_load_keeps_outputs_and_lora_alpha(photo, tmp_path):
-    peft = pytest.importorskip("peft")
+    import peft
     from peft.utils import get_peft_model_state_dict
 
     pipe = quiet(build_tiny_pipeline(seed=0))
@@ -447,7 +447,7 @@ def test_transparent_and_grayscale_inputs(pipe, photo, caplog):
 
 # ---------------------------------------------------------------------------------------------- text encoder
 def _tiny_text_encoder():
-    transformers = pytest.importorskip("transformers")
+    import transformers
     vocab = {chr(i): i for i in range(33, 127)}
     vocab.update({"Ġ": 127, "Ċ": 128, "<|endoftext|>": 129})
     tokenizer = transformers.Qwen2Tokenizer(vocab=vocab, merges=[])

@@ -343,6 +343,7 @@ def _pipeline_method(args: argparse.Namespace) -> Callable[[_Sample], Any]:
         raise CLIError(f"checkpoint {args.checkpoint} does not exist (a pipeline folder or a shipped name such as "
                        "liwi-small)")
     resolution = args.pipeline_resolution or trained_resolution or 640
+    args.pipeline_resolution = resolution  # the resolved value goes into the report
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         pipeline = LiWiDecompositionPipeline.from_pretrained(source).to(device)
@@ -561,6 +562,10 @@ def run(args: argparse.Namespace) -> int:
             "predictions": str(args.pred) if args.pred else None,
             "method": args.method,
             "checkpoint": args.checkpoint,
+            "pipeline": (
+                {"resolution": args.pipeline_resolution, "steps": args.steps, "seed": args.seed}
+                if args.method == "pipeline" else None
+            ),
             "ground_truth": str(args.gt) if args.gt else None,
             "dataset": args.dataset,
             "split": args.split if args.dataset else None,
