@@ -47,7 +47,7 @@ from editing import (  # noqa: E402
     update_edit,
 )
 
-from liwi_diffusers.checkpoints import SHIPPED_CHECKPOINTS  # noqa: E402
+from liwi_diffusers.checkpoints import SHIPPED_CHECKPOINTS, resolve_model  # noqa: E402
 from liwi_diffusers.image_io import ImageInputWarning, ImageLoadError, load_image  # noqa: E402
 from liwi_diffusers.layers import LayeredImage  # noqa: E402
 from liwi_diffusers.sample_images import load_sample_image  # noqa: E402
@@ -169,7 +169,6 @@ def _load_model(name: str) -> Any:
         from liwi_diffusers.pipelines.tiny import build_tiny_pipeline
 
         return build_tiny_pipeline(seed=0).to(device)
-    from liwi_diffusers.checkpoints import resolve_model
     from liwi_diffusers.pipelines.pipeline_liwi import LiWiDecompositionPipeline
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32

@@ -219,8 +219,9 @@ def test_quiet_pipeline_run_prints_nothing(photo, tmp_path, capsys):
 
 
 def test_resolution_below_the_model_multiple_is_a_clear_error(photo, tmp_path, capsys):
-    assert run_cli("decompose", photo, "--model", "liwi-small", "--resolution", "8", "-o", tmp_path) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == "liwi: error: --resolution must be at least 16 for this model, got 8"
+    for resolution in ("8", "0"):
+        assert run_cli("decompose", photo, "--model", "liwi-small", "--resolution", resolution, "-o", tmp_path) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == f"liwi: error: --resolution must be at least 16 for this model, got {resolution}"
     assert not any("Traceback" in line for line in err)
     assert not list(tmp_path.iterdir())

@@ -642,3 +642,13 @@ def test_cli_pipeline_shipped_checkpoint_by_name(tmp_path):
     report = json.loads(output.read_text())
     assert report["num_evaluated"] == 1 and all(math.isfinite(level["alpha_iou"]) for level in report["levels"])
     assert report["source"]["pipeline"] == {"resolution": 128, "steps": 1, "seed": 0}  # the checkpoint's resolution
+
+
+def test_cli_pipeline_resolution_below_the_model_multiple(tmp_path, capsys):
+    root = tmp_path / "liwi-tiny"
+    write_dataset(root, np.random.default_rng(12), count=1)
+    args = ["evaluate", "--method", "pipeline", "--checkpoint", "liwi-small", "--dataset", str(root),
+            "--pipeline-resolution", "0", "-o", str(tmp_path / "r.json")]
+    assert main(args) == 2
+    assert "--pipeline-resolution must be at least 16 for this model, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()

@@ -208,7 +208,7 @@ def _load_pipeline(args: argparse.Namespace) -> Callable[[Image.Image], LayeredI
         source, trained_resolution = resolve_model(args.model)
     except (OSError, ValueError) as error:
         raise CLIError(str(error)) from None
-    resolution = args.resolution or trained_resolution or DEFAULT_RESOLUTION
+    resolution = args.resolution if args.resolution is not None else trained_resolution or DEFAULT_RESOLUTION
     from diffusers.utils import logging as diffusers_logging
 
     bars_were_on = diffusers_logging.is_progress_bar_enabled()

@@ -342,13 +342,16 @@ def _pipeline_method(args: argparse.Namespace) -> Callable[[_Sample], Any]:
     if not Path(source).exists():
         raise CLIError(f"checkpoint {args.checkpoint} does not exist (a pipeline folder or a shipped name such as "
                        "liwi-small)")
-    resolution = args.pipeline_resolution or trained_resolution or 640
+    resolution = args.pipeline_resolution if args.pipeline_resolution is not None else trained_resolution or 640
     args.pipeline_resolution = resolution  # the resolved value goes into the report
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         pipeline = LiWiDecompositionPipeline.from_pretrained(source).to(device)
     except (OSError, ValueError) as error:
         raise CLIError(f"could not load the pipeline from {args.checkpoint}: {error}") from error
+    if resolution < pipeline.size_multiple:
+        raise CLIError(f"--pipeline-resolution must be at least {pipeline.size_multiple} for this model, "
+                       f"got {resolution}")
 
     def run_pipeline(sample: _Sample) -> Any:
         generator = torch.Generator("cpu").manual_seed(args.seed)
