@@ -9,6 +9,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 
+# Copied from liwi_diffusers.models.alpha_decoder._ResidualBlock (one model per file, as in diffusers)
 class _ResidualBlock(nn.Module):
     """Two dilated 3x3 convolutions with a skip connection."""
 
