@@ -17,10 +17,14 @@ install_requires = [
     "safetensors>=0.4",
     "peft>=0.17",
     "psd-tools>=1.26",
-    "opencv-python-headless>=4.8",
+    # contrib: the same cv2 plus cv2.xphoto (shift-map / frequency-selective inpainting)
+    "opencv-contrib-python-headless>=4.8",
+    # the learned segmenter (ISNet and other ONNX exports); weights are downloaded by `liwi models download`
+    "onnxruntime>=1.17",
     "scikit-image>=0.22",
     "pymatting>=1.1.12",
     "tqdm>=4.66",
+    "python-pptx>=1.0",
 ]
 
 extras = {
@@ -28,10 +32,19 @@ extras = {
     "build": ["datasets>=4.0", "transformers>=4.51"],
     "train": ["accelerate>=1.0", "datasets>=4.0", "transformers>=4.51", "tensorboard>=2.14"],
     "demo": ["gradio>=6.0,<7"],
+    "ray": ["ray[data]>=2.9"],
 }
 extras["dev"] = sorted(
     {dep for group in extras.values() for dep in group}
-    | {"pytest>=8", "ruff>=0.6", "gradio_client>=1.0", "selenium>=4.20", "scikit-learn>=1.3", "matplotlib>=3.7"}
+    | {
+        "pytest>=8",
+        "ruff>=0.6",
+        "gradio_client>=1.0",
+        "selenium>=4.20",
+        "scikit-learn>=1.3",
+        "matplotlib>=3.7",
+        "onnx>=1.15",
+    }
 )
 extras["all"] = sorted({dep for group in extras.values() for dep in group})
 
@@ -43,11 +56,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    # The ADD builder lives in the top-level folder dataset_builder/ and installs as liwi_dataset_builder.
-    package_dir={"": "src", "liwi_dataset_builder": "dataset_builder"},
-    packages=find_packages("src") + ["liwi_dataset_builder"] + [
-        f"liwi_dataset_builder.{name}" for name in find_packages("dataset_builder")
-    ],
+    # src layout: liwi_diffusers (the library) and liwi_dataset_builder (ADD, the `liwi-build` command).
+    package_dir={"": "src"},
+    packages=find_packages("src"),
     include_package_data=True,
     package_data={
         "liwi_diffusers": [

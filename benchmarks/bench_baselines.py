@@ -68,48 +68,61 @@ def main() -> None:
         dataset = options.dataset
         if dataset is None:
             dataset = Path(scratch) / "liwi-sample"
-            build_sample_dataset(dataset, num_samples=options.num_samples, resolution=options.resolution,
-                                 seed=options.seed)
+            build_sample_dataset(
+                dataset, num_samples=options.num_samples, resolution=options.resolution, seed=options.seed
+            )
         rows = []
         for split in ("test", "train"):
             for name, args in METHODS:
                 result, seconds = run(dataset, split, args, Path(scratch) / f"{split}-{len(rows)}.json")
                 extras = result.get("extras", {})
-                rows.append({
-                    "method": name,
-                    "split": split,
-                    "samples": result["num_samples"],
-                    "scored": result["num_evaluated"],
-                    "rgb_l1_0": level(result, 0)["rgb_l1"],
-                    "iou_0": level(result, 0)["alpha_iou"],
-                    "rgb_l1_5": level(result, 5)["rgb_l1"],
-                    "iou_5": level(result, 5)["alpha_iou"],
-                    "extras": extras,
-                    "seconds_per_sample": seconds / max(1, result["num_samples"]),
-                })
+                rows.append(
+                    {
+                        "method": name,
+                        "split": split,
+                        "samples": result["num_samples"],
+                        "scored": result["num_evaluated"],
+                        "rgb_l1_0": level(result, 0)["rgb_l1"],
+                        "iou_0": level(result, 0)["alpha_iou"],
+                        "rgb_l1_5": level(result, 5)["rgb_l1"],
+                        "iou_5": level(result, 5)["alpha_iou"],
+                        "extras": extras,
+                        "seconds_per_sample": seconds / max(1, result["num_samples"]),
+                    }
+                )
 
     header = "| split | method | scored | RGB L1 @0 ↓ | IoU @0 ↑ | RGB L1 @5 ↓ | IoU @5 ↑ | s/sample |"
     print(f"\nLiWi sample dataset ({options.num_samples} samples at {options.resolution} px, seed {options.seed})\n")
     print(header)
     print("| --- " * 8 + "|")
     for row in rows:
-        print(f"| {row['split']} | {row['method']} | {row['scored']}/{row['samples']} | {fmt(row['rgb_l1_0'])} | "
-              f"{fmt(row['iou_0'])} | {fmt(row['rgb_l1_5'])} | {fmt(row['iou_5'])} | {row['seconds_per_sample']:.2f} |")
+        print(
+            f"| {row['split']} | {row['method']} | {row['scored']}/{row['samples']} | {fmt(row['rgb_l1_0'])} | "
+            f"{fmt(row['iou_0'])} | {fmt(row['rgb_l1_5'])} | {fmt(row['iou_5'])} | {row['seconds_per_sample']:.2f} |"
+        )
     print("\nPublished, on Crello (graphic designs; a different dataset, not comparable row by row)\n")
     print("| method | RGB L1 @0 | IoU @0 | RGB L1 @5 | IoU @5 |\n| --- | --- | --- | --- | --- |")
     for row in PUBLISHED_CRELLO:
-        print(f"| {row['method']} | {fmt(row['rgb_l1_0'])} | {fmt(row['iou_0'])} | {fmt(row['rgb_l1_5'])} | "
-              f"{fmt(row['iou_5'])} |")
+        print(
+            f"| {row['method']} | {fmt(row['rgb_l1_0'])} | {fmt(row['iou_0'])} | {fmt(row['rgb_l1_5'])} | "
+            f"{fmt(row['iou_5'])} |"
+        )
 
     options.output.parent.mkdir(parents=True, exist_ok=True)
-    options.output.write_text(json.dumps({
-        "benchmark": "baselines on the LiWi sample dataset (benchmarks/bench_baselines.py)",
-        "liwi_diffusers": __version__,
-        "dataset": {"num_samples": options.num_samples, "resolution": options.resolution, "seed": options.seed},
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
-        "rows": rows,
-        "published_crello": PUBLISHED_CRELLO,
-    }, indent=2) + "\n")
+    options.output.write_text(
+        json.dumps(
+            {
+                "benchmark": "baselines on the LiWi sample dataset (benchmarks/bench_baselines.py)",
+                "liwi_diffusers": __version__,
+                "dataset": {"num_samples": options.num_samples, "resolution": options.resolution, "seed": options.seed},
+                "machine": {"platform": platform.platform(), "python": platform.python_version()},
+                "rows": rows,
+                "published_crello": PUBLISHED_CRELLO,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"\nwrote {options.output}")
 
 

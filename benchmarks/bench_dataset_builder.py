@@ -37,13 +37,28 @@ SINGLE_THREAD = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_N
 
 def run_build(photos: Path, out: Path, samples: int, resolution: int, workers: int, chunk_size: int) -> dict:
     """One fresh build as a subprocess; wall time, peak summed RSS and CPU time of the process tree."""
-    command = [sys.executable, "-m", "liwi_dataset_builder", str(photos), "-o", str(out), "--num-samples",
-               str(samples), "--resolution", str(resolution), "--workers", str(workers), "--chunk-size",
-               str(chunk_size), "-q"]
+    command = [
+        sys.executable,
+        "-m",
+        "liwi_dataset_builder",
+        str(photos),
+        "-o",
+        str(out),
+        "--num-samples",
+        str(samples),
+        "--resolution",
+        str(resolution),
+        "--workers",
+        str(workers),
+        "--chunk-size",
+        str(chunk_size),
+        "-q",
+    ]
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
-    process = subprocess.Popen(command, env={**os.environ, **SINGLE_THREAD}, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, env={**os.environ, **SINGLE_THREAD}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     root = psutil.Process(process.pid)
     peak_rss, cpu = 0, {}
     while process.poll() is None:
@@ -146,8 +161,10 @@ def main() -> int:
         for attempt in range(args.repeats):  # interleaved, so load changes hit every configuration alike
             for workers in args.workers:
                 out = Path(scratch) / f"out-w{workers}-{attempt}"
-                print(f"building {args.samples} samples at {args.resolution} px from {count} photos, "
-                      f"{workers} worker(s), run {attempt + 1} of {args.repeats}")
+                print(
+                    f"building {args.samples} samples at {args.resolution} px from {count} photos, "
+                    f"{workers} worker(s), run {attempt + 1} of {args.repeats}"
+                )
                 tries[workers].append(run_build(photos, out, args.samples, args.resolution, workers, args.chunk_size))
                 if args.contact_sheet is not None and attempt == 0 and workers == args.workers[0]:
                     contact_sheet(out, args.contact_sheet)
@@ -165,14 +182,18 @@ def main() -> int:
             run["speedup_vs_1"] = round(single["wall_s"] / run["wall_s"], 2)
             run["estimated_speedup_vs_1"] = round(single["estimated_wall_s"] / run["estimated_wall_s"], 2)
     print()
-    print("| workers | wall s | samples/min | speed-up | samples/min, idle cores (est.) | speed-up (est.) "
-          "| peak RSS MB | CPU s | load avg before -> after |")
+    print(
+        "| workers | wall s | samples/min | speed-up | samples/min, idle cores (est.) | speed-up (est.) "
+        "| peak RSS MB | CPU s | load avg before -> after |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for run in runs:
-        print(f"| {run['workers']} | {run['wall_s']} | {run['samples_per_min']} | {run.get('speedup_vs_1', '-')}x "
-              f"| {run['estimated_samples_per_min']} | {run.get('estimated_speedup_vs_1', '-')}x "
-              f"| {run['peak_rss_mb']} | {run['cpu_s']} "
-              f"| {run['load_average_before']} -> {run['load_average_after']} |")
+        print(
+            f"| {run['workers']} | {run['wall_s']} | {run['samples_per_min']} | {run.get('speedup_vs_1', '-')}x "
+            f"| {run['estimated_samples_per_min']} | {run.get('estimated_speedup_vs_1', '-')}x "
+            f"| {run['peak_rss_mb']} | {run['cpu_s']} "
+            f"| {run['load_average_before']} -> {run['load_average_after']} |"
+        )
     result = {
         "benchmark": "liwi-build: layered samples per minute",
         "builder_version": __version__,
@@ -181,8 +202,11 @@ def main() -> int:
         "chunk_size": args.chunk_size,
         "repeats": args.repeats,
         "photos": count,
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+        },
         "threads_per_process": 1,
         "targets": {"samples_per_min_1_worker": 30, "speedup_2_workers": 1.7},
         "runs": runs,

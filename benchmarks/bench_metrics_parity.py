@@ -262,9 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reference: {reference_seconds:.2f} s", flush=True)
 
     parity = compare(ours, reference, evaluation, args.max_edits)
-    largest = max(
-        row[key] for row in parity["levels"] for key in row if key.startswith(("max_diff", "aggregate_diff"))
-    )
+    largest = max(row[key] for row in parity["levels"] for key in row if key.startswith(("max_diff", "aggregate_diff")))
     report = {
         "samples": len(samples),
         "size": args.size,

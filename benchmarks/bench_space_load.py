@@ -40,9 +40,15 @@ def free_port() -> int:
 
 def start_server(port: int, workdir: Path, env_overrides: dict[str, str]) -> subprocess.Popen:
     """``python spaces_demo/app.py`` on 127.0.0.1:``port``; waits (bounded) until it answers."""
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "LIWI_OUTPUT_DIR": str(workdir / "out"),
-           **env_overrides}
+    env = {
+        **os.environ,
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+        "LIWI_OUTPUT_DIR": str(workdir / "out"),
+        **env_overrides,
+    }
     log = open(workdir / "server.log", "w")  # noqa: SIM115 (closed with the process)
     process = subprocess.Popen([sys.executable, str(APP)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     deadline = time.monotonic() + 120
@@ -68,8 +74,15 @@ def make_photo(path: Path, name: str, width: int) -> Path:
     return path
 
 
-def run_user(url: str, photo: Path, requests: int, timeout_s: float, records: list[dict[str, Any]],
-             lock: threading.Lock, start_gate: threading.Barrier) -> None:
+def run_user(
+    url: str,
+    photo: Path,
+    requests: int,
+    timeout_s: float,
+    records: list[dict[str, Any]],
+    lock: threading.Lock,
+    start_gate: threading.Barrier,
+) -> None:
     """One user: a client, then ``requests`` decompositions one after another."""
     from gradio_client import Client, handle_file
 
@@ -136,9 +149,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"warm-up request failed: {warm[0].get('error')}")
             records: list[dict[str, Any]] = []
             lock, gate = threading.Lock(), threading.Barrier(args.users)
-            threads = [threading.Thread(target=run_user, args=(url, photo, args.requests, args.timeout, records,
-                                                               lock, gate), daemon=True)
-                       for _ in range(args.users)]
+            threads = [
+                threading.Thread(
+                    target=run_user, args=(url, photo, args.requests, args.timeout, records, lock, gate), daemon=True
+                )
+                for _ in range(args.users)
+            ]
             start = time.perf_counter()
             for thread in threads:
                 thread.start()
@@ -168,28 +184,43 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "Gradio Space under load (benchmarks/bench_space_load.py)",
         "setup": {
-            "users": args.users, "requests_per_user": args.requests, "model": "tools (ToolChainDecomposer)",
-            "photo": f"{args.photo}, {args.width} px wide", "server": "python spaces_demo/app.py on 127.0.0.1",
+            "users": args.users,
+            "requests_per_user": args.requests,
+            "model": "tools (ToolChainDecomposer)",
+            "photo": f"{args.photo}, {args.width} px wide",
+            "server": "python spaces_demo/app.py on 127.0.0.1",
             "queue": "defaults: LIWI_QUEUE_SIZE=64, LIWI_CONCURRENCY=2",
         },
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                    "gradio": gradio.__version__, "pillow": Image.__version__},
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "gradio": gradio.__version__,
+            "pillow": Image.__version__,
+        },
         "requests": total,
         "succeeded": len(ok),
         "failures": total - len(ok),
         "errors": errors,
-        "latency_s": {"p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95),
-                      "max": max(latencies, default=float("nan")), "mean": statistics.fmean(latencies) if latencies
-                      else float("nan")},
+        "latency_s": {
+            "p50": percentile(latencies, 0.5),
+            "p95": percentile(latencies, 0.95),
+            "max": max(latencies, default=float("nan")),
+            "mean": statistics.fmean(latencies) if latencies else float("nan"),
+        },
         "server_decompose_s": {"p50": percentile(server_times, 0.5), "p95": percentile(server_times, 0.95)},
         "wall_s": wall,
         "throughput_rps": len(ok) / wall if wall > 0 else float("nan"),
     }
-    print(f"{'users':>6} {'requests':>9} {'failures':>9} {'p50 s':>8} {'p95 s':>8} {'max s':>8} "
-          f"{'server p50 s':>13} {'wall s':>8} {'req/s':>7}")
-    print(f"{args.users:>6} {total:>9} {result['failures']:>9} {result['latency_s']['p50']:>8.2f} "
-          f"{result['latency_s']['p95']:>8.2f} {result['latency_s']['max']:>8.2f} "
-          f"{result['server_decompose_s']['p50']:>13.2f} {wall:>8.1f} {result['throughput_rps']:>7.2f}")
+    print(
+        f"{'users':>6} {'requests':>9} {'failures':>9} {'p50 s':>8} {'p95 s':>8} {'max s':>8} "
+        f"{'server p50 s':>13} {'wall s':>8} {'req/s':>7}"
+    )
+    print(
+        f"{args.users:>6} {total:>9} {result['failures']:>9} {result['latency_s']['p50']:>8.2f} "
+        f"{result['latency_s']['p95']:>8.2f} {result['latency_s']['max']:>8.2f} "
+        f"{result['server_decompose_s']['p50']:>13.2f} {wall:>8.1f} {result['throughput_rps']:>7.2f}"
+    )
     for error, count in errors.items():
         print(f"  {count} x {error}")
     args.output.parent.mkdir(parents=True, exist_ok=True)

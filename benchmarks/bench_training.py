@@ -44,9 +44,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--resolution", type=int, default=128, help="dataset and training resolution")
     parser.add_argument("--steps", type=int, default=400, help="optimizer steps per training run (layer stage)")
     parser.add_argument("--vae-pretrain-steps", type=int, default=150, help="VAE-only steps before (0: joint)")
-    parser.add_argument("--reuse-vae", type=Path, default=None,
-                        help="a run folder whose vae_pretrained/ every run starts from (skips the VAE stage; "
-                             "e.g. the recipe's run, so that all runs share one VAE)")
+    parser.add_argument(
+        "--reuse-vae",
+        type=Path,
+        default=None,
+        help="a run folder whose vae_pretrained/ every run starts from (skips the VAE stage; "
+        "e.g. the recipe's run, so that all runs share one VAE)",
+    )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one training run per seed and run")
@@ -70,14 +74,50 @@ def run(command: list[str], threads: int) -> None:
 def train_command(args: argparse.Namespace, dataset: Path, output: Path, extra: list[str], seed: int) -> list[str]:
     """The recipe of `examples/train_shipped_checkpoint.sh` (same arguments give the same model)."""
     return [
-        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1", "--cpu",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", str(args.threads),
-        str(SCRIPT), "--from_scratch", "small", "--train_mode", "full", "--dataset_name", str(dataset),
-        "--resolution", str(args.resolution), "--train_batch_size", str(args.batch_size),
-        "--vae_pretrain_steps", str(args.vae_pretrain_steps),
-        "--max_train_steps", str(args.steps), "--learning_rate", str(args.learning_rate), "--lr_warmup_steps", "20",
-        "--seed", str(seed), "--checkpointing_steps", "100000", "--validation_split", "",
-        "--report_to", "none", "--output_dir", str(output), *extra,
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--cpu",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--num_cpu_threads_per_process",
+        str(args.threads),
+        str(SCRIPT),
+        "--from_scratch",
+        "small",
+        "--train_mode",
+        "full",
+        "--dataset_name",
+        str(dataset),
+        "--resolution",
+        str(args.resolution),
+        "--train_batch_size",
+        str(args.batch_size),
+        "--vae_pretrain_steps",
+        str(args.vae_pretrain_steps),
+        "--max_train_steps",
+        str(args.steps),
+        "--learning_rate",
+        str(args.learning_rate),
+        "--lr_warmup_steps",
+        "20",
+        "--seed",
+        str(seed),
+        "--checkpointing_steps",
+        "100000",
+        "--validation_split",
+        "",
+        "--report_to",
+        "none",
+        "--output_dir",
+        str(output),
+        *extra,
     ]
 
 
@@ -85,11 +125,31 @@ def evaluate(
     args: argparse.Namespace, dataset: Path, method: str, output: Path, checkpoint: Path | None, seed: int = 0
 ) -> dict:
     if not output.is_file():
-        command = ["liwi", "evaluate", "--method", method, "--dataset", str(dataset), "--split", "test",
-                   "-o", str(output)]
+        command = [
+            "liwi",
+            "evaluate",
+            "--method",
+            method,
+            "--dataset",
+            str(dataset),
+            "--split",
+            "test",
+            "-o",
+            str(output),
+        ]
         if checkpoint is not None:
-            command += ["--checkpoint", str(checkpoint), "--pipeline-resolution", str(args.resolution),
-                        "--steps", str(args.eval_steps), "--seed", str(seed), "--device", "cpu"]
+            command += [
+                "--checkpoint",
+                str(checkpoint),
+                "--pipeline-resolution",
+                str(args.resolution),
+                "--steps",
+                str(args.eval_steps),
+                "--seed",
+                str(seed),
+                "--device",
+                "cpu",
+            ]
         if args.eval_limit:
             command += ["--limit", str(args.eval_limit)]
         run(command, args.threads)
@@ -165,8 +225,19 @@ def main() -> None:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     dataset = args.work_dir / "liwi-sample"
     if not (dataset / "README.md").is_file():
-        run([sys.executable, "-m", "liwi_dataset_builder.sample_data", str(dataset), "-n", str(args.num_samples),
-             "-r", str(args.resolution)], args.threads)
+        run(
+            [
+                sys.executable,
+                "-m",
+                "liwi_dataset_builder.sample_data",
+                str(dataset),
+                "-n",
+                str(args.num_samples),
+                "-r",
+                str(args.resolution),
+            ],
+            args.threads,
+        )
 
     per_seed: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in ABLATIONS}
     for seed in args.seeds:
@@ -190,33 +261,51 @@ def main() -> None:
 
     report: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "cpu_threads": args.threads, "device": "cpu"},
-        "dataset": {"builder": "liwi_dataset_builder.sample_data", "num_samples": args.num_samples,
-                    "resolution": args.resolution, "eval_split": "test (held out by source photo)"},
-        "training": {"config": "small (from scratch)", "mode": "full", "steps": args.steps,
-                     "vae_pretrain_steps": args.vae_pretrain_steps,
-                     "shared_vae": str(args.reuse_vae) if args.reuse_vae else None,
-                     "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seeds": args.seeds},
-        "evaluation": {"pipeline_resolution": args.resolution, "denoising_steps": args.eval_steps,
-                       "num_layers": "gt", "limit": args.eval_limit},
+        "dataset": {
+            "builder": "liwi_dataset_builder.sample_data",
+            "num_samples": args.num_samples,
+            "resolution": args.resolution,
+            "eval_split": "test (held out by source photo)",
+        },
+        "training": {
+            "config": "small (from scratch)",
+            "mode": "full",
+            "steps": args.steps,
+            "vae_pretrain_steps": args.vae_pretrain_steps,
+            "shared_vae": str(args.reuse_vae) if args.reuse_vae else None,
+            "batch_size": args.batch_size,
+            "learning_rate": args.learning_rate,
+            "seeds": args.seeds,
+        },
+        "evaluation": {
+            "pipeline_resolution": args.resolution,
+            "denoising_steps": args.eval_steps,
+            "num_layers": "gt",
+            "limit": args.eval_limit,
+        },
         "ablation": results,
-        "ablation_per_seed": {name: {str(seed): numbers for seed, numbers in runs.items()}
-                              for name, runs in per_seed.items() if runs},
+        "ablation_per_seed": {
+            name: {str(seed): numbers for seed, numbers in runs.items()} for name, runs in per_seed.items() if runs
+        },
     }
     if not args.skip_throughput:
         report["throughput"] = throughput(args, dataset)
 
-    columns = ["rgb_l1@0", "alpha_iou@0", "rgb_l1@5", "alpha_iou@5", "boundary_sad", "boundary_gradient",
-               "shadow_l1"]
+    columns = ["rgb_l1@0", "alpha_iou@0", "rgb_l1@5", "alpha_iou@5", "boundary_sad", "boundary_gradient", "shadow_l1"]
     seeds = f"{len(args.seeds)} seed{'s' if len(args.seeds) > 1 else ''}, mean +- sample std"
-    lines = [f"| method ({seeds}) | RGB L1 @0 | IoU @0 | RGB L1 @5 | IoU @5 | SAD | gradient | shadow L1 |",
-             "| --- " * 8 + "|"]
+    lines = [
+        f"| method ({seeds}) | RGB L1 @0 | IoU @0 | RGB L1 @5 | IoU @5 | SAD | gradient | shadow L1 |",
+        "| --- " * 8 + "|",
+    ]
     for name, numbers in results.items():
         cells = [fmt(numbers.get(column), numbers.get(f"{column}_std")) for column in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     print("\n".join(lines))
     if "throughput" in report:
-        print(f"training throughput at {args.throughput_resolution} px: "
-              f"{report['throughput']['samples_per_second']:.3f} samples/s on {args.threads} CPU threads")
+        print(
+            f"training throughput at {args.throughput_resolution} px: "
+            f"{report['throughput']['samples_per_second']:.3f} samples/s on {args.threads} CPU threads"
+        )
     report["table_markdown"] = "\n".join(lines)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")

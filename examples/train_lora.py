@@ -81,13 +81,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--rank", type=int, default=16, help="LoRA rank")
     model.add_argument("--lora_alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
     model.add_argument("--lora_dropout", type=float, default=0.0)
-    model.add_argument("--lora_target_modules", default=DEFAULT_LORA_TARGETS,
-                       help="comma-separated transformer module names (default: %(default)s)")
-    model.add_argument("--train_vae", choices=["auto", "yes", "no"], default="auto",
-                       help="also train the VAE with a reconstruction loss (auto: only from scratch)")
-    model.add_argument("--vae_pretrain_steps", type=int, default=0,
-                       help="with a trained VAE: first train it alone for this many steps, set its latent "
-                            "mean/std from the data, then freeze it (recommended from scratch)")
+    model.add_argument(
+        "--lora_target_modules",
+        default=DEFAULT_LORA_TARGETS,
+        help="comma-separated transformer module names (default: %(default)s)",
+    )
+    model.add_argument(
+        "--train_vae",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="also train the VAE with a reconstruction loss (auto: only from scratch)",
+    )
+    model.add_argument(
+        "--vae_pretrain_steps",
+        type=int,
+        default=0,
+        help="with a trained VAE: first train it alone for this many steps, set its latent "
+        "mean/std from the data, then freeze it (recommended from scratch)",
+    )
     model.add_argument("--vae_learning_rate", type=float, default=1e-3)
     model.add_argument("--vae_kl_weight", type=float, default=1e-6)
 
@@ -98,21 +109,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--validation_split", default="test", help="held-out split ('' to skip validation)")
     data.add_argument("--cache_dir", default=None)
     data.add_argument("--max_train_samples", type=int, default=None)
-    data.add_argument("--resolution", type=int, default=512,
-                      help="processing resolution; a multiple of the VAE factor times the patch size")
-    data.add_argument("--num_layers", type=int, default=0,
-                      help="objects per sample (0: each sample's own count, batches bucketed by count)")
+    data.add_argument(
+        "--resolution",
+        type=int,
+        default=512,
+        help="processing resolution; a multiple of the VAE factor times the patch size",
+    )
+    data.add_argument(
+        "--num_layers",
+        type=int,
+        default=0,
+        help="objects per sample (0: each sample's own count, batches bucketed by count)",
+    )
     data.add_argument("--max_num_layers", type=int, default=4, help="most objects kept with --num_layers 0")
     data.add_argument("--random_flip", type=float, default=0.5, help="probability of a horizontal flip")
     data.add_argument("--brightness_jitter", type=float, default=0.1, help="colour scale range 1 +- this")
     data.add_argument("--dataloader_num_workers", type=int, default=0)
 
     objectives = parser.add_argument_group("objectives")
-    objectives.add_argument("--no_shadow_guidance", action="store_true",
-                            help="ablation: no shadow supervision; shadows baked into the layers beneath them")
-    objectives.add_argument("--no_degradation_restoration", action="store_true",
-                            help="ablation: alpha decoder sees only the coarse matte, clean condition, no "
-                                 "boundary weighting")
+    objectives.add_argument(
+        "--no_shadow_guidance",
+        action="store_true",
+        help="ablation: no shadow supervision; shadows baked into the layers beneath them",
+    )
+    objectives.add_argument(
+        "--no_degradation_restoration",
+        action="store_true",
+        help="ablation: alpha decoder sees only the coarse matte, clean condition, no boundary weighting",
+    )
     objectives.add_argument("--no_recomposition_loss", action="store_true", help="ablation: no recomposition term")
     objectives.add_argument("--shadow_loss_weight", type=float, default=1.0)
     objectives.add_argument("--recomposition_loss_weight", type=float, default=1.0)
@@ -127,8 +151,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     training.add_argument("--train_batch_size", type=int, default=1)
     training.add_argument("--num_train_epochs", type=int, default=1)
     training.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_train_epochs")
-    training.add_argument("--max_train_minutes", type=float, default=None,
-                          help="stop (and save) after this much wall-clock training time")
+    training.add_argument(
+        "--max_train_minutes", type=float, default=None, help="stop (and save) after this much wall-clock training time"
+    )
     training.add_argument("--gradient_accumulation_steps", type=int, default=1)
     training.add_argument("--gradient_checkpointing", action="store_true")
     training.add_argument("--learning_rate", type=float, default=1e-4)
@@ -286,8 +311,11 @@ def pretrain_vae(
 
     def frames_of(batch: LayeredBatch) -> torch.Tensor:
         opaque = torch.ones_like(batch.composite[:, :1])
-        frames = [torch.cat([batch.composite, opaque], 1)[:, None], torch.cat([batch.background, opaque], 1)[:, None],
-                  torch.cat([batch.colors, batch.alphas], 2)]
+        frames = [
+            torch.cat([batch.composite, opaque], 1)[:, None],
+            torch.cat([batch.background, opaque], 1)[:, None],
+            torch.cat([batch.colors, batch.alphas], 2),
+        ]
         return torch.cat(frames, dim=1).flatten(0, 1) * 2 - 1
 
     step, epoch = 0, 0
@@ -490,9 +518,12 @@ def run_validation(
         truth = row_to_layered(row)
         num_layers = max(1, min(truth.num_objects, pipe.max_num_layers))
         output = pipe(
-            row_composite(row), num_layers=num_layers, resolution=args.resolution,
+            row_composite(row),
+            num_layers=num_layers,
+            resolution=args.resolution,
             num_inference_steps=args.validation_inference_steps,
-            generator=torch.Generator(device="cpu").manual_seed(args.seed), output_type="np",
+            generator=torch.Generator(device="cpu").manual_seed(args.seed),
+            output_type="np",
         )
         predicted = output.layers[0]
         shape = (truth.height, truth.width)
@@ -582,8 +613,11 @@ def model_card(args: argparse.Namespace, summary: dict[str, Any], train_vae: boo
         f"accumulation, learning rate {args.learning_rate}, seed {args.seed}\n"
         f"- steps: {summary.get('global_step')} ({summary.get('train_seconds', 0):.0f} s)\n"
         f"- objectives: {', '.join(objectives)}\n"
-        + (f"- LoRA: rank {args.rank}, alpha {args.lora_alpha}, targets `{args.lora_target_modules}`\n"
-           if args.train_mode == "lora" else "")
+        + (
+            f"- LoRA: rank {args.rank}, alpha {args.lora_alpha}, targets `{args.lora_target_modules}`\n"
+            if args.train_mode == "lora"
+            else ""
+        )
         + f"\n## Usage\n\n{usage}\n## Validation metrics ({args.validation_split or 'no'} split)\n\n"
         + ("| metric | value |\n| --- | --- |\n" + rows + "\n" if rows else "not run\n")
         + "\nTrained with `examples/train_lora.py` of liwi-diffusers.\n"
@@ -636,7 +670,11 @@ def main(args: argparse.Namespace) -> None:
         train_rows = train_rows.select(range(min(args.max_train_samples, len(train_rows))))
     validation_rows = load_split(args, args.validation_split) if args.validation_split else None
     dataset = LiWiTrainDataset(
-        train_rows, args.resolution, pipe.size_multiple, args.num_layers, args.max_num_layers,
+        train_rows,
+        args.resolution,
+        pipe.size_multiple,
+        args.num_layers,
+        args.max_num_layers,
         bake_shadows=args.no_shadow_guidance,
     )
     train_vae = setup_trainable(pipe, args)
@@ -683,7 +721,9 @@ def main(args: argparse.Namespace) -> None:
         args.max_train_steps = args.num_train_epochs * updates_per_epoch
     num_epochs = math.ceil(args.max_train_steps / updates_per_epoch)
     lr_scheduler = get_scheduler(
-        args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
     if train_vae and accelerator.num_processes > 1:
@@ -710,8 +750,9 @@ def main(args: argparse.Namespace) -> None:
 
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info(f"{len(dataset)} samples, {num_epochs} epochs, {args.max_train_steps} steps, batch {total_batch}")
-    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="steps",
-                    disable=not accelerator.is_local_main_process)
+    progress = tqdm(
+        range(args.max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
+    )
     validation: dict[str, float] = {}
     validated_at = -1
     losses: dict[str, torch.Tensor] = {}
@@ -750,7 +791,9 @@ def main(args: argparse.Namespace) -> None:
                 rotate_checkpoints(args.output_dir, args.checkpoints_total_limit)
                 accelerator.save_state(os.path.join(args.output_dir, f"checkpoint-{global_step}"))
             if (
-                validation_rows is not None and args.validation_steps and accelerator.is_main_process
+                validation_rows is not None
+                and args.validation_steps
+                and accelerator.is_main_process
                 and global_step % args.validation_steps == 0
             ):
                 validation = run_validation(pipe, validation_rows, args, accelerator.device)
@@ -786,10 +829,15 @@ def main(args: argparse.Namespace) -> None:
         if args.push_to_hub:
             from huggingface_hub import create_repo, upload_folder
 
-            repo_id = create_repo(args.hub_model_id or Path(args.output_dir).name, exist_ok=True,
-                                  token=args.hub_token).repo_id
-            upload_folder(repo_id=repo_id, folder_path=args.output_dir, ignore_patterns=["checkpoint-*", "logs/*"],
-                          token=args.hub_token)
+            repo_id = create_repo(
+                args.hub_model_id or Path(args.output_dir).name, exist_ok=True, token=args.hub_token
+            ).repo_id
+            upload_folder(
+                repo_id=repo_id,
+                folder_path=args.output_dir,
+                ignore_patterns=["checkpoint-*", "logs/*"],
+                token=args.hub_token,
+            )
     accelerator.end_training()
 
 

@@ -264,8 +264,11 @@ def prepare_image(value: str | Mapping[str, Any] | None, config: SpaceConfig) ->
             image = load_image(path, max_pixels=config.max_pixels)
         except ImageLoadError as error:
             raise gr.Error(str(error).replace(str(path), name), title="Cannot read this photo") from None
-    notices += [str(warning.message).replace(str(path), name) for warning in caught
-                if issubclass(warning.category, ImageInputWarning)]
+    notices += [
+        str(warning.message).replace(str(path), name)
+        for warning in caught
+        if issubclass(warning.category, ImageInputWarning)
+    ]
     width, height = image.size
     if max(width, height) > config.max_side:
         factor = config.max_side / max(width, height)
@@ -364,9 +367,16 @@ def render_edits(session: EditSession | None, output_dir: Path) -> tuple[str | N
     moved = sum(e.moves and not e.deleted for e in session.edits)
     shadows = sum(e.shadow_strength != 1.0 and not e.deleted for e in session.edits)
     parts = [f"{edited.num_objects} of {session.num_objects} objects shown"]
-    parts += [f"{count} {what}" for count, what in
-              ((hidden, "hidden"), (deleted, "deleted"), (moved, "moved or scaled"), (shadows, "with a new shadow"))
-              if count]
+    parts += [
+        f"{count} {what}"
+        for count, what in (
+            (hidden, "hidden"),
+            (deleted, "deleted"),
+            (moved, "moved or scaled"),
+            (shadows, "with a new shadow"),
+        )
+        if count
+    ]
     return composite, gallery, ", ".join(parts) + "."
 
 
@@ -386,7 +396,8 @@ def edit_object(
         raise gr.Error("Pick an object to edit.")
     width, height = session.size
     return update_edit(
-        session, int(index),
+        session,
+        int(index),
         visible=bool(visible),
         dx=float(dx_percent) / 100.0 * width,
         dy=float(dy_percent) / 100.0 * height,
@@ -537,30 +548,49 @@ def build_demo(config: SpaceConfig | None = None) -> gr.Blocks:
 
     # No telemetry or version check: the app talks to nothing but its users (GRADIO_ANALYTICS_ENABLED=True opts in).
     analytics = os.environ.get("GRADIO_ANALYTICS_ENABLED", "False").lower() in ("1", "true", "yes")
-    with gr.Blocks(title="LiWi: photos into layers", delete_cache=(1800, OUTPUT_TTL_S),
-                   analytics_enabled=analytics) as demo:
+    with gr.Blocks(
+        title="LiWi: photos into layers", delete_cache=(1800, OUTPUT_TTL_S), analytics_enabled=analytics
+    ) as demo:
         gr.HTML(INTRO)
         session = gr.State(None, time_to_live=OUTPUT_TTL_S)  # the EditSession: the only per-user state
         with gr.Row(equal_height=False):
             with gr.Column(scale=4, min_width=300):
                 photo = gr.Image(
-                    label="Photo", type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                    height=300, elem_id="liwi-photo",
+                    label="Photo",
+                    type="filepath",
+                    image_mode=None,
+                    sources=["upload", "clipboard"],
+                    height=300,
+                    elem_id="liwi-photo",
                 )
                 examples = example_files(config)
                 if examples:
-                    gr.Examples(examples=[[path] for path in examples], inputs=[photo], label="Examples",
-                                examples_per_page=len(examples))
+                    gr.Examples(
+                        examples=[[path] for path in examples],
+                        inputs=[photo],
+                        label="Examples",
+                        examples_per_page=len(examples),
+                    )
                 model = gr.Dropdown(
-                    choices=[(model_label(name), name) for name in config.models], value=config.default_model,
-                    label="Model", interactive=len(config.models) > 1, elem_id="liwi-model",
+                    choices=[(model_label(name), name) for name in config.models],
+                    value=config.default_model,
+                    label="Model",
+                    interactive=len(config.models) > 1,
+                    elem_id="liwi-model",
                     info="The tool chain needs no weights; steps and seed apply to diffusion pipelines.",
                 )
-                num_layers = gr.Slider(0, config.max_layers, value=0, step=1, label="Objects (0 = automatic)",
-                                       elem_id="liwi-num-layers")
+                num_layers = gr.Slider(
+                    0, config.max_layers, value=0, step=1, label="Objects (0 = automatic)", elem_id="liwi-num-layers"
+                )
                 with gr.Row():
-                    steps = gr.Slider(1, config.max_steps, value=min(20, config.max_steps), step=1,
-                                      label="Steps", elem_id="liwi-steps")
+                    steps = gr.Slider(
+                        1,
+                        config.max_steps,
+                        value=min(20, config.max_steps),
+                        step=1,
+                        label="Steps",
+                        elem_id="liwi-steps",
+                    )
                     seed = gr.Number(0, precision=0, minimum=0, label="Seed", elem_id="liwi-seed")
                 run = gr.Button("Decompose", variant="primary", elem_id="liwi-decompose")
                 gr.Markdown(
@@ -570,46 +600,75 @@ def build_demo(config: SpaceConfig | None = None) -> gr.Blocks:
                 )
             with gr.Column(scale=7, min_width=400), gr.Tabs():
                 with gr.Tab("Layers", id="layers"):
-                    report = gr.Markdown("Upload a photo and press **Decompose**.", label="Report",
-                                             elem_id="liwi-report")
+                    report = gr.Markdown(
+                        "Upload a photo and press **Decompose**.", label="Report", elem_id="liwi-report"
+                    )
                     layers = gr.Gallery(
-                        label="Layers, back to front", format="png",
-                        columns=5, height=290, object_fit="contain", elem_id="liwi-layers",
-                        elem_classes=["checker"], interactive=False,
+                        label="Layers, back to front",
+                        format="png",
+                        columns=5,
+                        height=290,
+                        object_fit="contain",
+                        elem_id="liwi-layers",
+                        elem_classes=["checker"],
+                        interactive=False,
                     )
                     with gr.Row():
-                        recomposition = gr.Image(label="Layers stacked back together", type="filepath",
-                                                 height=260, interactive=False, elem_id="liwi-recomposition")
+                        recomposition = gr.Image(
+                            label="Layers stacked back together",
+                            type="filepath",
+                            height=260,
+                            interactive=False,
+                            elem_id="liwi-recomposition",
+                        )
                         with gr.Column(min_width=200):
                             psd = gr.File(label="Layered PSD", interactive=False, elem_id="liwi-psd")
-                            gr.Markdown("Open it in Photoshop, GIMP, Krita or Photopea: every object comes with "
-                                        "its shadow as a separate layer. Edit the layers in the **Edit** tab, "
-                                        "download ORA or PNGs in **Download**.")
+                            gr.Markdown(
+                                "Open it in Photoshop, GIMP, Krita or Photopea: every object comes with "
+                                "its shadow as a separate layer. Edit the layers in the **Edit** tab, "
+                                "download ORA or PNGs in **Download**."
+                            )
                 with gr.Tab("Edit", id="edit"):
-                    edit_status = gr.Markdown("Decompose a photo first; its objects then appear here.",
-                                              elem_id="liwi-edit-status")
+                    edit_status = gr.Markdown(
+                        "Decompose a photo first; its objects then appear here.", elem_id="liwi-edit-status"
+                    )
                     with gr.Row(equal_height=False):
                         with gr.Column(scale=3):
-                            edited = gr.Image(label="Edited picture (click to move the object there)",
-                                              type="filepath", height=340, interactive=False,
-                                              elem_id="liwi-edited")
+                            edited = gr.Image(
+                                label="Edited picture (click to move the object there)",
+                                type="filepath",
+                                height=340,
+                                interactive=False,
+                                elem_id="liwi-edited",
+                            )
                         with gr.Column(scale=2, min_width=220):
                             target = gr.Dropdown(choices=[], value=None, label="Object", elem_id="liwi-object")
                             visible = gr.Checkbox(True, label="Show this object and its shadow", elem_id="liwi-visible")
                             dx = gr.Slider(-100, 100, value=0, step=0.5, label="Move right (%)", elem_id="liwi-dx")
                             dy = gr.Slider(-100, 100, value=0, step=0.5, label="Move down (%)", elem_id="liwi-dy")
-                            scale = gr.Slider(MIN_SCALE, MAX_SCALE, value=1.0, step=0.05, label="Scale",
-                                              elem_id="liwi-scale")
-                            strength = gr.Slider(0.0, MAX_SHADOW_STRENGTH, value=1.0, step=0.05,
-                                                 label="Shadow strength")
+                            scale = gr.Slider(
+                                MIN_SCALE, MAX_SCALE, value=1.0, step=0.05, label="Scale", elem_id="liwi-scale"
+                            )
+                            strength = gr.Slider(
+                                0.0, MAX_SHADOW_STRENGTH, value=1.0, step=0.05, label="Shadow strength"
+                            )
                             with gr.Row():
                                 delete = gr.Button("Delete object", variant="stop", size="sm")
                                 reset = gr.Button("Reset all edits", size="sm")
-                    edited_layers = gr.Gallery(label="Edited layers", format="png", columns=5, height=200,
-                                               object_fit="contain", elem_classes=["checker"], interactive=False)
+                    edited_layers = gr.Gallery(
+                        label="Edited layers",
+                        format="png",
+                        columns=5,
+                        height=200,
+                        object_fit="contain",
+                        elem_classes=["checker"],
+                        interactive=False,
+                    )
                 with gr.Tab("Download", id="download"):
-                    gr.Markdown("The current layers, with your edits, as a layered file for Photoshop, GIMP, "
-                                "Krita or Photopea (PSD), OpenRaster (ORA) or a zip of PNGs.")
+                    gr.Markdown(
+                        "The current layers, with your edits, as a layered file for Photoshop, GIMP, "
+                        "Krita or Photopea (PSD), OpenRaster (ORA) or a zip of PNGs."
+                    )
                     with gr.Row():
                         export_format = gr.Radio(list(EXPORT_FORMATS), value="PSD", label="Format")
                         export = gr.Button("Export layers", variant="primary", elem_id="liwi-export")
@@ -618,16 +677,21 @@ def build_demo(config: SpaceConfig | None = None) -> gr.Blocks:
                     gr.Markdown(api_markdown(config))
 
         # ------------------------------------------------------------------ events
-        def on_decompose(image: Mapping[str, Any] | None, model: str, num_layers: float, steps: float, seed: float,
-                         progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008 (Gradio's convention)
+        def on_decompose(
+            image: Mapping[str, Any] | None,
+            model: str,
+            num_layers: float,
+            steps: float,
+            seed: float,
+            progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's convention)
+        ) -> tuple:
             return decompose(image, model, num_layers, steps, seed, config, progress)
 
         def on_new_session(state: EditSession | None) -> tuple:
             choices = object_choices(state) if state is not None else []
             first = choices[0][1] if choices else None
             picture, gallery, summary = render_edits(state, config.output_dir)
-            return (gr.Dropdown(choices=choices, value=first), *edit_controls(state, first), picture, gallery,
-                    summary)
+            return (gr.Dropdown(choices=choices, value=first), *edit_controls(state, first), picture, gallery, summary)
 
         def on_pick(state: EditSession | None, index: int | None) -> tuple:
             return edit_controls(state, index)
@@ -663,27 +727,48 @@ def build_demo(config: SpaceConfig | None = None) -> gr.Blocks:
             return export_layers(state, label, config)
 
         # Edits are quick and have their own concurrency group: they never wait behind a decomposition.
-        edit_events: dict[str, Any] = {"api_visibility": "private", "concurrency_id": "edit", "concurrency_limit": 8,
-                                       "trigger_mode": "always_last"}
+        edit_events: dict[str, Any] = {
+            "api_visibility": "private",
+            "concurrency_id": "edit",
+            "concurrency_limit": 8,
+            "trigger_mode": "always_last",
+        }
         controls = [visible, dx, dy, scale, strength]
         editor = [target, *controls, edited, edited_layers, edit_status]
         run.click(
-            on_decompose, [photo, model, num_layers, steps, seed], [layers, recomposition, report, psd, session],
-            api_name="decompose", concurrency_id="decompose", concurrency_limit=config.concurrency,
-            time_limit=600, preprocess=False,  # the photo arrives undecoded: see prepare_image
+            on_decompose,
+            [photo, model, num_layers, steps, seed],
+            [layers, recomposition, report, psd, session],
+            api_name="decompose",
+            concurrency_id="decompose",
+            concurrency_limit=config.concurrency,
+            time_limit=600,
+            preprocess=False,  # the photo arrives undecoded: see prepare_image
         ).success(on_new_session, [session], editor, **edit_events)
         target.input(on_pick, [session, target], controls, api_visibility="private", queue=False)
         for control in (dx, dy, scale, strength):
-            control.input(on_edit, [session, target, *controls], [session, edited, edited_layers, edit_status],
-                            **edit_events)
-        visible.input(on_edit, [session, target, *controls], [session, edited, edited_layers, edit_status],
-                      **edit_events)
-        edited.select(on_click, [session, target], [session, visible, dx, dy, scale, edited, edited_layers,
-                                                   edit_status], **edit_events)
+            control.input(
+                on_edit, [session, target, *controls], [session, edited, edited_layers, edit_status], **edit_events
+            )
+        visible.input(
+            on_edit, [session, target, *controls], [session, edited, edited_layers, edit_status], **edit_events
+        )
+        edited.select(
+            on_click,
+            [session, target],
+            [session, visible, dx, dy, scale, edited, edited_layers, edit_status],
+            **edit_events,
+        )
         delete.click(on_delete, [session, target], [session, *editor], **edit_events)
         reset.click(on_reset, [session], [session, *editor], **edit_events)
-        export.click(on_export, [session, export_format], [exported], api_visibility="private",
-                     concurrency_id="export", concurrency_limit=2)
+        export.click(
+            on_export,
+            [session, export_format],
+            [exported],
+            api_visibility="private",
+            concurrency_id="export",
+            concurrency_limit=2,
+        )
     demo.queue(max_size=config.queue_size, default_concurrency_limit=config.concurrency)
     return demo
 

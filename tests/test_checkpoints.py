@@ -41,8 +41,14 @@ def test_shipped_checkpoint_loads_and_decomposes_deterministically():
     resolution = SHIPPED_CHECKPOINTS["liwi-small"].resolution
 
     def run() -> LiWiDecompositionPipelineOutput:
-        return pipe(image, num_layers=2, resolution=resolution, num_inference_steps=3,
-                    generator=torch.Generator().manual_seed(0), output_type="np")
+        return pipe(
+            image,
+            num_layers=2,
+            resolution=resolution,
+            num_inference_steps=3,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        )
 
     first, second = run(), run()
     layered = first.layers[0]

@@ -34,23 +34,38 @@ def bomb_png(path: Path, width: int, height: int) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 8))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 8)) + chunk(b"IEND", b"")
+    )
     return path
 
 
 def test_help_explains_every_option_and_the_default_method():
-    result = subprocess.run([sys.executable, "-m", "liwi_diffusers.cli", "decompose", "--help"],
-                            capture_output=True, text=True, check=True)
-    for option in ("--output-dir", "--format", "--layers", "--model", "--steps", "--seed", "--device", "--method",
-                   "--example", "--resolution", "--overwrite"):
+    result = subprocess.run(
+        [sys.executable, "-m", "liwi_diffusers.cli", "decompose", "--help"], capture_output=True, text=True, check=True
+    )
+    for option in (
+        "--output-dir",
+        "--format",
+        "--layers",
+        "--model",
+        "--steps",
+        "--seed",
+        "--device",
+        "--method",
+        "--example",
+        "--resolution",
+        "--overwrite",
+    ):
         assert option in result.stdout
     assert "Default method: 'tools'" in " ".join(result.stdout.split())
 
 
 def test_cli_start_does_not_import_heavy_dependencies():
-    code = ("import sys, liwi_diffusers.cli as c; c.build_parser(); "
-            "print(sorted(m for m in ('torch', 'diffusers', 'pymatting', 'numba') if m in sys.modules))")
+    code = (
+        "import sys, liwi_diffusers.cli as c; c.build_parser(); "
+        "print(sorted(m for m in ('torch', 'diffusers', 'pymatting', 'numba') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -179,8 +194,22 @@ def test_decompose_with_a_saved_pipeline_folder(photo, tmp_path, capsys):
 
     model = tmp_path / "tiny-liwi"
     build_tiny_pipeline(seed=0).save_pretrained(model)
-    args = ("decompose", photo, "--model", model, "--layers", "2", "--steps", "2", "--resolution", "64",
-            "--device", "cpu", "--format", "ora")
+    args = (
+        "decompose",
+        photo,
+        "--model",
+        model,
+        "--layers",
+        "2",
+        "--steps",
+        "2",
+        "--resolution",
+        "64",
+        "--device",
+        "cpu",
+        "--format",
+        "ora",
+    )
     assert run_cli(*args, "-o", tmp_path / "a") == 0
     assert run_cli(*args, "-o", tmp_path / "b") == 0
     first, second = load_layered(tmp_path / "a" / "chelsea.ora"), load_layered(tmp_path / "b" / "chelsea.ora")
@@ -200,8 +229,22 @@ def test_cuda_device_without_a_gpu_is_a_clear_error(photo, tmp_path, capsys, mon
 
 
 def test_decompose_with_the_shipped_checkpoint_by_name(photo, tmp_path, capsys):
-    args = ("decompose", photo, "--model", "liwi-small", "--layers", "2", "--steps", "2", "--device", "cpu",
-            "--format", "zip", "-o", tmp_path)
+    args = (
+        "decompose",
+        photo,
+        "--model",
+        "liwi-small",
+        "--layers",
+        "2",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--format",
+        "zip",
+        "-o",
+        tmp_path,
+    )
     assert run_cli(*args) == 0
     layered = load_layered(tmp_path / "chelsea.zip")
     assert layered.num_objects == 2 and layered.size == Image.open(photo).size

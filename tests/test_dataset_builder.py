@@ -29,16 +29,26 @@ from liwi_dataset_builder.agent import (
 from liwi_dataset_builder.assets import BackgroundAsset, ForegroundAsset, PhotoAssets
 from liwi_dataset_builder.build import BuildConfig, BuildError, build_dataset, plan_chunks, shard_chunks
 from liwi_dataset_builder.composition import CompositionConfig, compose_sample
-from liwi_dataset_builder.io import read_shard, row_composite, row_to_layered
 from liwi_dataset_builder.sample_data import SAMPLE_LICENSE_NOTES, export_sample_photos
 from liwi_dataset_builder.sources import Photo, SourceRef, assign_splits, expand_sources, scan_photo
+from liwi_diffusers.layered_dataset import read_shard, row_composite, row_to_layered
 from liwi_diffusers.layers import LayeredImage
 from liwi_diffusers.tools.proposals import ObjectProposal
 
 # One layout for the reference build, the killed-and-resumed build and the sharded build.
 LAYOUT = {"num_samples": 18, "resolution": 128, "chunk_size": 5, "test_fraction": 0.2, "seed": 3}
-CLI_LAYOUT = ["--num-samples", "18", "--resolution", "128", "--chunk-size", "5", "--test-fraction", "0.2",
-              "--seed", "3"]
+CLI_LAYOUT = [
+    "--num-samples",
+    "18",
+    "--resolution",
+    "128",
+    "--chunk-size",
+    "5",
+    "--test-fraction",
+    "0.2",
+    "--seed",
+    "3",
+]
 TOLERANCE = 1.0 / 255.0 + 1e-6
 
 
@@ -53,8 +63,9 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def built(tmp_path_factory: pytest.TempPathFactory, photos: Path) -> Path:
     """The reference build: 2 workers."""
     out = tmp_path_factory.mktemp("built") / "liwi-sample"
-    config = BuildConfig(sources=[str(photos)], output=str(out), workers=2, progress=False,
-                         license_notes=SAMPLE_LICENSE_NOTES, **LAYOUT)
+    config = BuildConfig(
+        sources=[str(photos)], output=str(out), workers=2, progress=False, license_notes=SAMPLE_LICENSE_NOTES, **LAYOUT
+    )
     assert build_dataset(config).complete
     return out
 
@@ -109,8 +120,17 @@ def test_build_loads_with_datasets_and_every_row_recomposes(built: Path, tmp_pat
     features = dataset["train"].features
     assert isinstance(features["composite"], ImageFeature) and isinstance(features["background"], ImageFeature)
     assert features["foregrounds"] == List(ImageFeature()) and features["shadows"] == List(ImageFeature())
-    for name in ("labels", "boxes", "verification", "verification_reason", "tools", "builder_version",
-                 "background_source_id", "foreground_source_ids", "split"):
+    for name in (
+        "labels",
+        "boxes",
+        "verification",
+        "verification_reason",
+        "tools",
+        "builder_version",
+        "background_source_id",
+        "foreground_source_ids",
+        "split",
+    ):
         assert name in features
     ids = []
     for split in dataset:
@@ -148,8 +168,9 @@ def test_splits_are_by_source_photo(built: Path, tmp_path: Path) -> None:
         assert {split_of[i] for i in ids} == {split}
 
 
-def test_card_report_and_loading_by_name_and_streaming(built: Path, photos: Path, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_card_report_and_loading_by_name_and_streaming(
+    built: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     card = (built / "README.md").read_text()
     assert card.startswith("---\n") and "configs:" in card and "path: data/train-*" in card
     assert "dataset_info:" in card and "num_examples" in card and "scikit-image" in card
@@ -158,7 +179,9 @@ def test_card_report_and_loading_by_name_and_streaming(built: Path, photos: Path
     assert report["statistics"]["split_overlap"] == []
     assert report["sources"]["usable"] == report["sources"]["found"] == len(list(photos.glob("*.png")))
     assert sorted(p.name for p in (built / "data").glob("*")) == [
-        "test-00000-of-00001.parquet", "train-00000-of-00003.parquet", "train-00001-of-00003.parquet",
+        "test-00000-of-00001.parquet",
+        "train-00000-of-00003.parquet",
+        "train-00001-of-00003.parquet",
         "train-00002-of-00003.parquet",
     ]
     monkeypatch.chdir(built.parent)
@@ -170,7 +193,7 @@ def test_card_report_and_loading_by_name_and_streaming(built: Path, photos: Path
         count += 1
         assert np.abs(row_to_layered(row).compose() - row_composite(row)).max() <= TOLERANCE
     assert count == 14
-    from liwi_dataset_builder.io import iter_layered
+    from liwi_diffusers.layered_dataset import iter_layered
 
     layered, row = next(iter_layered(built / "data" / "test-00000-of-00001.parquet"))
     assert isinstance(layered, LayeredImage) and layered.num_objects == row["num_objects"]
@@ -186,13 +209,25 @@ def test_rerunning_a_complete_build_changes_nothing(built: Path, photos: Path) -
 
 
 @pytest.mark.parametrize("kill_when", ["first asset", "first shard"])
-def test_sigkill_mid_build_then_resume_gives_the_same_rows(kill_when: str, built: Path, photos: Path,
-                                                           tmp_path: Path) -> None:
+def test_sigkill_mid_build_then_resume_gives_the_same_rows(
+    kill_when: str, built: Path, photos: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "liwi_dataset_builder", str(photos), "-o", str(out), *CLI_LAYOUT,
-               "--workers", "1", "-q"]
-    watched, pattern = (out / ".build" / "assets", "*.npz") if kill_when == "first asset" else (out / "data",
-                                                                                                 "*.parquet")
+    command = [
+        sys.executable,
+        "-m",
+        "liwi_dataset_builder",
+        str(photos),
+        "-o",
+        str(out),
+        *CLI_LAYOUT,
+        "--workers",
+        "1",
+        "-q",
+    ]
+    watched, pattern = (
+        (out / ".build" / "assets", "*.npz") if kill_when == "first asset" else (out / "data", "*.parquet")
+    )
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not list(watched.glob(pattern)):
@@ -219,8 +254,9 @@ def test_build_split_across_machines_matches(built: Path, photos: Path, tmp_path
     shutil.copytree(built / ".build" / "assets", out / ".build" / "assets")
     results = []
     for index in range(2):
-        config = BuildConfig(sources=[str(photos)], output=str(out), num_shards=2, shard_index=index,
-                             progress=False, **LAYOUT)
+        config = BuildConfig(
+            sources=[str(photos)], output=str(out), num_shards=2, shard_index=index, progress=False, **LAYOUT
+        )
         results.append(build_dataset(config))
     assert not results[0].complete and results[1].complete
     assert_same_rows(built, out)
@@ -240,8 +276,16 @@ def test_bad_sources_are_skipped_with_reasons(photos: Path, tmp_path: Path) -> N
     with open(photos / "flower.png", "rb") as handle:
         (folder / "truncated.png").write_bytes(handle.read()[:5000])
     out = tmp_path / "out"
-    config = BuildConfig(sources=[str(folder)], output=str(out), num_samples=3, resolution=96, chunk_size=3,
-                         test_fraction=0.0, max_pixels=400_000, progress=False)
+    config = BuildConfig(
+        sources=[str(folder)],
+        output=str(out),
+        num_samples=3,
+        resolution=96,
+        chunk_size=3,
+        test_fraction=0.0,
+        max_pixels=400_000,
+        progress=False,
+    )
     result = build_dataset(config)
     assert result.complete and result.rows == {"train": 3}
     report = json.loads((out / "build_report.json").read_text())
@@ -265,15 +309,17 @@ def test_missing_source_is_a_clear_cli_error(tmp_path: Path, capsys: pytest.Capt
         main(["--help"])
 
 
-def test_datasets_sources_and_content_hash_duplicates(photos: Path, tmp_path: Path, built: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_datasets_sources_and_content_hash_duplicates(
+    photos: Path, tmp_path: Path, built: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import datasets
 
     saved = tmp_path / "saved"
     files = [str(photos / f"{name}.png") for name in ("coffee", "rocket")]
-    datasets.Dataset.from_dict({"picture": files, "caption": ["a", "b"]},
-                               features=datasets.Features({"picture": datasets.Image(),
-                                                           "caption": datasets.Value("string")})).save_to_disk(saved)
+    datasets.Dataset.from_dict(
+        {"picture": files, "caption": ["a", "b"]},
+        features=datasets.Features({"picture": datasets.Image(), "caption": datasets.Value("string")}),
+    ).save_to_disk(saved)
     refs = expand_sources([str(saved)])
     assert [(r.split, r.row, r.column) for r in refs] == [("train", 0, "picture"), ("train", 1, "picture")]
     from_dataset, reason = scan_photo(refs[0], 10**8, 16)
@@ -418,8 +464,11 @@ def test_vlm_planner_retries_garbage_then_uses_valid_json() -> None:
     [
         ["nonsense"] * 3,
         ['{"objects": [{"candidate": 7, "label": "x"}], "clean_background": false}'] * 3,
-        ['{"objects": [], "clean_background": "no"}', '{"objects": [{"candidate": 1}], "clean_background": false}',
-         '{"objects": [{"candidate": true, "label": "x"}], "clean_background": false}'],
+        [
+            '{"objects": [], "clean_background": "no"}',
+            '{"objects": [{"candidate": 1}], "clean_background": false}',
+            '{"objects": [{"candidate": true, "label": "x"}], "clean_background": false}',
+        ],
         [RuntimeError("CUDA out of memory")] * 3,
     ],
 )
@@ -467,8 +516,9 @@ def _tiny_clip_tokenizer(folder: Path):
         vocab[char + "</w>"] = len(vocab)
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="<|endoftext|>",
-                         model_max_length=16)
+    return CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="<|endoftext|>", model_max_length=16
+    )
 
 
 def _noise(height: int = 60, width: int = 80, seed: int = 0) -> np.ndarray:
@@ -485,14 +535,22 @@ def test_image_segmentation_proposer_loads_a_saved_tiny_model(tmp_path: Path) ->
     torch.manual_seed(0)
     labels = {0: "wall", 1: "cup", 2: "cat"}
     config = SegformerConfig(
-        num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16], patch_sizes=[7, 3],
-        strides=[4, 2], num_attention_heads=[1, 1], mlp_ratios=[2, 2], decoder_hidden_size=16, num_labels=3,
-        id2label=labels, label2id={v: k for k, v in labels.items()},
+        num_encoder_blocks=2,
+        depths=[1, 1],
+        sr_ratios=[2, 1],
+        hidden_sizes=[8, 16],
+        patch_sizes=[7, 3],
+        strides=[4, 2],
+        num_attention_heads=[1, 1],
+        mlp_ratios=[2, 2],
+        decoder_hidden_size=16,
+        num_labels=3,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
     )
     SegformerForSemanticSegmentation(config).save_pretrained(tmp_path / "segformer")
     SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(tmp_path / "segformer")
-    proposer = TransformersProposer(str(tmp_path / "segformer"), task="image-segmentation", threshold=0.0,
-                                    min_area=0.0)
+    proposer = TransformersProposer(str(tmp_path / "segformer"), task="image-segmentation", threshold=0.0, min_area=0.0)
     proposals = proposer(_noise(), max_objects=5)
     assert 1 <= len(proposals) <= 5
     assert all(p.mask.shape == (60, 80) and p.label in labels.values() for p in proposals)
@@ -510,16 +568,33 @@ def test_zero_shot_detection_proposer_with_tiny_owlvit(tmp_path: Path) -> None:
     tokenizer = _tiny_clip_tokenizer(tmp_path)
     torch.manual_seed(0)
     config = OwlViTConfig(
-        text_config={"vocab_size": tokenizer.vocab_size, "hidden_size": 16, "intermediate_size": 32,
-                     "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 16},
-        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8},
+        text_config={
+            "vocab_size": tokenizer.vocab_size,
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 16,
+        },
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
         projection_dim=16,
     )
     size = {"height": 32, "width": 32}
     processor = OwlViTProcessor(image_processor=OwlViTImageProcessor(size=size, crop_size=size), tokenizer=tokenizer)
-    pipe = pipeline("zero-shot-object-detection", model=OwlViTForObjectDetection(config).eval(), processor=processor,
-                    tokenizer=tokenizer, image_processor=processor.image_processor)
+    pipe = pipeline(
+        "zero-shot-object-detection",
+        model=OwlViTForObjectDetection(config).eval(),
+        processor=processor,
+        tokenizer=tokenizer,
+        image_processor=processor.image_processor,
+    )
     proposer = TransformersProposer(pipe, labels=["cup", "cat"], threshold=0.0, min_area=0.0)
     proposals = proposer(_noise(), max_objects=3)
     assert proposals and all(p.label in ("cup", "cat") and p.mask.shape == (60, 80) for p in proposals)
@@ -554,11 +629,23 @@ def test_depth_orderer_with_tiny_dpt() -> None:
     from liwi_dataset_builder.adapters import BottomEdgeOrderer, TransformersDepthOrderer
 
     torch.manual_seed(0)
-    config = DPTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
-                       intermediate_size=32, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 8, 8, 8],
-                       fusion_hidden_size=8, reassemble_factors=[4, 2, 1, 0.5])
-    pipe = pipeline("depth-estimation", model=DPTForDepthEstimation(config).eval(),
-                    image_processor=DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False))
+    config = DPTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
+        backbone_out_indices=[0, 1, 2, 3],
+        neck_hidden_sizes=[8, 8, 8, 8],
+        fusion_hidden_size=8,
+        reassemble_factors=[4, 2, 1, 0.5],
+    )
+    pipe = pipeline(
+        "depth-estimation",
+        model=DPTForDepthEstimation(config).eval(),
+        image_processor=DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False),
+    )
     orderer = TransformersDepthOrderer(pipe)
     image = _noise()
     near = orderer.nearness(image)
@@ -587,23 +674,47 @@ def test_diffusers_inpainter_with_a_tiny_pipeline(tmp_path: Path) -> None:
     torch.manual_seed(0)
     pipe = StableDiffusionInpaintPipeline(
         unet=UNet2DConditionModel(
-            block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=9, out_channels=4,
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            sample_size=8,
+            in_channels=9,
+            out_channels=4,
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16, norm_num_groups=4,
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=16,
+            norm_num_groups=4,
             attention_head_dim=2,
         ),
-        vae=AutoencoderKL(block_out_channels=[8, 16], down_block_types=["DownEncoderBlock2D"] * 2,
-                          up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=4),
-        text_encoder=CLIPTextModel(CLIPTextConfig(
-            vocab_size=tokenizer.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-            num_attention_heads=2, max_position_embeddings=16, bos_token_id=1, eos_token_id=2, pad_token_id=2,
-        )),
-        tokenizer=tokenizer, scheduler=DDIMScheduler(steps_offset=1), safety_checker=None, feature_extractor=None,
+        vae=AutoencoderKL(
+            block_out_channels=[8, 16],
+            down_block_types=["DownEncoderBlock2D"] * 2,
+            up_block_types=["UpDecoderBlock2D"] * 2,
+            latent_channels=4,
+            norm_num_groups=4,
+        ),
+        text_encoder=CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=tokenizer.vocab_size,
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                max_position_embeddings=16,
+                bos_token_id=1,
+                eos_token_id=2,
+                pad_token_id=2,
+            )
+        ),
+        tokenizer=tokenizer,
+        scheduler=DDIMScheduler(steps_offset=1),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.save_pretrained(tmp_path / "inpaint")
-    inpainter = DiffusersInpainter(str(tmp_path / "inpaint"), num_inference_steps=2, guidance_scale=1.0,
-                                   working_size=32)
+    inpainter = DiffusersInpainter(
+        str(tmp_path / "inpaint"), num_inference_steps=2, guidance_scale=1.0, working_size=32
+    )
     image = _noise(40, 50)
     hole = np.zeros((40, 50), bool)
     hole[10:20, 10:30] = True
@@ -635,20 +746,47 @@ def test_tiny_random_vlm_answers_garbage_and_the_planner_falls_back() -> None:
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                        unk_token="<unk>", extra_special_tokens={"image_token": "<image>"})
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
     torch.manual_seed(0)
     config = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                       image_size=16, patch_size=8, projection_dim=16),
-        text_config=LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                                bos_token_id=1, eos_token_id=2, pad_token_id=3),
-        image_token_index=4, vision_feature_layer=-1, vision_feature_select_strategy="default",
+        vision_config=CLIPVisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=16,
+            patch_size=8,
+            projection_dim=16,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=len(vocab),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=3,
+        ),
+        image_token_index=4,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
     )
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}),
-        tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
     )
     pipe = pipeline("image-text-to-text", model=LlavaForConditionalGeneration(config).eval(), processor=processor)
     vlm = TransformersVLM(pipe, max_new_tokens=8)
@@ -660,11 +798,17 @@ def test_tiny_random_vlm_answers_garbage_and_the_planner_falls_back() -> None:
     assert plan.decided_by.startswith("rules (vlm fallback after 2 invalid answers")
     assert [c.index for c in plan.objects] == [0, 1]
     # A chat model (the processor has a chat template) is asked with a chat message instead.
-    template = ("{% for m in messages %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>"
-                "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}")
+    template = (
+        "{% for m in messages %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>"
+        "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}"
+    )
     chat_processor = LlavaProcessor(
-        image_processor=processor.image_processor, tokenizer=tokenizer, patch_size=8,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=template,
+        image_processor=processor.image_processor,
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=template,
     )
     chat = TransformersVLM(pipeline("image-text-to-text", model=pipe.model, processor=chat_processor), max_new_tokens=8)
     assert chat(Image.fromarray((image * 255).astype(np.uint8)), "Answer with JSON.") == answer

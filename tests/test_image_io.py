@@ -34,8 +34,9 @@ def png_with_header_only(path, width: int, height: int):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -78,8 +79,9 @@ def test_bad_files_get_one_line_errors(tmp_path, make, message):
 def test_truncated_files_are_refused_not_padded(tmp_path, suffix):
     buffer = io.BytesIO()
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, format=suffix[1:].replace("jpg",
-                                                                                                              "jpeg"))
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        buffer, format=suffix[1:].replace("jpg", "jpeg")
+    )
     path = tmp_path / f"cut{suffix}"
     path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     with pytest.raises(ImageLoadError, match=r"truncated|corrupt"):

@@ -98,8 +98,10 @@ def test_reconcile_reaches_an_achievable_target_exactly_and_keeps_alphas():
     target = random_layered(5).compose()  # different colours, ...
     target = LayeredImage(
         random_layered(6).background,
-        [np.concatenate([random_layered(7).foregrounds[k][:, :, :3], fg[:, :, 3:]], axis=2)
-         for k, fg in enumerate(layered.foregrounds)],
+        [
+            np.concatenate([random_layered(7).foregrounds[k][:, :, :3], fg[:, :, 3:]], axis=2)
+            for k, fg in enumerate(layered.foregrounds)
+        ],
         layered.shadows,
     ).compose()  # ... but the same alphas and shadows, so the target is reachable
     fixed = reconcile_with_image(layered, target, iterations=50)
@@ -136,8 +138,15 @@ def test_reconcile_leaves_unreachable_residual_and_reports_it():
 def test_rgba_stack_pil_and_tensor_round_trips():
     layered = random_layered(9).quantized()
     names = [name for name, _ in layered.to_pil()]
-    assert names == ["background", "shadow 1: thing 0", "object 1: thing 0", "shadow 2: thing 1", "object 2: thing 1",
-                     "shadow 3: thing 2", "object 3: thing 2"]
+    assert names == [
+        "background",
+        "shadow 1: thing 0",
+        "object 1: thing 0",
+        "shadow 2: thing 1",
+        "object 2: thing 1",
+        "shadow 3: thing 2",
+        "object 3: thing 2",
+    ]
     back = LayeredImage.from_rgba_stack(layered.to_pil())
     assert back.labels == layered.labels
     np.testing.assert_array_equal(back.background, layered.background)
@@ -200,10 +209,18 @@ def test_alpha_bbox_and_object_boxes():
         (lambda: LayeredImage(np.zeros((4, 4, 3), dtype=np.int64)), "dtype"),
         (lambda: LayeredImage.from_rgba_stack([]), "empty layer stack"),
         (lambda: LayeredImage.from_rgba_stack([("background", np.full((2, 2, 4), 0.5))]), "opaque"),
-        (lambda: LayeredImage.from_rgba_stack([("background", np.ones((2, 2, 4))), ("shadow 1", np.ones((2, 2, 4)))]),
-         "black"),
-        (lambda: LayeredImage.from_rgba_stack([("background", np.ones((2, 2, 4))),
-                                               ("shadow 1", np.zeros((2, 2, 4)))]), "no object"),
+        (
+            lambda: LayeredImage.from_rgba_stack(
+                [("background", np.ones((2, 2, 4))), ("shadow 1", np.ones((2, 2, 4)))]
+            ),
+            "black",
+        ),
+        (
+            lambda: LayeredImage.from_rgba_stack(
+                [("background", np.ones((2, 2, 4))), ("shadow 1", np.zeros((2, 2, 4)))]
+            ),
+            "no object",
+        ),
     ],
 )
 def test_bad_stacks_get_clear_errors(build, message):

@@ -250,7 +250,11 @@ def test_bad_matte_input():
 def test_matting_errors_hand_cases():
     zeros, ones = np.zeros((8, 8)), np.ones((8, 8))
     assert alpha_matting_errors(ones, ones, "all") == {
-        "sad": 0.0, "mse": 0.0, "gradient": 0.0, "connectivity": 0.0, "num_pixels": 64
+        "sad": 0.0,
+        "mse": 0.0,
+        "gradient": 0.0,
+        "connectivity": 0.0,
+        "num_pixels": 64,
     }
     errors = alpha_matting_errors(zeros, ones, "all")
     assert errors["sad"] == pytest.approx(64 / 1000)
@@ -396,9 +400,10 @@ def test_alpha_boundary_module_matches_core(modules):
     expected = aggregate_alpha_errors([alpha_matting_errors(p, g, width=3) for p, g in zip(preds, gts)])
     assert output == expected
     output_all = modules["alpha_boundary"].compute(predictions=preds, references=gts, region="all")
-    assert output_all["sad"] == aggregate_alpha_errors([alpha_matting_errors(p, g, "all") for p, g in zip(preds, gts)])[
-        "sad"
-    ]
+    assert (
+        output_all["sad"]
+        == aggregate_alpha_errors([alpha_matting_errors(p, g, "all") for p, g in zip(preds, gts)])["sad"]
+    )
 
 
 def test_shadows_module_matches_core(modules):
@@ -407,10 +412,7 @@ def test_shadows_module_matches_core(modules):
     gts = [[rng.random((10, 10)) * 0.5], [rng.random((10, 10))], [], []]
     output = modules["shadows"].compute(predictions=preds, references=gts)
     expected = aggregate_shadow_errors(
-        [
-            shadow_errors(combine_shadows(p, (10, 10)), combine_shadows(g, (10, 10)))
-            for p, g in zip(preds[:3], gts[:3])
-        ]
+        [shadow_errors(combine_shadows(p, (10, 10)), combine_shadows(g, (10, 10))) for p, g in zip(preds[:3], gts[:3])]
     )
     assert output == expected | {"num_skipped": 1}
 
@@ -578,8 +580,10 @@ def test_cli_dataset_methods(tmp_path):
     report = json.loads(output.read_text())
     assert report["num_evaluated"] == 0 and report["skipped"] == {"prediction has fewer than 2 layers": 3}
     assert report["levels"][0]["rgb_l1"] is None
-    assert main(["evaluate", "--method", "single-layer", "--dataset", str(root), "--min-layers", "1",
-                 "-o", str(output)]) == 0
+    assert (
+        main(["evaluate", "--method", "single-layer", "--dataset", str(root), "--min-layers", "1", "-o", str(output)])
+        == 0
+    )
     assert json.loads(output.read_text())["num_evaluated"] == 3
 
     # predictions from folders against the dataset (and --save-layers writes what was scored)
@@ -597,12 +601,16 @@ def test_cli_dataset_is_read_fresh_after_rewrite(tmp_path):
     root = tmp_path / "liwi-tiny"
     output = tmp_path / "r.json"
     write_dataset(root, np.random.default_rng(8), value=0)
-    assert main(["evaluate", "--method", "single-layer", "--dataset", str(root), "--min-layers", "1",
-                 "-o", str(output)]) == 0
+    assert (
+        main(["evaluate", "--method", "single-layer", "--dataset", str(root), "--min-layers", "1", "-o", str(output)])
+        == 0
+    )
     first = json.loads(output.read_text())["extras"]["background"]["background_l1"]
     write_dataset(root, np.random.default_rng(8), value=255)
-    assert main(["evaluate", "--method", "single-layer", "--dataset", str(root), "--min-layers", "1",
-                 "-o", str(output)]) == 0
+    assert (
+        main(["evaluate", "--method", "single-layer", "--dataset", str(root), "--min-layers", "1", "-o", str(output)])
+        == 0
+    )
     assert json.loads(output.read_text())["extras"]["background"]["background_l1"] != first
 
 
@@ -618,13 +626,29 @@ def test_cli_dataset_errors(tmp_path, capsys):
 @pytest.mark.slow
 def test_cli_pipeline_checkpoint(tmp_path):
     import liwi_diffusers.pipelines.tiny as tiny
+
     checkpoint = tmp_path / "tiny-pipeline"
     tiny.build_tiny_pipeline().save_pretrained(checkpoint)
     root = tmp_path / "liwi-tiny"
     write_dataset(root, np.random.default_rng(10), count=2)
     output = tmp_path / "pipeline.json"
-    args = ["evaluate", "--method", "pipeline", "--checkpoint", str(checkpoint), "--dataset", str(root),
-            "--steps", "1", "--pipeline-resolution", "32", "--device", "cpu", "-o", str(output)]
+    args = [
+        "evaluate",
+        "--method",
+        "pipeline",
+        "--checkpoint",
+        str(checkpoint),
+        "--dataset",
+        str(root),
+        "--steps",
+        "1",
+        "--pipeline-resolution",
+        "32",
+        "--device",
+        "cpu",
+        "-o",
+        str(output),
+    ]
     assert main(args) == 0
     report = json.loads(output.read_text())
     assert report["num_evaluated"] == 2
@@ -636,8 +660,21 @@ def test_cli_pipeline_shipped_checkpoint_by_name(tmp_path):
     root = tmp_path / "liwi-tiny"
     write_dataset(root, np.random.default_rng(11), count=1)
     output = tmp_path / "shipped.json"
-    args = ["evaluate", "--method", "pipeline", "--checkpoint", "liwi-small", "--dataset", str(root),
-            "--steps", "1", "--device", "cpu", "-o", str(output)]
+    args = [
+        "evaluate",
+        "--method",
+        "pipeline",
+        "--checkpoint",
+        "liwi-small",
+        "--dataset",
+        str(root),
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+        "-o",
+        str(output),
+    ]
     assert main(args) == 0
     report = json.loads(output.read_text())
     assert report["num_evaluated"] == 1 and all(math.isfinite(level["alpha_iou"]) for level in report["levels"])
@@ -647,8 +684,19 @@ def test_cli_pipeline_shipped_checkpoint_by_name(tmp_path):
 def test_cli_pipeline_resolution_below_the_model_multiple(tmp_path, capsys):
     root = tmp_path / "liwi-tiny"
     write_dataset(root, np.random.default_rng(12), count=1)
-    args = ["evaluate", "--method", "pipeline", "--checkpoint", "liwi-small", "--dataset", str(root),
-            "--pipeline-resolution", "0", "-o", str(tmp_path / "r.json")]
+    args = [
+        "evaluate",
+        "--method",
+        "pipeline",
+        "--checkpoint",
+        "liwi-small",
+        "--dataset",
+        str(root),
+        "--pipeline-resolution",
+        "0",
+        "-o",
+        str(tmp_path / "r.json"),
+    ]
     assert main(args) == 2
     assert "--pipeline-resolution must be at least 16 for this model, got 0" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()

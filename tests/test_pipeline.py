@@ -34,6 +34,7 @@ def pipe() -> LiWiDecompositionPipeline:
 def photo() -> PIL.Image.Image:
     """A real photo, small and not square (96x80)."""
     import skimage.data as skimage_data
+
     return PIL.Image.fromarray(skimage_data.astronaut()).resize((96, 80), PIL.Image.BICUBIC)
 
 
@@ -448,6 +449,7 @@ def test_transparent_and_grayscale_inputs(pipe, photo, caplog):
 # ---------------------------------------------------------------------------------------------- text encoder
 def _tiny_text_encoder():
     import transformers
+
     vocab = {chr(i): i for i in range(33, 127)}
     vocab.update({"Ġ": 127, "Ċ": 128, "<|endoftext|>": 129})
     tokenizer = transformers.Qwen2Tokenizer(vocab=vocab, merges=[])

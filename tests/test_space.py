@@ -100,8 +100,9 @@ def server(config) -> Iterator[str]:
     """The app, launched in this process on 127.0.0.1 (a random free port); its URL. Closed at the end."""
     demo = space.build_demo(config)
     port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **space.launch_options(config))
+    demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **space.launch_options(config)
+    )
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -124,12 +125,12 @@ def _layered(num_objects: int = 2, size: tuple[int, int] = (64, 48)) -> LayeredI
     for k in range(num_objects):
         rgba = np.zeros((height, width, 4), np.float32)
         left, top = 8 + 20 * k, 12
-        rgba[top:top + 16, left:left + 12, :3] = (0.9, 0.2 + 0.3 * k, 0.1)
-        rgba[top:top + 16, left:left + 12, 3] = 1.0
-        rgba[top + 15, left:left + 12, 3] = 0.5  # a soft edge
+        rgba[top : top + 16, left : left + 12, :3] = (0.9, 0.2 + 0.3 * k, 0.1)
+        rgba[top : top + 16, left : left + 12, 3] = 1.0
+        rgba[top + 15, left : left + 12, 3] = 0.5  # a soft edge
         foregrounds.append(rgba)
         shadow = np.zeros((height, width), np.float32)
-        shadow[top + 16:top + 22, left - 2:left + 14] = 0.4
+        shadow[top + 16 : top + 22, left - 2 : left + 14] = 0.4
         shadows.append(shadow)
     return LayeredImage(background, foregrounds, shadows, ["box"] * num_objects)
 
@@ -176,8 +177,9 @@ def test_moving_shifts_the_object_and_its_shadow_exactly():
     session = editing.update_edit(editing.EditSession.from_layered(layered), 0, dx=5, dy=-3)
     edited = editing.apply_edits(session)
     original = layered.quantized()
-    np.testing.assert_allclose(edited.foregrounds[0][:, :, 3],
-                               np.roll(original.foregrounds[0][:, :, 3], (-3, 5), axis=(0, 1)), atol=1e-5)
+    np.testing.assert_allclose(
+        edited.foregrounds[0][:, :, 3], np.roll(original.foregrounds[0][:, :, 3], (-3, 5), axis=(0, 1)), atol=1e-5
+    )
     np.testing.assert_allclose(edited.shadows[0], np.roll(original.shadows[0], (-3, 5), axis=(0, 1)), atol=1e-5)
     inside = edited.foregrounds[0][:, :, 3] > 0.99
     np.testing.assert_allclose(edited.foregrounds[0][inside, :3], [[0.9, 0.2, 0.1]] * int(inside.sum()), atol=2 / 255)
@@ -217,8 +219,7 @@ def test_edit_values_are_checked():
 
 # ---------------------------------------------------------------------------------------------- handlers
 def test_decompose_handler_gives_named_rgba_layers_a_psd_and_an_edit_session(config, photos):
-    gallery, recomposition, report, psd, session = space.decompose(str(photos["coffee"]), space.TOOLS, 0, 20, 0,
-                                                                   config)
+    gallery, recomposition, report, psd, session = space.decompose(str(photos["coffee"]), space.TOOLS, 0, 20, 0, config)
     count = session.num_objects
     assert count >= 1 and len(gallery) == 2 * count + 1
     names = [name for _, name in gallery]
@@ -318,8 +319,9 @@ def test_edit_handlers_and_exports_follow_the_edits(config):
 
 
 def test_config_from_environment():
-    config = space.SpaceConfig.from_env({"LIWI_MODEL": "/models/liwi", "LIWI_MODELS": "tiny, tools",
-                                         "LIWI_MAX_SIDE": "512", "LIWI_QUEUE_SIZE": "8"})
+    config = space.SpaceConfig.from_env(
+        {"LIWI_MODEL": "/models/liwi", "LIWI_MODELS": "tiny, tools", "LIWI_MAX_SIDE": "512", "LIWI_QUEUE_SIZE": "8"}
+    )
     assert config.default_model == "/models/liwi" and config.models == ("/models/liwi", "tools", "liwi-small", "tiny")
     assert config.max_side == 512 and config.queue_size == 8 and config.concurrency == 2
     assert space.SpaceConfig.from_env({}).models == ("tools", "liwi-small")
@@ -393,8 +395,12 @@ def test_client_gets_readable_errors_for_bad_uploads(client, photos):
 
 def test_server_refuses_oversize_uploads(server, photos):
     body, boundary = _multipart("files", photos["oversize"])
-    request = urllib.request.Request(f"{server}/gradio_api/upload", data=body, method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    request = urllib.request.Request(
+        f"{server}/gradio_api/upload",
+        data=body,
+        method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=30)
     assert caught.value.code == 413
@@ -415,12 +421,15 @@ def test_queue_turns_away_requests_beyond_its_size(config, photos, tmp_path):
     small = space.SpaceConfig(queue_size=1, concurrency=1, output_dir=tmp_path / "out")
     demo = space.build_demo(small)
     port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **space.launch_options(small))
+    demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **space.launch_options(small)
+    )
     try:
         client = Client(f"http://127.0.0.1:{port}", verbose=False, download_files=str(tmp_path / "downloads"))
-        jobs = [client.submit(handle_file(str(photos["coffee"])), "tools", 1, 20, 0, api_name="/decompose")
-                for _ in range(4)]
+        jobs = [
+            client.submit(handle_file(str(photos["coffee"])), "tools", 1, 20, 0, api_name="/decompose")
+            for _ in range(4)
+        ]
         outcomes = []
         for job in jobs:
             try:
@@ -436,8 +445,10 @@ def test_queue_turns_away_requests_beyond_its_size(config, photos, tmp_path):
 
 def _multipart(field: str, path: Path) -> tuple[bytes, str]:
     boundary = "liwiboundary7d1f"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{path.name}\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{path.name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     return head + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode(), boundary
 
 
@@ -451,8 +462,10 @@ def browser():
     chromedriver = shutil.which("chromedriver") or "/usr/bin/chromedriver"
     missing = [path for path in (chromium, chromedriver) if not Path(path).exists()]
     if missing:
-        pytest.fail(f"browser tests need Debian's chromium and chromium-driver ({', '.join(missing)} missing): "
-                    "apt-get install chromium chromium-driver, or set LIWI_SKIP_BROWSER_TESTS=1")
+        pytest.fail(
+            f"browser tests need Debian's chromium and chromium-driver ({', '.join(missing)} missing): "
+            "apt-get install chromium chromium-driver, or set LIWI_SKIP_BROWSER_TESTS=1"
+        )
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -461,8 +474,15 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     profile = tempfile.mkdtemp(prefix="liwi_chromium_")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 f"--user-data-dir={profile}", "--window-size=1400,1250", "--force-device-scale-factor=1"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--window-size=1400,1250",
+        "--force-device-scale-factor=1",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(chromedriver), options=options)
     driver.set_page_load_timeout(60)
@@ -504,8 +524,10 @@ def test_browser_decomposes_a_photo_and_shows_its_layers(server, browser, photos
     thumbnails = "#liwi-layers .thumbnail-item img"
     WebDriverWait(browser, 120).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, thumbnails)) >= 3)
     WebDriverWait(browser, 30).until(
-        lambda d: all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", image)
-                      for image in d.find_elements(By.CSS_SELECTOR, thumbnails))
+        lambda d: all(
+            d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", image)
+            for image in d.find_elements(By.CSS_SELECTOR, thumbnails)
+        )
     )
     captions = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#liwi-layers .caption-label")]
     assert len(captions) % 2 == 1 and captions[:3] == ["background", "shadow 1", "object 1"]

@@ -72,6 +72,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def astronaut() -> Image.Image:
     import skimage.data as data
+
     return Image.fromarray(data.astronaut()).resize((160, 160), Image.BICUBIC)
 
 

@@ -50,8 +50,20 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def launch(*arguments: str, check: bool = True) -> subprocess.CompletedProcess:
     """``accelerate launch`` the training script on one CPU process."""
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-        "--cpu", "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT), *arguments,
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--cpu",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(SCRIPT),
+        *arguments,
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
@@ -63,33 +75,70 @@ def launch(*arguments: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def common_args(dataset: Path, output: Path, *extra: str) -> list[str]:
     return [
-        "--tiny_config", "--dataset_name", str(dataset), "--resolution", str(RESOLUTION),
-        "--output_dir", str(output), "--report_to", "none", "--learning_rate", "1e-3", "--seed", "0", *extra,
+        "--tiny_config",
+        "--dataset_name",
+        str(dataset),
+        "--resolution",
+        str(RESOLUTION),
+        "--output_dir",
+        str(output),
+        "--report_to",
+        "none",
+        "--learning_rate",
+        "1e-3",
+        "--seed",
+        "0",
+        *extra,
     ]
 
 
 def decompose(pipe: torch.nn.Module) -> np.ndarray:
     image = np.random.default_rng(0).random((RESOLUTION, RESOLUTION, 3), dtype=np.float32)
     generator = torch.Generator().manual_seed(0)
-    output = pipe(image, num_layers=2, resolution=RESOLUTION, num_inference_steps=2, generator=generator,
-                  output_type="np")
+    output = pipe(
+        image, num_layers=2, resolution=RESOLUTION, num_inference_steps=2, generator=generator, output_type="np"
+    )
     return output.images[0]
 
 
 @pytest.fixture(scope="session")
 def lora_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     output = tmp_path_factory.mktemp("lora") / "run"
-    launch(*common_args(tiny_dataset, output, "--max_train_steps", "2", "--checkpointing_steps", "2",
-                        "--validation_steps", "2", "--num_validation_samples", "1",
-                        "--validation_inference_steps", "1", "--rank", "4", "--lora_alpha", "8",
-                        "--report_to", "tensorboard"))
+    launch(
+        *common_args(
+            tiny_dataset,
+            output,
+            "--max_train_steps",
+            "2",
+            "--checkpointing_steps",
+            "2",
+            "--validation_steps",
+            "2",
+            "--num_validation_samples",
+            "1",
+            "--validation_inference_steps",
+            "1",
+            "--rank",
+            "4",
+            "--lora_alpha",
+            "8",
+            "--report_to",
+            "tensorboard",
+        )
+    )
     return output
 
 
 # ---------------------------------------------------------------------------------------------- end to end
 def test_lora_training_writes_loadable_weights(lora_run: Path) -> None:
-    for name in ("pytorch_lora_weights.safetensors", "shadow_head/config.json", "alpha_decoder/config.json",
-                 "README.md", "training_summary.json", "checkpoint-2"):
+    for name in (
+        "pytorch_lora_weights.safetensors",
+        "shadow_head/config.json",
+        "alpha_decoder/config.json",
+        "README.md",
+        "training_summary.json",
+        "checkpoint-2",
+    ):
         assert (lora_run / name).exists(), name
     from safetensors import safe_open
 
@@ -116,8 +165,18 @@ def test_full_training_and_resume(tiny_dataset: Path, tmp_path: Path) -> None:
     from liwi_diffusers import LiWiDecompositionPipeline
 
     output = tmp_path / "full"
-    args = common_args(tiny_dataset, output, "--train_mode", "full", "--checkpointing_steps", "2",
-                       "--checkpoints_total_limit", "1", "--validation_split", "")
+    args = common_args(
+        tiny_dataset,
+        output,
+        "--train_mode",
+        "full",
+        "--checkpointing_steps",
+        "2",
+        "--checkpoints_total_limit",
+        "1",
+        "--validation_split",
+        "",
+    )
     launch(*args, "--max_train_steps", "2")
     assert (output / "checkpoint-2").is_dir() and (output / "model_index.json").is_file()
     first = decompose(LiWiDecompositionPipeline.from_pretrained(output))
@@ -132,9 +191,24 @@ def test_full_training_and_resume(tiny_dataset: Path, tmp_path: Path) -> None:
 
     # LoRA on top of a saved pipeline folder (as users fine-tune a released model).
     lora = tmp_path / "lora-on-pipeline"
-    launch("--pretrained_model_name_or_path", str(output), "--dataset_name", str(tiny_dataset), "--resolution",
-           str(RESOLUTION), "--output_dir", str(lora), "--report_to", "none", "--max_train_steps", "1",
-           "--validation_split", "", "--learning_rate", "1e-2")
+    launch(
+        "--pretrained_model_name_or_path",
+        str(output),
+        "--dataset_name",
+        str(tiny_dataset),
+        "--resolution",
+        str(RESOLUTION),
+        "--output_dir",
+        str(lora),
+        "--report_to",
+        "none",
+        "--max_train_steps",
+        "1",
+        "--validation_split",
+        "",
+        "--learning_rate",
+        "1e-2",
+    )
     assert not (lora / "vae").exists()  # a pretrained VAE stays frozen
     base = LiWiDecompositionPipeline.from_pretrained(output)
     tuned = load_training_output(LiWiDecompositionPipeline.from_pretrained(output), lora)
@@ -157,8 +231,9 @@ def test_missing_columns_fail_before_training(tmp_path: Path) -> None:
 
 
 def test_resolution_not_divisible_fails_before_training(tiny_dataset: Path, tmp_path: Path) -> None:
-    result = launch(*common_args(tiny_dataset, tmp_path / "out", "--max_train_steps", "1", "--resolution", "40"),
-                    check=False)
+    result = launch(
+        *common_args(tiny_dataset, tmp_path / "out", "--max_train_steps", "1", "--resolution", "40"), check=False
+    )
     assert result.returncode != 0
     assert "not a multiple of the VAE factor times the patch size (16)" in result.stderr
     assert "steps:" not in result.stderr
@@ -276,8 +351,10 @@ def test_layered_to_frames_pads_merges_and_bakes() -> None:
     from liwi_diffusers.layers import LayeredImage
 
     rng = np.random.default_rng(0)
-    foregrounds = [np.concatenate([rng.random((16, 16, 3)), (rng.random((16, 16, 1)) > 0.5)], 2).astype(np.float32)
-                   for _ in range(3)]
+    foregrounds = [
+        np.concatenate([rng.random((16, 16, 3)), (rng.random((16, 16, 1)) > 0.5)], 2).astype(np.float32)
+        for _ in range(3)
+    ]
     shadows = [(0.4 * rng.random((16, 16))).astype(np.float32) for _ in range(3)]
     layered = LayeredImage(rng.random((16, 16, 3)).astype(np.float32), foregrounds, shadows)
     composite = torch.from_numpy(layered.compose()).permute(2, 0, 1).float()

@@ -77,9 +77,7 @@ def load_layered_dataset(
     return load_dataset(str(path), split=split, streaming=streaming, **kwargs)
 
 
-def iter_layered(
-    source: Any, split: str = "train", **kwargs: Any
-) -> Iterator[tuple[LayeredImage, dict[str, Any]]]:
+def iter_layered(source: Any, split: str = "train", **kwargs: Any) -> Iterator[tuple[LayeredImage, dict[str, Any]]]:
     """``(LayeredImage, row)`` pairs from a dataset folder, a shard file, or a loaded dataset."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)

@@ -1,6 +1,6 @@
 """The layered image: an opaque background, then per object a shadow and an RGBA foreground.
 
-Layers compose back to front with Porter-Duff "over" (see DESIGN.md):
+Layers compose back to front with Porter-Duff "over" (see docs/design.md):
 
     X_0 = B
     X_k = a_k * C_k + (1 - a_k) * (1 - sigma_k) * X_(k-1)     # shadow k, then object k
@@ -255,7 +255,9 @@ class LayeredImage:
 
     def copy(self) -> LayeredImage:
         return LayeredImage(
-            self.background.copy(), [fg.copy() for fg in self.foregrounds], [s.copy() for s in self.shadows],
+            self.background.copy(),
+            [fg.copy() for fg in self.foregrounds],
+            [s.copy() for s in self.shadows],
             list(self.labels),
         )
 
@@ -350,7 +352,9 @@ class LayeredImage:
     ) -> LayeredImage:
         """From PIL images: background (RGB), RGBA foregrounds, L shadows (alpha sigma)."""
         return cls(
-            background, list(foregrounds), None if shadows is None else list(shadows),
+            background,
+            list(foregrounds),
+            None if shadows is None else list(shadows),
             None if labels is None else list(labels),
         )
 
@@ -452,8 +456,8 @@ def reconcile_with_image(layered: LayeredImage, image: Any, iterations: int | No
         colors = np.stack([gather(background)] + [gather(fg[:, :, :3]) for fg in foregrounds])  # (K+1, N, 3)
         alphas = np.stack([np.ones(pixels.size, np.float32)] + [gather(fg[:, :, 3]) for fg in foregrounds])
         transmittance = np.stack(
-            [np.ones(pixels.size, np.float32)] + [(1 - gather(fg[:, :, 3])) * (1 - gather(s))
-                                      for fg, s in zip(foregrounds, layered.shadows)]
+            [np.ones(pixels.size, np.float32)]
+            + [(1 - gather(fg[:, :, 3])) * (1 - gather(s)) for fg, s in zip(foregrounds, layered.shadows)]
         )
         # Visible weight of layer k: its alpha times the transmittance of every layer above it.
         above = np.ones_like(alphas)

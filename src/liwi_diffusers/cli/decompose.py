@@ -45,36 +45,75 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "images", nargs="*", metavar="IMAGE",
+        "images",
+        nargs="*",
+        metavar="IMAGE",
         help="photo files (JPEG, PNG, WebP, TIFF, ...) or folders of them (not recursive)",
     )
     parser.add_argument(
-        "--example", action="append", choices=sorted(SAMPLE_IMAGES), default=[], metavar="NAME",
+        "--example",
+        action="append",
+        choices=sorted(SAMPLE_IMAGES),
+        default=[],
+        metavar="NAME",
         help=f"also decompose a photo bundled with installed packages ({', '.join(SAMPLE_IMAGES)}); repeatable",
     )
-    parser.add_argument("-o", "--output-dir", required=True, type=Path, metavar="OUT_DIR",
-                        help="folder for the layered files (created if missing)")
-    parser.add_argument("-f", "--format", choices=FORMATS, default="psd",
-                        help="psd: Photoshop/GIMP/Krita; ora: OpenRaster (GIMP, Krita, MyPaint); "
-                             "zip: PNG per layer + manifest.json")
-    parser.add_argument("-n", "--layers", type=int, default=None, metavar="N",
-                        help=f"number of object layers, 1..{MAX_LAYERS}; tools: at most N (fewer when fewer objects "
-                             "are found; default: as many as found, up to 4); pipeline: exactly N (default 4)")
-    parser.add_argument("--method", choices=METHODS, default="auto",
-                        help="auto: 'pipeline' when --model is given, else 'tools'")
-    parser.add_argument("--model", default=None, metavar="PATH_OR_ID",
-                        help="LiWiDecompositionPipeline folder, Hub id, or a checkpoint shipped with the package "
-                             f"({', '.join(SHIPPED_CHECKPOINTS)}) (method 'pipeline')")
+    parser.add_argument(
+        "-o",
+        "--output-dir",
+        required=True,
+        type=Path,
+        metavar="OUT_DIR",
+        help="folder for the layered files (created if missing)",
+    )
+    parser.add_argument(
+        "-f",
+        "--format",
+        choices=FORMATS,
+        default="psd",
+        help="psd: Photoshop/GIMP/Krita; ora: OpenRaster (GIMP, Krita, MyPaint); zip: PNG per layer + manifest.json",
+    )
+    parser.add_argument(
+        "-n",
+        "--layers",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"number of object layers, 1..{MAX_LAYERS}; tools: at most N (fewer when fewer objects "
+        "are found; default: as many as found, up to 4); pipeline: exactly N (default 4)",
+    )
+    parser.add_argument(
+        "--method", choices=METHODS, default="auto", help="auto: 'pipeline' when --model is given, else 'tools'"
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="PATH_OR_ID",
+        help="LiWiDecompositionPipeline folder, Hub id, or a checkpoint shipped with the package "
+        f"({', '.join(SHIPPED_CHECKPOINTS)}) (method 'pipeline')",
+    )
     parser.add_argument("--steps", type=int, default=30, help="denoising steps (method 'pipeline')")
-    parser.add_argument("--resolution", type=int, default=None,
-                        help="working resolution of the pipeline's transformer (method 'pipeline'; default: the "
-                             f"resolution a shipped checkpoint was trained at, else {DEFAULT_RESOLUTION})")
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="working resolution of the pipeline's transformer (method 'pipeline'; default: the "
+        f"resolution a shipped checkpoint was trained at, else {DEFAULT_RESOLUTION})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (results are deterministic for a seed)")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ... (method 'pipeline')")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                        help="model precision (method 'pipeline')")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                        help="refuse inputs with more pixels than this (decompression-bomb guard)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="model precision (method 'pipeline')",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="refuse inputs with more pixels than this (decompression-bomb guard)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-image lines")
     parser.set_defaults(run=run)
@@ -111,8 +150,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.overwrite:
         existing = [str(t) for t in targets if t.exists()]
         if existing:
-            raise CLIError(f"{existing[0]} exists; pass --overwrite to replace it"
-                           + (f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""))
+            raise CLIError(
+                f"{existing[0]} exists; pass --overwrite to replace it"
+                + (f" (and {len(existing) - 1} more)" if len(existing) > 1 else "")
+            )
 
     decompose = _load_method(method, args)
     failures = 0
@@ -141,7 +182,9 @@ def run(args: argparse.Namespace) -> int:
                 f"{item.name} -> {target} ({layered.num_objects} objects, recomposition error "
                 f"mean {report.mean_abs_error:.4f} max {report.max_abs_error:.4f}, "
                 f"{time.perf_counter() - start:.1f} s)",
-                args.quiet, progress, stream=sys.stdout,
+                args.quiet,
+                progress,
+                stream=sys.stdout,
             )
         if progress is not None:
             progress.update(1)

@@ -56,41 +56,82 @@ def add_parser(subparsers: Any) -> None:
     truth.add_argument("--gt", type=Path, metavar="DIR", help="ground truth: DIR/<sample>/*.png, back to front")
     truth.add_argument("--dataset", metavar="PATH", help="a LiWi-format dataset folder (parquet shards + README)")
     parser.add_argument("--split", default="test", help="dataset split (default: %(default)s)")
-    parser.add_argument("-o", "--output", type=Path, metavar="JSON",
-                        help="write the result here (and the markdown table next to it, .md)")
-    parser.add_argument("--max-edits", type=int, default=5,
-                        help="largest number of merges: levels 0..N (default: %(default)s)")
-    parser.add_argument("--min-layers", type=int, default=2,
-                        help="skip samples with fewer layers on either side (default: %(default)s, as published)")
-    parser.add_argument("--resolution", type=int, metavar="PX",
-                        help="evaluate at this size: ground truth resized so its longer side is PX, "
-                             "predictions to the same size (default: the native size)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="JSON",
+        help="write the result here (and the markdown table next to it, .md)",
+    )
+    parser.add_argument(
+        "--max-edits", type=int, default=5, help="largest number of merges: levels 0..N (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--min-layers",
+        type=int,
+        default=2,
+        help="skip samples with fewer layers on either side (default: %(default)s, as published)",
+    )
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        metavar="PX",
+        help="evaluate at this size: ground truth resized so its longer side is PX, "
+        "predictions to the same size (default: the native size)",
+    )
     parser.add_argument("--limit", type=int, metavar="N", help="only the first N ground-truth samples")
-    parser.add_argument("--include-shadows", action="store_true",
-                        help="count the non-empty shadow layers of LiWi layered images as layers (use when "
-                             "predicted PNG stacks contain shadow layers); default: shadows are scored separately")
-    parser.add_argument("--checkpoint", metavar="PATH",
-                        help="pipeline folder, or a checkpoint shipped with the package (liwi-small), "
-                             "for --method pipeline")
-    parser.add_argument("--num-layers", default=None, metavar="auto|gt|N",
-                        help="objects to ask the method for: auto (the method decides), gt (as many as the "
-                             "ground truth has) or a number; default: auto for toolchain, gt for pipeline")
+    parser.add_argument(
+        "--include-shadows",
+        action="store_true",
+        help="count the non-empty shadow layers of LiWi layered images as layers (use when "
+        "predicted PNG stacks contain shadow layers); default: shadows are scored separately",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="pipeline folder, or a checkpoint shipped with the package (liwi-small), for --method pipeline",
+    )
+    parser.add_argument(
+        "--num-layers",
+        default=None,
+        metavar="auto|gt|N",
+        help="objects to ask the method for: auto (the method decides), gt (as many as the "
+        "ground truth has) or a number; default: auto for toolchain, gt for pipeline",
+    )
     parser.add_argument("--steps", type=int, default=50, help="pipeline denoising steps (default: %(default)s)")
-    parser.add_argument("--pipeline-resolution", type=int, default=None,
-                        help="pipeline processing resolution (default: a shipped checkpoint's training "
-                             "resolution, else 640)")
+    parser.add_argument(
+        "--pipeline-resolution",
+        type=int,
+        default=None,
+        help="pipeline processing resolution (default: a shipped checkpoint's training resolution, else 640)",
+    )
     parser.add_argument("--device", default=None, help="pipeline device (default: cuda when available, else cpu)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="pipeline noise seed, the same for every sample (default: %(default)s)")
-    parser.add_argument("--boundary-width", type=int, default=10,
-                        help="half width (px) of the band where alpha boundary errors are measured "
-                             "(default: %(default)s)")
-    parser.add_argument("--shadow-threshold", type=float, default=0.1,
-                        help="shadow mask for the balanced error rate: shadow alpha >= this (default: %(default)s)")
-    parser.add_argument("--save-layers", type=Path, metavar="DIR",
-                        help="also write the scored stacks as DIR/pred/<sample>/NNNN.png and DIR/gt/<sample>/...")
-    parser.add_argument("--skip-errors", action="store_true",
-                        help="count samples whose prediction fails or cannot be scored instead of stopping")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="pipeline noise seed, the same for every sample (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--boundary-width",
+        type=int,
+        default=10,
+        help="half width (px) of the band where alpha boundary errors are measured (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--shadow-threshold",
+        type=float,
+        default=0.1,
+        help="shadow mask for the balanced error rate: shadow alpha >= this (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--save-layers",
+        type=Path,
+        metavar="DIR",
+        help="also write the scored stacks as DIR/pred/<sample>/NNNN.png and DIR/gt/<sample>/...",
+    )
+    parser.add_argument(
+        "--skip-errors",
+        action="store_true",
+        help="count samples whose prediction fails or cannot be scored instead of stopping",
+    )
     parser.set_defaults(run=run)
 
 
@@ -132,9 +173,11 @@ def _sample_folders(root: Path, what: str) -> list[Path]:
         raise CLIError(f"{what} folder {root} does not exist")
     folders = sorted(path for path in root.iterdir() if path.is_dir())
     if not folders:
-        loose = "; it holds PNG files directly: put each sample's layers in its own folder" if any(
-            root.glob("*.png")
-        ) else ""
+        loose = (
+            "; it holds PNG files directly: put each sample's layers in its own folder"
+            if any(root.glob("*.png"))
+            else ""
+        )
         raise CLIError(f"{what} folder {root} has no sample folders (expected {root}/<sample>/*.png{loose})")
     return folders
 
@@ -340,8 +383,9 @@ def _pipeline_method(args: argparse.Namespace) -> Callable[[_Sample], Any]:
     except (OSError, ValueError) as error:
         raise CLIError(str(error)) from None
     if not Path(source).exists():
-        raise CLIError(f"checkpoint {args.checkpoint} does not exist (a pipeline folder or a shipped name such as "
-                       "liwi-small)")
+        raise CLIError(
+            f"checkpoint {args.checkpoint} does not exist (a pipeline folder or a shipped name such as liwi-small)"
+        )
     resolution = args.pipeline_resolution if args.pipeline_resolution is not None else trained_resolution or 640
     args.pipeline_resolution = resolution  # the resolved value goes into the report
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -350,8 +394,9 @@ def _pipeline_method(args: argparse.Namespace) -> Callable[[_Sample], Any]:
     except (OSError, ValueError) as error:
         raise CLIError(f"could not load the pipeline from {args.checkpoint}: {error}") from error
     if resolution < pipeline.size_multiple:
-        raise CLIError(f"--pipeline-resolution must be at least {pipeline.size_multiple} for this model, "
-                       f"got {resolution}")
+        raise CLIError(
+            f"--pipeline-resolution must be at least {pipeline.size_multiple} for this model, got {resolution}"
+        )
 
     def run_pipeline(sample: _Sample) -> Any:
         generator = torch.Generator("cpu").manual_seed(args.seed)
@@ -567,7 +612,8 @@ def run(args: argparse.Namespace) -> int:
             "checkpoint": args.checkpoint,
             "pipeline": (
                 {"resolution": args.pipeline_resolution, "steps": args.steps, "seed": args.seed}
-                if args.method == "pipeline" else None
+                if args.method == "pipeline"
+                else None
             ),
             "ground_truth": str(args.gt) if args.gt else None,
             "dataset": args.dataset,

@@ -221,9 +221,7 @@ def group_non_overlapping(alphas: Sequence[np.ndarray] | np.ndarray) -> list[lis
     groups: list[list[int]] = []
     while remaining:
         top = [
-            index
-            for position, index in enumerate(remaining)
-            if not overlaps[index, remaining[position + 1 :]].any()
+            index for position, index in enumerate(remaining) if not overlaps[index, remaining[position + 1 :]].any()
         ]
         groups.append(top)
         remaining = [index for index in remaining if index not in top]
@@ -638,9 +636,7 @@ def gradient_error(pred_alpha: Any, gt_alpha: Any, region: Any = None, width: in
     return _gradient(*_prepared(pred_alpha, gt_alpha, region, width), sigma)
 
 
-def connectivity_error(
-    pred_alpha: Any, gt_alpha: Any, region: Any = None, width: int = 10, step: float = 0.1
-) -> float:
+def connectivity_error(pred_alpha: Any, gt_alpha: Any, region: Any = None, width: int = 10, step: float = 0.1) -> float:
     """Connectivity error (Rhemann et al. 2009) over the region, divided by 1000.
 
     For thresholds t = step, 2 step, ..., 1, the largest 4-connected component of

@@ -88,9 +88,7 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
-def padded_box(
-    box: tuple[int, int, int, int], pad: int, shape: tuple[int, ...]
-) -> tuple[int, int, int, int]:
+def padded_box(box: tuple[int, int, int, int], pad: int, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     """``box`` grown by ``pad`` pixels on each side, clipped to an image of ``shape``."""
     left, top, right, bottom = box
     return max(0, left - pad), max(0, top - pad), min(shape[1], right + pad), min(shape[0], bottom + pad)

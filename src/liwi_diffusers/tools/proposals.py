@@ -105,9 +105,11 @@ def saliency_map(
     colors = np.stack([np.bincount(flat, lab[..., c].ravel(), count) for c in range(3)], axis=1) / sizes[:, None]
     rows, cols = np.mgrid[0:height, 0:width]
     scale = float(max(height, width))
-    centers = np.stack(
-        [np.bincount(flat, rows.ravel(), count), np.bincount(flat, cols.ravel(), count)], axis=1
-    ) / sizes[:, None] / scale
+    centers = (
+        np.stack([np.bincount(flat, rows.ravel(), count), np.bincount(flat, cols.ravel(), count)], axis=1)
+        / sizes[:, None]
+        / scale
+    )
 
     # Which superpixels touch the border, and how much each side counts. A sharp (in-focus,
     # textured) border region is less likely background than a smooth one: frame-filling subjects
@@ -420,9 +422,7 @@ class _ObjectnessCues:
         quantised = np.minimum((small * 8).astype(np.int32), 7)
         self.colors = quantised[..., 0] * 64 + quantised[..., 1] * 8 + quantised[..., 2]
         grey = cv2.GaussianBlur(small.mean(axis=2).astype(np.float32), (0, 0), 0.8)
-        self.gradient = np.hypot(
-            cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
-        )
+        self.gradient = np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3))
         self.strong_edge = max(float(np.percentile(self.gradient, 97)), 1e-6)
         self.min_object_area = 0.04  # objects smaller than this share of the image score lower
 

@@ -1,6 +1,6 @@
 """Cast-shadow extraction: the darkening an object leaves on its surroundings, as a shadow alpha.
 
-Per DESIGN.md a shadow is a black layer with alpha sigma: ``observed = (1 - sigma) * shadow_free``.
+Per docs/design.md a shadow is a black layer with alpha sigma: ``observed = (1 - sigma) * shadow_free``.
 `ShadowExtractor` is the interface; `DarkeningShadowExtractor` is the weight-free CPU default.
 An adapter for a learned shadow detector only has to map ``(image, object alpha)`` to sigma.
 """

@@ -212,8 +212,9 @@ def bucket_batches(
 def collate(items: Sequence[dict[str, torch.Tensor]]) -> LayeredBatch:
     """Stack same-bucket samples and re-compose their composite."""
     stacked = {name: torch.stack([item[name] for item in items]) for name in items[0]}
-    return LayeredBatch(stacked["background"], stacked["background"], stacked["colors"], stacked["alphas"],
-                        stacked["shadows"]).recompose()
+    return LayeredBatch(
+        stacked["background"], stacked["background"], stacked["colors"], stacked["alphas"], stacked["shadows"]
+    ).recompose()
 
 
 def augment_batch(

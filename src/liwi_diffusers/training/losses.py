@@ -87,9 +87,7 @@ def boundary_weights(alpha: torch.Tensor, width: int = 4, boundary_weight: float
     return 1.0 + boundary_weight * boundary_band(alpha, width)
 
 
-def restoration_loss(
-    restored: torch.Tensor, clean: torch.Tensor, weights: torch.Tensor | None = None
-) -> torch.Tensor:
+def restoration_loss(restored: torch.Tensor, clean: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Weighted L1 between a restored matte (or colours) and the clean one; 0 when they are equal."""
     error = (restored.float() - clean.float()).abs()
     if weights is None:

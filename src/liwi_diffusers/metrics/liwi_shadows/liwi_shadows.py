@@ -101,9 +101,7 @@ class LiwiShadows(evaluate.Metric):
                 skipped += 1
                 continue
             shape = (pred_maps or gt_maps)[0].shape
-            errors.append(
-                shadow_errors(combine_shadows(pred_maps, shape), combine_shadows(gt_maps, shape), threshold)
-            )
+            errors.append(shadow_errors(combine_shadows(pred_maps, shape), combine_shadows(gt_maps, shape), threshold))
         output = aggregate_shadow_errors(errors) | {"num_skipped": skipped}
         if return_samples:
             output["samples"] = errors

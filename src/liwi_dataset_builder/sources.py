@@ -147,8 +147,10 @@ def expand_sources(sources: list[str], image_column: str | None = None) -> list[
                     found = _dataset_refs(path, image_column)
                 else:
                     found = [
-                        SourceRef(str(p)) for p in sorted(path.rglob("*"))
-                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                        SourceRef(str(p))
+                        for p in sorted(path.rglob("*"))
+                        if p.is_file()
+                        and p.suffix.lower() in IMAGE_SUFFIXES
                         and not any(part.startswith(".") for part in p.relative_to(path).parts)
                     ]
             else:

@@ -106,9 +106,18 @@ def build_sample_dataset(
     photo_dir = Path(photos) if photos is not None else output / ".build" / "sample-photos"
     export_sample_photos(photo_dir)
     config = BuildConfig(
-        sources=[str(photo_dir)], output=str(output), num_samples=num_samples, resolution=resolution,
-        workers=workers, seed=seed, chunk_size=chunk_size, test_fraction=test_fraction,
-        license="other", license_notes=SAMPLE_LICENSE_NOTES, name="liwi-sample", progress=progress,
+        sources=[str(photo_dir)],
+        output=str(output),
+        num_samples=num_samples,
+        resolution=resolution,
+        workers=workers,
+        seed=seed,
+        chunk_size=chunk_size,
+        test_fraction=test_fraction,
+        license="other",
+        license_notes=SAMPLE_LICENSE_NOTES,
+        name="liwi-sample",
+        progress=progress,
     )
     build_dataset(config)
     return output

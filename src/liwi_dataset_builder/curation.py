@@ -1,8 +1,8 @@
 """Foreground and background curation: one photo in, reusable assets out.
 
-    plan (agent) -> per chosen object: matte (alpha + straight colour) -> cast shadow -> crop
-                 -> background: the photo itself when clean, else objects removed (shadows lifted,
-                    holes inpainted), or nothing when too much would have to be invented
+plan (agent) -> per chosen object: matte (alpha + straight colour) -> cast shadow -> crop
+             -> background: the photo itself when clean, else objects removed (shadows lifted,
+                holes inpainted), or nothing when too much would have to be invented
 """
 
 from __future__ import annotations
@@ -95,8 +95,13 @@ def curate_photo(image: Image.Image, photo: Photo, tools: Any, working_size: int
         cut_bottom = bool((rgba[-max(1, height // 100) :, :, 3] > 0.5).any())
         assets.foregrounds.append(
             ForegroundAsset(
-                _u8(crop), _u8(sigma[top:bottom, left:right]), choice.label, photo.photo_id, photo.ref.describe(),
-                float(proposals[choice.index].score), cut_bottom,
+                _u8(crop),
+                _u8(sigma[top:bottom, left:right]),
+                choice.label,
+                photo.photo_id,
+                photo.ref.describe(),
+                float(proposals[choice.index].score),
+                cut_bottom,
             )
         )
 

@@ -237,8 +237,6 @@ def compose_sample(
         rgba = item.rgba.copy()
         rgba[rgba[:, :, 3] < 0.5 / 255.0] = 0.0  # colour under (8-bit) zero alpha is meaningless: store black
         foreground_layers.append(rgba)
-    layered = LayeredImage(
-        canvas, foreground_layers, shadows, [item.asset.label for item in placed]
-    ).quantized()
+    layered = LayeredImage(canvas, foreground_layers, shadows, [item.asset.label for item in placed]).quantized()
     composite = np.round(np.clip(layered.compose(), 0.0, 1.0) * 255.0).astype(np.float32) / 255.0
     return ComposedSample(layered, composite, kinds, [item.asset for item in placed], background)

@@ -38,8 +38,10 @@ def _to_pil(rgb: np.ndarray) -> Image.Image:
 
 def _model_id(model: Any) -> str:
     inner = getattr(model, "model", None)
-    return getattr(inner, "name_or_path", "") or getattr(getattr(inner, "config", None), "_name_or_path", "") or (
-        type(inner).__name__ if inner is not None else type(model).__name__
+    return (
+        getattr(inner, "name_or_path", "")
+        or getattr(getattr(inner, "config", None), "_name_or_path", "")
+        or (type(inner).__name__ if inner is not None else type(model).__name__)
     )
 
 
@@ -148,8 +150,10 @@ class TransformersProposer:
             output = self.pipe(pil, **self.call_kwargs)
             scores = output["scores"]
             scores = scores.tolist() if hasattr(scores, "tolist") else list(scores)
-            return [(_resize_mask(np.asarray(m), height, width), float(s), "object")
-                    for m, s in zip(output["masks"], scores)]
+            return [
+                (_resize_mask(np.asarray(m), height, width), float(s), "object")
+                for m, s in zip(output["masks"], scores)
+            ]
         if self.task == "image-segmentation":
             results = []
             for item in self.pipe(pil, **self.call_kwargs):

@@ -12,9 +12,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from liwi_diffusers.layered_dataset import row_composite, row_to_layered
 from liwi_diffusers.layers import LayeredImage
-
-from .io import row_composite, row_to_layered
 
 __all__ = ["checkerboard", "contact_sheet", "over_checkerboard"]
 

@@ -188,8 +188,16 @@ def read_chunk_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------- statistics
 _LIGHT_COLUMNS = [
-    "split", "num_objects", "labels", "shadow_kinds", "background_kind", "background_source_id",
-    "foreground_source_ids", "verification", "width", "height",
+    "split",
+    "num_objects",
+    "labels",
+    "shadow_kinds",
+    "background_kind",
+    "background_source_id",
+    "foreground_source_ids",
+    "verification",
+    "width",
+    "height",
 ]
 
 
@@ -282,9 +290,7 @@ def write_card(
         lines += [f"| {k} | {v} |" for k, v in counts.items()]
         return "\n".join(lines)
 
-    score_lines = "\n".join(
-        f"| {k} | {v:.4f} |" for k, v in stats["mean_scores"].items() if v is not None
-    )
+    score_lines = "\n".join(f"| {k} | {v:.4f} |" for k, v in stats["mean_scores"].items() if v is not None)
     notes = "\n".join(f"- {note}" for note in (license_notes or [])) or "- (no notes given)"
     tools = "\n".join(f"- {k}: `{v}`" for k, v in build.get("tools", {}).items())
     body = f"""
@@ -304,7 +310,7 @@ paths, split), verification scores and reasons, the builder version and the tool
 
 ```python
 from datasets import load_dataset
-from liwi_dataset_builder.io import row_to_layered
+from liwi_diffusers.layered_dataset import row_to_layered
 
 ds = load_dataset("{out_dir.name}", split="train")   # from the folder that holds it, or a path
 layered = row_to_layered(ds[0])                      # a liwi_diffusers.LayeredImage

@@ -32,34 +32,43 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("sources", nargs="+", metavar="SOURCE",
-                        help="image files, folders (recursive), glob patterns, or a datasets folder "
-                             "(save_to_disk output or parquet shards; prefix with dataset: to force)")
+    parser.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="image files, folders (recursive), glob patterns, or a datasets folder "
+        "(save_to_disk output or parquet shards; prefix with dataset: to force)",
+    )
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="dataset folder to create or resume")
     parser.add_argument("-n", "--num-samples", type=int, default=1000, help="samples to make (default: 1000)")
     parser.add_argument("-w", "--workers", type=int, default=1, help="worker processes (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, same rows (default: 0)")
     parser.add_argument("-r", "--resolution", type=int, default=512, help="side of the square samples (default: 512)")
-    parser.add_argument("--num-shards", type=int, default=1,
-                        help="split the build across this many machines (default: 1)")
+    parser.add_argument(
+        "--num-shards", type=int, default=1, help="split the build across this many machines (default: 1)"
+    )
     parser.add_argument("--shard-index", type=int, default=0, help="which of --num-shards this machine builds")
     parser.add_argument("--chunk-size", type=int, default=32, help="samples per parquet shard (default: 32)")
-    parser.add_argument("--pool-size", type=int, default=64,
-                        help="photos whose assets a chunk mixes (default: 64)")
+    parser.add_argument("--pool-size", type=int, default=64, help="photos whose assets a chunk mixes (default: 64)")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="share of photos (and samples) in test")
     parser.add_argument("--validation-fraction", type=float, default=0.0, help="share in validation")
     parser.add_argument("--min-objects", type=int, default=1, help="objects per sample, at least (default: 1)")
     parser.add_argument("--max-objects", type=int, default=3, help="objects per sample, at most (default: 3)")
-    parser.add_argument("--curation-size", type=int, default=None,
-                        help="long side photos are curated at (default: --resolution)")
+    parser.add_argument(
+        "--curation-size", type=int, default=None, help="long side photos are curated at (default: --resolution)"
+    )
     parser.add_argument("--min-side", type=int, default=64, help="skip photos smaller than this (default: 64 px)")
-    parser.add_argument("--max-pixels", type=int, default=40_000_000,
-                        help="skip photos with more pixels than this (default: 40 MP)")
+    parser.add_argument(
+        "--max-pixels", type=int, default=40_000_000, help="skip photos with more pixels than this (default: 40 MP)"
+    )
     parser.add_argument("--image-column", default=None, help="image column of a datasets source")
     tools = parser.add_argument_group("tools (weight-free defaults; MODEL is a Hub id or local folder)")
-    tools.add_argument("--proposer", default="saliency",
-                       help="saliency | mask-generation:MODEL | image-segmentation:MODEL | "
-                            "zero-shot-object-detection:MODEL | object-detection:MODEL")
+    tools.add_argument(
+        "--proposer",
+        default="saliency",
+        help="saliency | mask-generation:MODEL | image-segmentation:MODEL | "
+        "zero-shot-object-detection:MODEL | object-detection:MODEL",
+    )
     tools.add_argument("--labels", default="", help="comma-separated labels for zero-shot detection")
     tools.add_argument("--inpainting", default="opencv", help="opencv | diffusers:MODEL")
     tools.add_argument("--shadows", default="darkening", help="darkening | none")
@@ -70,10 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     card = parser.add_argument_group("dataset card")
     card.add_argument("--name", default=None, help="dataset name on the card (default: the folder name)")
     card.add_argument("--license", default="other", help="licence id for the card (default: other)")
-    card.add_argument("--license-note", action="append", default=[], metavar="TEXT",
-                      help="a line about the sources' licences (repeatable)")
-    parser.add_argument("--no-keep-assets", action="store_true",
-                        help="delete the curated assets (.build/assets) once the build is complete")
+    card.add_argument(
+        "--license-note",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a line about the sources' licences (repeatable)",
+    )
+    parser.add_argument(
+        "--no-keep-assets",
+        action="store_true",
+        help="delete the curated assets (.build/assets) once the build is complete",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--version", action="version", version=f"liwi-dataset-builder {__version__}")
     return parser
@@ -89,18 +106,40 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         spec = ToolSpec(
-            proposer=args.proposer, inpainting=args.inpainting, shadows=args.shadows, depth=args.depth,
-            planner=args.planner, verifier=args.verifier, device=args.device, max_objects=args.max_objects,
+            proposer=args.proposer,
+            inpainting=args.inpainting,
+            shadows=args.shadows,
+            depth=args.depth,
+            planner=args.planner,
+            verifier=args.verifier,
+            device=args.device,
+            max_objects=args.max_objects,
             labels=tuple(label.strip() for label in args.labels.split(",") if label.strip()),
         )
         config = BuildConfig(
-            sources=list(args.sources), output=args.output, num_samples=args.num_samples, seed=args.seed,
-            resolution=args.resolution, chunk_size=args.chunk_size, pool_size=args.pool_size,
-            test_fraction=args.test_fraction, validation_fraction=args.validation_fraction,
-            min_objects=args.min_objects, max_objects=args.max_objects, curation_size=args.curation_size,
-            min_side=args.min_side, max_pixels=args.max_pixels, image_column=args.image_column, tools=spec,
-            workers=args.workers, num_shards=args.num_shards, shard_index=args.shard_index, license=args.license,
-            license_notes=args.license_note, name=args.name, keep_assets=not args.no_keep_assets,
+            sources=list(args.sources),
+            output=args.output,
+            num_samples=args.num_samples,
+            seed=args.seed,
+            resolution=args.resolution,
+            chunk_size=args.chunk_size,
+            pool_size=args.pool_size,
+            test_fraction=args.test_fraction,
+            validation_fraction=args.validation_fraction,
+            min_objects=args.min_objects,
+            max_objects=args.max_objects,
+            curation_size=args.curation_size,
+            min_side=args.min_side,
+            max_pixels=args.max_pixels,
+            image_column=args.image_column,
+            tools=spec,
+            workers=args.workers,
+            num_shards=args.num_shards,
+            shard_index=args.shard_index,
+            license=args.license,
+            license_notes=args.license_note,
+            name=args.name,
+            keep_assets=not args.no_keep_assets,
             progress=not args.quiet,
         )
         result = build_dataset(config)

@@ -122,7 +122,12 @@ class PhotoAssets:
             if meta["background"] is not None:
                 background = BackgroundAsset(image=data["background"], **meta["background"])
         return cls(
-            meta["photo_id"], meta["source_path"], foregrounds, background, meta["plan"], meta["notes"],
-            meta["seconds"], meta.get("cpu_seconds", 0.0),
+            meta["photo_id"],
+            meta["source_path"],
+            foregrounds,
+            background,
+            meta["plan"],
+            meta["notes"],
+            meta["seconds"],
+            meta.get("cpu_seconds", 0.0),
         )
-

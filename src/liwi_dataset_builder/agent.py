@@ -494,8 +494,9 @@ class VLMPlanner:
     answers the `RulePlanner` decides and the plan records why.
     """
 
-    def __init__(self, model: Callable[[Image.Image, str], str], fallback: RulePlanner | None = None,
-                 retries: int = 2) -> None:
+    def __init__(
+        self, model: Callable[[Image.Image, str], str], fallback: RulePlanner | None = None, retries: int = 2
+    ) -> None:
         self.model = model
         self.fallback = fallback or RulePlanner()
         self.retries = retries
@@ -554,8 +555,9 @@ class VLMVerifier:
     and records the fallback.
     """
 
-    def __init__(self, model: Callable[[Image.Image, str], str], rules: RuleVerifier | None = None,
-                 retries: int = 2) -> None:
+    def __init__(
+        self, model: Callable[[Image.Image, str], str], rules: RuleVerifier | None = None, retries: int = 2
+    ) -> None:
         self.model = model
         self.rules = rules or RuleVerifier()
         self.retries = retries

@@ -1,16 +1,17 @@
 """ADD: agent-driven data decomposition - photos into a LiWi-format layered dataset.
 
-Installed as the `liwi_dataset_builder` package (folder `dataset_builder/`); command `liwi-build`.
+Package `liwi_dataset_builder` (folder `src/liwi_dataset_builder/`); command `liwi-build`.
 
     from liwi_dataset_builder import BuildConfig, build_dataset
     build_dataset(BuildConfig(sources=["photos/"], output="liwi-100k", num_samples=1000, workers=8))
 
-    from liwi_dataset_builder.io import row_to_layered
+    from liwi_diffusers.layered_dataset import row_to_layered
     layered = row_to_layered(load_dataset("liwi-100k", split="train")[0])
 
 Submodules: `agent` (planner/verifier, VLM adapter), `curation`, `composition`, `writer`
-(shards + card), `build` (resumable runs), `io` (rows as `LayeredImage`), `adapters`
-(transformers / diffusers models), `sample_data` (a small dataset from bundled photos).
+(shards + card), `build` (resumable runs), `adapters`
+(transformers / diffusers models), `sample_data` (a small dataset from bundled photos). Rows are read
+back as `LayeredImage` by `liwi_diffusers.layered_dataset`.
 Heavy modules import on first use.
 """
 
@@ -27,8 +28,6 @@ _LAZY = {
     "BuildResult": ".build",
     "build_dataset": ".build",
     "ToolSpec": ".toolset",
-    "row_to_layered": ".io",
-    "iter_layered": ".io",
     "build_sample_dataset": ".sample_data",
 }
 

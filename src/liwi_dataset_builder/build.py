@@ -93,12 +93,18 @@ class BuildConfig:
             (self.chunk_size >= 1, "chunk_size must be >= 1"),
             (self.pool_size >= 1, "pool_size must be >= 1"),
             (self.workers >= 1, "workers must be >= 1"),
-            (self.num_shards >= 1 and 0 <= self.shard_index < self.num_shards,
-             "need num_shards >= 1 and 0 <= shard_index < num_shards"),
+            (
+                self.num_shards >= 1 and 0 <= self.shard_index < self.num_shards,
+                "need num_shards >= 1 and 0 <= shard_index < num_shards",
+            ),
             (1 <= self.min_objects <= self.max_objects, "need 1 <= min_objects <= max_objects"),
             (self.max_attempts >= 1, "max_attempts must be >= 1"),
-            (self.test_fraction >= 0 and self.validation_fraction >= 0
-             and self.test_fraction + self.validation_fraction < 1, "split fractions must be >= 0 and sum below 1"),
+            (
+                self.test_fraction >= 0
+                and self.validation_fraction >= 0
+                and self.test_fraction + self.validation_fraction < 1,
+                "split fractions must be >= 0 and sum below 1",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -111,8 +117,19 @@ class BuildConfig:
     def layout(self) -> dict[str, Any]:
         """The settings that decide the rows (a rerun must match them to resume)."""
         keys = (
-            "sources", "num_samples", "seed", "resolution", "chunk_size", "pool_size", "test_fraction",
-            "validation_fraction", "min_objects", "max_objects", "max_attempts", "min_side", "max_pixels",
+            "sources",
+            "num_samples",
+            "seed",
+            "resolution",
+            "chunk_size",
+            "pool_size",
+            "test_fraction",
+            "validation_fraction",
+            "min_objects",
+            "max_objects",
+            "max_attempts",
+            "min_side",
+            "max_pixels",
             "image_column",
         )
         return {
@@ -124,11 +141,32 @@ class BuildConfig:
 
     def command(self) -> str:
         """The `liwi-build` command that reproduces this build."""
-        parts = ["liwi-build", *self.sources, "-o", self.output, "--num-samples", str(self.num_samples),
-                 "--seed", str(self.seed), "--resolution", str(self.resolution)]
+        parts = [
+            "liwi-build",
+            *self.sources,
+            "-o",
+            self.output,
+            "--num-samples",
+            str(self.num_samples),
+            "--seed",
+            str(self.seed),
+            "--resolution",
+            str(self.resolution),
+        ]
         defaults = BuildConfig(sources=[], output="")
-        for key in ("chunk_size", "pool_size", "test_fraction", "validation_fraction", "min_objects",
-                    "max_objects", "max_attempts", "curation_size", "min_side", "max_pixels", "image_column"):
+        for key in (
+            "chunk_size",
+            "pool_size",
+            "test_fraction",
+            "validation_fraction",
+            "min_objects",
+            "max_objects",
+            "max_attempts",
+            "curation_size",
+            "min_side",
+            "max_pixels",
+            "image_column",
+        ):
             if getattr(self, key) != getattr(defaults, key):
                 parts += [f"--{key.replace('_', '-')}", str(getattr(self, key))]
         for key, value in asdict(self.tools).items():
@@ -308,16 +346,18 @@ def _curate(state: _WorkerState, photo_id: str) -> PhotoAssets:
         image = load_source_image(photo.ref, state.config.max_pixels, state.config.min_side)
         assets = curate_photo(image, photo, state.get_tools(), state.config.working_size)
     except Exception as error:  # one bad photo must not stop the build: it just gives no assets
-        assets = PhotoAssets(photo.photo_id, photo.ref.describe(), notes=[f"curation failed: {type(error).__name__}: "
-                                                                           f"{str(error)[:200]}"])
+        assets = PhotoAssets(
+            photo.photo_id, photo.ref.describe(), notes=[f"curation failed: {type(error).__name__}: {str(error)[:200]}"]
+        )
     assets.seconds = time.perf_counter() - start
     assets.cpu_seconds = time.process_time() - cpu_start
     assets.save(_asset_path(state.assets_dir, photo_id))
     return assets
 
 
-def _pool_assets(state: _WorkerState, split: str, pools: tuple[int, ...]) -> tuple[list[BackgroundAsset],
-                                                                                   list[ForegroundAsset]]:
+def _pool_assets(
+    state: _WorkerState, split: str, pools: tuple[int, ...]
+) -> tuple[list[BackgroundAsset], list[ForegroundAsset]]:
     """Backgrounds and foregrounds of the photos in ``pools`` of ``split`` (ordered by photo id)."""
     key = (split, pools)
     if key not in state.cache:
@@ -378,8 +418,13 @@ def _chunk_task(chunk: Chunk) -> dict[str, Any]:
             if verdict.accepted:
                 rows.append(
                     sample_row(
-                        composed, verdict, row_id=f"{chunk.split}-{sample:07d}", split=chunk.split,
-                        seed=config.seed, rejected_attempts=attempt, builder_version=__version__,
+                        composed,
+                        verdict,
+                        row_id=f"{chunk.split}-{sample:07d}",
+                        split=chunk.split,
+                        seed=config.seed,
+                        rejected_attempts=attempt,
+                        builder_version=__version__,
                         tools=tools.names(),
                     )
                 )
@@ -390,9 +435,17 @@ def _chunk_task(chunk: Chunk) -> dict[str, Any]:
         else:
             dropped += 1
     meta = {
-        "split": chunk.split, "chunk": chunk.index, "of": chunk.total, "first_sample": chunk.first,
-        "samples": chunk.count, "rows": len(rows), "dropped": dropped, "rejections": dict(sorted(rejections.items())),
-        "rejection_examples": examples, "pools": list(pools), "seconds": round(time.perf_counter() - start, 3),
+        "split": chunk.split,
+        "chunk": chunk.index,
+        "of": chunk.total,
+        "first_sample": chunk.first,
+        "samples": chunk.count,
+        "rows": len(rows),
+        "dropped": dropped,
+        "rejections": dict(sorted(rejections.items())),
+        "rejection_examples": examples,
+        "pools": list(pools),
+        "seconds": round(time.perf_counter() - start, 3),
         "cpu_seconds": round(time.process_time() - cpu_start, 3),
     }
     write_chunk(state.data_dir / chunk.file_name, rows, meta, state.schema)
@@ -452,8 +505,15 @@ def _scan(config: BuildConfig, state_dir: Path, context: Any) -> tuple[list[Phot
         with _single_threaded_children():
             pool = context.Pool(config.workers, _limit_threads)
     try:
-        results = list(_progress(pool.imap(scan, refs, chunksize=4) if pool is not None else map(scan, refs),
-                                 len(refs), "scan", config.progress, "photo"))
+        results = list(
+            _progress(
+                pool.imap(scan, refs, chunksize=4) if pool is not None else map(scan, refs),
+                len(refs),
+                "scan",
+                config.progress,
+                "photo",
+            )
+        )
     finally:
         if pool is not None:
             pool.close()
@@ -467,9 +527,7 @@ def _scan(config: BuildConfig, state_dir: Path, context: Any) -> tuple[list[Phot
             seen[photo.photo_id] = ref.describe()
             photos.append(photo)
     assign_splits(photos, {"validation": config.validation_fraction, "test": config.test_fraction})
-    atomic_write_json(
-        cache, {"found": len(refs), "photos": [p.to_dict() for p in photos], "skipped": skipped}
-    )
+    atomic_write_json(cache, {"found": len(refs), "photos": [p.to_dict() for p in photos], "skipped": skipped})
     return photos, skipped, len(refs)
 
 
@@ -500,8 +558,15 @@ def _check_layout(config: BuildConfig, state_dir: Path) -> None:
         atomic_write_json(path, layout)
 
 
-def _finalize(config: BuildConfig, out: Path, state_dir: Path, chunks: list[Chunk], photos: list[Photo],
-              skipped: list[dict[str, str]], found: int) -> bool:
+def _finalize(
+    config: BuildConfig,
+    out: Path,
+    state_dir: Path,
+    chunks: list[Chunk],
+    photos: list[Photo],
+    skipped: list[dict[str, str]],
+    found: int,
+) -> bool:
     """Write the report and, last, the card, once every chunk of every machine exists."""
     data_dir = out / "data"
     if not all((data_dir / chunk.file_name).exists() for chunk in chunks):
@@ -516,9 +581,14 @@ def _finalize(config: BuildConfig, out: Path, state_dir: Path, chunks: list[Chun
                     curation.append(PhotoAssets.load(path).summary())
             tools = json.loads(json.dumps(asdict(config.tools)))
             build = {
-                "name": config.name or out.name, "builder_version": __version__, "seed": config.seed,
-                "resolution": config.resolution, "num_samples": config.num_samples, "command": config.command(),
-                "tools": tools, "skipped_sources": len(skipped),
+                "name": config.name or out.name,
+                "builder_version": __version__,
+                "seed": config.seed,
+                "resolution": config.resolution,
+                "num_samples": config.num_samples,
+                "command": config.command(),
+                "tools": tools,
+                "skipped_sources": len(skipped),
             }
             report = {
                 **build,
@@ -529,7 +599,8 @@ def _finalize(config: BuildConfig, out: Path, state_dir: Path, chunks: list[Chun
             }
             atomic_write_json(out / "build_report.json", report)
             notes = list(config.license_notes) or [
-                "Source photos: " + ", ".join(sorted({_root(p.ref) for p in photos}))
+                "Source photos: "
+                + ", ".join(sorted({_root(p.ref) for p in photos}))
                 + ". Their licences apply; check them before sharing this dataset."
             ]
             write_card(out, stats, build, config.license, notes)
@@ -576,7 +647,8 @@ def build_dataset(config: BuildConfig) -> BuildResult:
             todo = [chunk for chunk in mine if not (data_dir / chunk.file_name).exists()]
             needed_pools = {(chunk.split, pool_id) for chunk in todo for pool_id in chunk.pools}
             to_curate = [
-                p.photo_id for p in sorted(photos, key=lambda p: p.photo_id)
+                p.photo_id
+                for p in sorted(photos, key=lambda p: p.photo_id)
                 if (p.split, p.pool) in needed_pools and not _asset_path(assets_dir, p.photo_id).exists()
             ]
             state = _WorkerState(config, {p.photo_id: p for p in photos}, assets_dir, data_dir, arrow_schema())
@@ -588,8 +660,7 @@ def build_dataset(config: BuildConfig) -> BuildResult:
                 # the number of workers or cores.
                 with _single_threaded_children():
                     pool = context.Pool(config.workers, _init_worker, (state,))
-            for _ in _progress(_map(pool, _curate_task, to_curate), len(to_curate), "curate", config.progress,
-                               "photo"):
+            for _ in _progress(_map(pool, _curate_task, to_curate), len(to_curate), "curate", config.progress, "photo"):
                 pass
             bar = _progress(None, sum(c.count for c in todo), "compose", config.progress, "sample")
             for meta in _map(pool, _chunk_task, todo):
@@ -610,8 +681,9 @@ def build_dataset(config: BuildConfig) -> BuildResult:
                 from .writer import read_chunk_meta
 
                 rows[chunk.split] += read_chunk_meta(path).get("rows", 0)
-        return BuildResult(out, complete, dict(rows), len(todo), len(chunks), len(photos), len(skipped),
-                           time.perf_counter() - start)
+        return BuildResult(
+            out, complete, dict(rows), len(todo), len(chunks), len(photos), len(skipped), time.perf_counter() - start
+        )
 
 
 def _complete_result(config: BuildConfig, out: Path, state_dir: Path, start: float) -> BuildResult | None:
@@ -629,5 +701,6 @@ def _complete_result(config: BuildConfig, out: Path, state_dir: Path, start: flo
     rows = Counter()
     for chunk in chunks:
         rows[chunk.split] += read_chunk_meta(out / "data" / chunk.file_name).get("rows", 0)
-    return BuildResult(out, True, dict(rows), 0, len(chunks), len(photos), len(data["skipped"]),
-                       time.perf_counter() - start)
+    return BuildResult(
+        out, True, dict(rows), 0, len(chunks), len(photos), len(data["skipped"]), time.perf_counter() - start
+    )
