@@ -68,6 +68,11 @@ CAPTION_TEMPLATE = (
     "the background, the light, and any legible text in quotation marks.<|im_end|>\n<|im_start|>assistant\n"
 )
 
+# `num_layers="auto"`: an object layer whose alpha covers less than this fraction of the image (the mean of its
+# full-resolution alpha) is empty and is dropped. 0.1% is a 20x20 patch of a 640x640 photo: smaller objects are
+# better left in the background than given a layer of their own.
+EMPTY_LAYER_COVERAGE = 1e-3
+
 # Keys of `from_qwen_image_layered` that the scheduler's loader understands (it takes no dtype or variant).
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "token")
 
@@ -129,6 +134,8 @@ class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         leading_composite_frame: whether the transformer generates the recomposed image as an extra first frame
             before the background (Qwen-Image-Layered's convention; that frame is dropped). False for models
             trained with LiWi's convention (background first); `from_qwen_image_layered` sets True.
+        default_resolution: the processing resolution the models were trained at, used when `__call__` gets
+            ``resolution=None``; saved in ``model_index.json``, so that a checkpoint carries its own.
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae->alpha_decoder->shadow_head"
@@ -137,6 +144,9 @@ class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
     # Object layers a call may ask for.
     min_num_layers: ClassVar[int] = 1
     max_num_layers: ClassVar[int] = 16
+    # Object layers generated for `num_layers="auto"`, before the empty ones are dropped. Not `max_num_layers`:
+    # the transformer's tokens grow with the layer count and its attention with their square.
+    max_auto_layers: ClassVar[int] = 8
 
     def __init__(
         self,
@@ -149,6 +159,7 @@ class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         tokenizer: Any = None,
         processor: Any = None,
         leading_composite_frame: bool = False,
+        default_resolution: int = 640,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -161,10 +172,15 @@ class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             tokenizer=tokenizer,
             processor=processor,
         )
-        self.register_to_config(leading_composite_frame=bool(leading_composite_frame))
+        self.register_to_config(
+            leading_composite_frame=bool(leading_composite_frame), default_resolution=default_resolution
+        )
         self._check_components()
 
     def _check_components(self) -> None:
+        resolution = self.config.default_resolution
+        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+            raise ValueError(f"`default_resolution` must be a positive int (pixels), got {resolution!r}")
         vae, transformer = getattr(self, "vae", None), getattr(self, "transformer", None)
         if vae is not None and vae.config.input_channels != 4:
             raise ValueError(
@@ -290,16 +306,26 @@ class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
 
     def check_inputs(
         self,
-        num_layers: int,
+        batch_size: int,
+        num_layers: int | str,
         resolution: int,
         num_inference_steps: int,
         output_type: str,
-        callback_on_step_end_tensor_inputs: list[str] | None,
-        true_cfg_scale: float,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        sigmas: list[float] | None = None,
+        prompt: str | list[str] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        true_cfg_scale: float = 1.0,
     ) -> None:
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int):
-            raise ValueError(f"`num_layers` must be an int (object layers), got {num_layers!r}")
-        if not self.min_num_layers <= num_layers <= self.max_num_layers:
+        """Clear errors for bad arguments of `__call__` (``resolution`` already resolved from the config)."""
+        if num_layers == "auto":
+            if output_type == "latent":
+                raise ValueError(
+                    '`num_layers="auto"` drops empty layers after decoding; it cannot return output_type="latent"'
+                )
+        elif isinstance(num_layers, bool) or not isinstance(num_layers, int):
+            raise ValueError(f'`num_layers` must be an int (object layers) or "auto", got {num_layers!r}')
+        elif not self.min_num_layers <= num_layers <= self.max_num_layers:
             raise ValueError(
                 f"`num_layers` (object layers, not counting the background) must be between {self.min_num_layers} "
                 f"and {self.max_num_layers}, got {num_layers}"
@@ -318,6 +344,30 @@ class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
                 )
         if not math.isfinite(true_cfg_scale) or true_cfg_scale < 0:
             raise ValueError(f"`true_cfg_scale` must be a finite number >= 0, got {true_cfg_scale!r}")
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"got {len(generator)} generators for {batch_size} images; pass one, or one per image")
+        if sigmas is not None and len(sigmas) != num_inference_steps:
+            raise ValueError(f"got {len(sigmas)} `sigmas` for {num_inference_steps} steps")
+        if isinstance(prompt, list) and len(prompt) != batch_size:
+            raise ValueError(f"got {len(prompt)} prompts for {batch_size} images")
+
+    def group_by_processing_size(
+        self, images: Sequence[np.ndarray], resolution: int
+    ) -> dict[tuple[int, int], list[int]]:
+        """Indices of the images per processing size ``(height, width)``: each group is denoised as one batch."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, image in enumerate(images):
+            groups.setdefault(self.processing_size(image.shape[0], image.shape[1], resolution), []).append(index)
+        return groups
+
+    @staticmethod
+    def _select(values: Any, indices: list[int]) -> Any:
+        """The entries of a per-image list or the rows of a per-image tensor for a group; anything else unchanged."""
+        if isinstance(values, list):
+            return [values[i] for i in indices]
+        if isinstance(values, torch.Tensor):
+            return values[indices]
+        return values
 
     # ------------------------------------------------------------------ text conditioning
     def empty_prompt_embeds(self, batch_size: int, device: torch.device | None = None) -> torch.Tensor:
@@ -458,40 +508,45 @@ class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         return pixels.view(batch, kept, *pixels.shape[1:])
 
     # ------------------------------------------------------------------ layers at full resolution
-    def layers_from_frames(self, frames: torch.Tensor, image: np.ndarray) -> tuple[LayeredImage, RecompositionReport]:
+    def layers_from_frames(
+        self, frames: torch.Tensor, image: np.ndarray, drop_empty_layers: bool = False
+    ) -> tuple[LayeredImage, RecompositionReport]:
         """Decoded frames ``(K+1, 4, h, w)`` (background, objects back to front) -> the input's full-size layers.
 
         RGBA is resized to the input's size; the alpha decoder refines each object's alpha against the full
-        image; the shadow head predicts each object's shadow; alphas and shadows under `MIN_VISIBLE_ALPHA`
-        become 0; object colours where the VAE's alpha is low come from the input (`CONFIDENT_COLOUR_ALPHA`); the
-        background is made opaque by compositing it over the input where it is transparent;
-        finally colours are reconciled with the input (`reconcile_with_image`) and the remaining error is
-        measured (`check_decomposition`).
+        image; with ``drop_empty_layers``, objects whose refined alpha covers less than `EMPTY_LAYER_COVERAGE` of
+        the image are dropped (at least the most covered one is kept); the shadow head predicts each object's
+        shadow; alphas and shadows under `MIN_VISIBLE_ALPHA` become 0; object colours where the VAE's alpha is
+        low come from the input (`CONFIDENT_COLOUR_ALPHA`); the background is made opaque by compositing it over
+        the input where it is transparent; finally colours are reconciled with the input
+        (`reconcile_with_image`) and the remaining error is measured (`check_decomposition`).
         """
         height, width = image.shape[:2]
-        device = frames.device
         full = frames.float()
         if full.shape[-2:] != (height, width):
             shrinking = height < full.shape[-2] or width < full.shape[-1]
             full = F.interpolate(full, size=(height, width), mode="bilinear", align_corners=False, antialias=shrinking)
             full = full.clamp(0, 1)
-        target = torch.from_numpy(image).to(device).permute(2, 0, 1)[None]
-        num_objects = full.shape[0] - 1
+        target = torch.from_numpy(image).to(frames.device).permute(2, 0, 1)[None]
 
         background_alpha = full[0, 3:]
         background = background_alpha * full[0, :3] + (1 - background_alpha) * target[0]
 
-        image_batch = target.expand(num_objects, -1, -1, -1)
+        objects = full[1:]
         decoder_dtype = self.alpha_decoder.dtype
-        alphas = self.alpha_decoder(image_batch.to(decoder_dtype), full[1:, 3:].to(decoder_dtype)).float()
+        image_batch = target.expand(objects.shape[0], -1, -1, -1)
+        alphas = self.alpha_decoder(image_batch.to(decoder_dtype), objects[:, 3:].to(decoder_dtype)).float()
         alphas = torch.where(alphas < MIN_VISIBLE_ALPHA, torch.zeros_like(alphas), alphas)
-        union = 1 - torch.prod(1 - alphas, dim=0, keepdim=True).expand(num_objects, -1, -1, -1)
+        if drop_empty_layers:
+            keep = self.non_empty_layers(alphas)
+            objects, alphas, image_batch = objects[keep], alphas[keep], image_batch[: len(keep)]
+        union = 1 - torch.prod(1 - alphas, dim=0, keepdim=True).expand(alphas.shape[0], -1, -1, -1)
         head_dtype = self.shadow_head.dtype
         shadows = self.shadow_head(image_batch.to(head_dtype), alphas.to(head_dtype), union.to(head_dtype)).float()
         shadows = torch.where(shadows < MIN_VISIBLE_ALPHA, torch.zeros_like(shadows), shadows)
 
-        confidence = (full[1:, 3:] / CONFIDENT_COLOUR_ALPHA).clamp(0, 1)
-        colours = confidence * full[1:, :3] + (1 - confidence) * image_batch
+        confidence = (objects[:, 3:] / CONFIDENT_COLOUR_ALPHA).clamp(0, 1)
+        colours = confidence * objects[:, :3] + (1 - confidence) * image_batch
         foregrounds = torch.cat([colours, alphas], dim=1).permute(0, 2, 3, 1).cpu().numpy()
         layered = LayeredImage(
             background.permute(1, 2, 0).cpu().numpy(),
@@ -500,6 +555,14 @@ class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         )
         layered = reconcile_with_image(layered, image)
         return layered, check_decomposition(layered, image)
+
+    @staticmethod
+    def non_empty_layers(alphas: torch.Tensor, min_coverage: float = EMPTY_LAYER_COVERAGE) -> list[int]:
+        """Indices (in order) of the objects whose alpha ``(K, 1, H, W)`` covers at least ``min_coverage`` of the
+        image (mean alpha); the most covered object when none does."""
+        coverage = alphas.float().mean(dim=(1, 2, 3))
+        keep = torch.nonzero(coverage >= min_coverage).flatten().tolist()
+        return keep or [int(coverage.argmax())]
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -569,6 +632,7 @@ class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             shadow_head=shadow_head,
             alpha_decoder=alpha_decoder,
             leading_composite_frame=True,
+            default_resolution=640,  # Qwen-Image-Layered's smaller resolution bucket
             **text_parts,
         )
 
@@ -604,13 +668,140 @@ class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             raise ValueError(f"{path}: `load_text_encoder=True` but model_index.json lists no text_encoder")
         return parts
 
+    # ------------------------------------------------------------------ denoising
+    def prepare_latents(
+        self,
+        images: Sequence[np.ndarray],
+        frames: int,
+        height: int,
+        width: int,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(initial noise, condition)`` for images of one processing size, both packed.
+
+        The noise has ``frames`` frames ``(B, frames * tokens, C * 4)``: drawn from ``generator`` (one per image
+        when a list) unless ``latents`` are given; the condition is the images' latents, one frame.
+        """
+        device, dtype = self._execution_device, self.transformer.dtype
+        condition = self.encode_images(images, height, width)
+        condition = self.pack_latents(condition.permute(0, 2, 1, 3, 4).to(dtype))
+        count, latent_height, latent_width = (
+            len(images),
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
+        if latents is not None:
+            expected = (count, frames * (latent_height // 2) * (latent_width // 2), self.latent_channels * 4)
+            if tuple(latents.shape) != expected:
+                raise ValueError(
+                    f"`latents` must have the packed shape {expected} for {frames} frames at {width}x{height}, "
+                    f"got {tuple(latents.shape)}"
+                )
+            return latents.to(device=device, dtype=dtype), condition
+        shape = (count, frames, self.latent_channels, latent_height, latent_width)
+        if isinstance(generator, list):
+            noise = torch.cat(
+                [randn_tensor((1, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generator]
+            )
+        else:
+            noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        return self.pack_latents(noise), condition
+
+    def prepare_timesteps(
+        self, num_inference_steps: int, sigmas: list[float] | None, condition_seq_len: int
+    ) -> torch.Tensor:
+        """Timesteps, shifted for the condition's token count as Qwen-Image-Layered does."""
+        if sigmas is None:
+            sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
+        self.scheduler.set_timesteps(
+            sigmas=sigmas, device=self._execution_device, mu=layered_shift_mu(condition_seq_len)
+        )
+        self.scheduler.set_begin_index(0)
+        self._num_timesteps = len(self.scheduler.timesteps)
+        return self.scheduler.timesteps
+
+    def denoise(
+        self,
+        images: Sequence[np.ndarray],
+        frames: int,
+        height: int,
+        width: int,
+        prompt_embeds: torch.Tensor,
+        prompt_embeds_mask: torch.Tensor | None,
+        num_inference_steps: int,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds_mask: torch.Tensor | None = None,
+        true_cfg_scale: float = 1.0,
+        sigmas: list[float] | None = None,
+        callback_on_step_end: Callable[..., dict] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> torch.Tensor:
+        """Denoise the images of one processing size ``(height, width)``; returns the packed latents.
+
+        The condition frame is appended after the ``frames`` output frames at every step (RoPE layer index -1);
+        ``negative_prompt_embeds`` switch on true classifier-free guidance.
+        """
+        latents, condition = self.prepare_latents(images, frames, height, width, generator, latents)
+        timesteps = self.prepare_timesteps(num_inference_steps, sigmas, condition.shape[1])
+        count, tokens = len(images), latents.shape[1]
+        patches = (1, height // self.vae_scale_factor // 2, width // self.vae_scale_factor // 2)
+        transformer_kwargs = {
+            "img_shapes": [[patches] * (frames + 1)] * count,
+            "additional_t_cond": (
+                torch.zeros(count, dtype=torch.long, device=latents.device)
+                if self.transformer.config.use_additional_t_cond
+                else None
+            ),
+            "attention_kwargs": self.attention_kwargs,
+            "return_dict": False,
+        }
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for step, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                self._current_timestep = t
+                model_input = torch.cat([latents, condition], dim=1)
+                timestep = (t / 1000).expand(count).to(latents.dtype)
+                with self.transformer.cache_context("cond"):
+                    velocity = self.transformer(
+                        hidden_states=model_input,
+                        timestep=timestep,
+                        encoder_hidden_states=prompt_embeds,
+                        encoder_hidden_states_mask=prompt_embeds_mask,
+                        **transformer_kwargs,
+                    )[0][:, :tokens]
+                if negative_prompt_embeds is not None:
+                    with self.transformer.cache_context("uncond"):
+                        negative_velocity = self.transformer(
+                            hidden_states=model_input,
+                            timestep=timestep,
+                            encoder_hidden_states=negative_prompt_embeds,
+                            encoder_hidden_states_mask=negative_prompt_embeds_mask,
+                            **transformer_kwargs,
+                        )[0][:, :tokens]
+                    velocity = negative_velocity + true_cfg_scale * (velocity - negative_velocity)
+                latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    named = {"latents": latents, "prompt_embeds": prompt_embeds}
+                    callback_kwargs = {name: named[name] for name in callback_on_step_end_tensor_inputs}
+                    callback_outputs = callback_on_step_end(self, step, t, callback_kwargs) or {}
+                    latents = callback_outputs.pop("latents", latents)
+                    prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
+                progress_bar.update()
+        self._current_timestep = None
+        return latents
+
     # ------------------------------------------------------------------ the call
     @torch.no_grad()
     def __call__(
         self,
         image: Any = None,
-        num_layers: int = 3,
-        resolution: int = 640,
+        num_layers: int | str = 3,
+        resolution: int | None = None,
         num_inference_steps: int = 50,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -638,9 +829,14 @@ class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             image: a PIL image, a ``(H, W[, C])`` numpy array (uint8, uint16 or float in [0, 1]), a ``(C, H, W)``
                 torch tensor in [0, 1], a batched ``(B, ...)`` array/tensor, or a list of these.
             num_layers: object layers K (1 to `max_num_layers`); the transformer generates K+1 frames:
-                the background, then the objects back to front.
+                the background, then the objects back to front. ``"auto"`` decides K per image: the transformer
+                generates `max_auto_layers` objects, and those whose full-resolution alpha covers less than
+                `EMPTY_LAYER_COVERAGE` of the image (mean alpha below 0.001) are dropped before the shadows are
+                predicted and the colours reconciled, so the rest still recompose to the input; the remaining
+                objects keep their back-to-front order, and at least one (the most covered) is kept.
             resolution: the transformer works on about ``resolution**2`` pixels, keeping the aspect ratio
                 (height and width multiples of `size_multiple`); layers come back at the input's size.
+                None (default): the checkpoint's ``default_resolution`` (its training resolution).
             num_inference_steps: denoising steps.
             generator: a `torch.Generator`, or one per input image, for reproducible noise.
             latents: initial packed noise ``(B, frames * tokens, channels * 4)`` (all inputs must then share a
@@ -665,192 +861,104 @@ class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         Returns:
             `LiWiDecompositionPipelineOutput` (or a tuple, see ``return_dict``).
         """
-        if callback_on_step_end_tensor_inputs is None:
-            callback_on_step_end_tensor_inputs = ["latents"]
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
 
-        # 1. Check arguments and inputs.
-        self.check_inputs(
-            num_layers, resolution, num_inference_steps, output_type, callback_on_step_end_tensor_inputs, true_cfg_scale
-        )
+        # 1. Check inputs.
+        resolution = self.config.default_resolution if resolution is None else resolution
         images = self.prepare_images(image)
-        batch_size = len(images)
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"got {len(generator)} generators for {batch_size} images; pass one, or one per image")
-        if sigmas is not None and len(sigmas) != num_inference_steps:
-            raise ValueError(f"got {len(sigmas)} `sigmas` for {num_inference_steps} steps")
-        if isinstance(prompt, list) and len(prompt) != batch_size:
-            raise ValueError(f"got {len(prompt)} prompts for {batch_size} images")
+        self.check_inputs(
+            len(images),
+            num_layers,
+            resolution,
+            num_inference_steps,
+            output_type,
+            generator=generator,
+            sigmas=sigmas,
+            prompt=prompt,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            true_cfg_scale=true_cfg_scale,
+        )
+        groups = self.group_by_processing_size(images, resolution)
+        if len(groups) > 1 and (latents is not None or output_type == "latent"):
+            raise ValueError(
+                '`latents` and output_type="latent" need all images to share a processing size (aspect ratio)'
+            )
 
+        # 2. Define call parameters.
         self._attention_kwargs = attention_kwargs or {}
         self._current_timestep = None
         self._interrupt = False
         device = self._execution_device
-        frames = num_layers + 1 + int(self.config.leading_composite_frame)
+        auto = num_layers == "auto"
+        frames = (self.max_auto_layers if auto else num_layers) + 1 + int(self.config.leading_composite_frame)
 
-        # Inputs of different aspect ratios are denoised in groups that share a processing size.
-        sizes = [self.processing_size(img.shape[0], img.shape[1], resolution) for img in images]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for index, size in enumerate(sizes):
-            groups.setdefault(size, []).append(index)
-        if latents is not None and len(groups) > 1:
-            raise ValueError("`latents` can only be given when all images share a processing size (aspect ratio)")
-        if output_type == "latent" and len(groups) > 1:
-            raise ValueError('output_type="latent" needs all images to share a processing size (aspect ratio)')
-
-        # 2. Text conditioning (one all-zero token without a text encoder).
+        # 3. Text conditioning for the whole batch (one all-zero token without a text encoder).
         if prompt is None and prompt_embeds is None and self.text_encoder is not None and self.processor is not None:
             prompt = self.caption_images(images)
+        prompt_embeds, prompt_embeds_mask = self.encode_prompt(
+            prompt, len(images), device, prompt_embeds, prompt_embeds_mask, max_sequence_length
+        )
         do_true_cfg = true_cfg_scale > 1 and (negative_prompt is not None or negative_prompt_embeds is not None)
         if true_cfg_scale > 1 and not do_true_cfg:
             logger.warning("`true_cfg_scale` > 1 has no effect without `negative_prompt` or `negative_prompt_embeds`")
-
-        results: list[tuple[LayeredImage, RecompositionReport] | None] = [None] * batch_size
-        output_latents: torch.Tensor | None = None
-        for (height, width), indices in groups.items():
-            count = len(indices)
-            latent_height, latent_width = height // self.vae_scale_factor, width // self.vae_scale_factor
-            tokens_per_frame = (latent_height // 2) * (latent_width // 2)
-
-            def pick(values: Any, picked: list[int] = indices) -> Any:
-                return [values[i] for i in picked] if isinstance(values, list) else values
-
-            def pick_rows(values: torch.Tensor | None, picked: list[int] = indices) -> torch.Tensor | None:
-                if values is None or values.shape[0] == 1:
-                    return values
-                return values[picked]
-
-            prompt_embeds_g, prompt_mask_g = self.encode_prompt(
-                pick(prompt),
-                count,
+        if do_true_cfg:
+            negative_prompt_embeds, negative_prompt_embeds_mask = self.encode_prompt(
+                negative_prompt or "",
+                len(images),
                 device,
-                pick_rows(prompt_embeds),
-                pick_rows(prompt_embeds_mask),
+                negative_prompt_embeds,
+                negative_prompt_embeds_mask,
                 max_sequence_length,
             )
-            if do_true_cfg:
-                negative_embeds_g, negative_mask_g = self.encode_prompt(
-                    pick(negative_prompt) or "",
-                    count,
-                    device,
-                    pick_rows(negative_prompt_embeds),
-                    pick_rows(negative_prompt_embeds_mask),
-                    max_sequence_length,
-                )
 
-            # 3. Condition latents (the input image) and initial noise, packed.
-            condition = self.encode_images([images[i] for i in indices], height, width)
-            condition = self.pack_latents(condition.permute(0, 2, 1, 3, 4).to(self.transformer.dtype))
-            noise_shape = (count, frames, self.latent_channels, latent_height, latent_width)
-            expected_packed = (count, frames * tokens_per_frame, self.latent_channels * 4)
-            if latents is None:
-                group_generators = pick(generator)
-                if isinstance(group_generators, list):
-                    noise = torch.cat(
-                        [
-                            randn_tensor(
-                                (1, *noise_shape[1:]), generator=g, device=device, dtype=self.transformer.dtype
-                            )
-                            for g in group_generators
-                        ]
-                    )
-                else:
-                    noise = randn_tensor(
-                        noise_shape, generator=group_generators, device=device, dtype=self.transformer.dtype
-                    )
-                group_latents = self.pack_latents(noise)
-            else:
-                if tuple(latents.shape) != expected_packed:
-                    raise ValueError(
-                        f"`latents` must have the packed shape {expected_packed} for {num_layers} layers at "
-                        f"{width}x{height}, got {tuple(latents.shape)}"
-                    )
-                group_latents = latents.to(device=device, dtype=self.transformer.dtype)
-            img_shapes = [[(1, latent_height // 2, latent_width // 2)] * (frames + 1)] * count
-            additional_t_cond = (
-                torch.zeros(count, dtype=torch.long, device=device)
-                if self.transformer.config.use_additional_t_cond
-                else None
+        # 4. Denoise each group of inputs that share a processing size, then 5. decode and build full-size layers.
+        results: list[tuple[LayeredImage, RecompositionReport]] = [None] * len(images)  # type: ignore[list-item]
+        for (height, width), indices in groups.items():
+            denoised = self.denoise(
+                [images[i] for i in indices],
+                frames,
+                height,
+                width,
+                self._select(prompt_embeds, indices),
+                self._select(prompt_embeds_mask, indices),
+                num_inference_steps,
+                generator=self._select(generator, indices),
+                latents=latents,
+                negative_prompt_embeds=self._select(negative_prompt_embeds, indices) if do_true_cfg else None,
+                negative_prompt_embeds_mask=self._select(negative_prompt_embeds_mask, indices),
+                true_cfg_scale=true_cfg_scale,
+                sigmas=sigmas,
+                callback_on_step_end=callback_on_step_end,
+                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs or ["latents"],
             )
-
-            # 4. Timesteps, shifted for the condition's token count as Qwen-Image-Layered does.
-            step_sigmas = sigmas if sigmas is not None else np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
-            self.scheduler.set_timesteps(sigmas=step_sigmas, device=device, mu=layered_shift_mu(condition.shape[1]))
-            timesteps = self.scheduler.timesteps
-            self.scheduler.set_begin_index(0)
-            self._num_timesteps = len(timesteps)
-
-            # 5. Denoising loop: the condition frame is appended after the output frames at every step.
-            with self.progress_bar(total=len(timesteps)) as progress_bar:
-                for step, t in enumerate(timesteps):
-                    if self.interrupt:
-                        continue
-                    self._current_timestep = t
-                    model_input = torch.cat([group_latents, condition], dim=1)
-                    timestep = (t / 1000).expand(count).to(group_latents.dtype)
-                    with self.transformer.cache_context("cond"):
-                        velocity = self.transformer(
-                            hidden_states=model_input,
-                            timestep=timestep,
-                            encoder_hidden_states=prompt_embeds_g,
-                            encoder_hidden_states_mask=prompt_mask_g,
-                            img_shapes=img_shapes,
-                            additional_t_cond=additional_t_cond,
-                            attention_kwargs=self.attention_kwargs,
-                            return_dict=False,
-                        )[0][:, : group_latents.shape[1]]
-                    if do_true_cfg:
-                        with self.transformer.cache_context("uncond"):
-                            negative_velocity = self.transformer(
-                                hidden_states=model_input,
-                                timestep=timestep,
-                                encoder_hidden_states=negative_embeds_g,
-                                encoder_hidden_states_mask=negative_mask_g,
-                                img_shapes=img_shapes,
-                                additional_t_cond=additional_t_cond,
-                                attention_kwargs=self.attention_kwargs,
-                                return_dict=False,
-                            )[0][:, : group_latents.shape[1]]
-                        velocity = negative_velocity + true_cfg_scale * (velocity - negative_velocity)
-                    group_latents = self.scheduler.step(velocity, t, group_latents, return_dict=False)[0]
-
-                    if callback_on_step_end is not None:
-                        named = {"latents": group_latents, "prompt_embeds": prompt_embeds_g}
-                        callback_kwargs = {name: named[name] for name in callback_on_step_end_tensor_inputs}
-                        callback_outputs = callback_on_step_end(self, step, t, callback_kwargs) or {}
-                        group_latents = callback_outputs.pop("latents", group_latents)
-                        prompt_embeds_g = callback_outputs.pop("prompt_embeds", prompt_embeds_g)
-                    progress_bar.update()
-            self._current_timestep = None
-
-            if output_type == "latent":
-                output_latents = group_latents
-                continue
-
-            # 6. Decode the output frames and build each input's full-size layers.
-            decoded = self.decode_latents(group_latents, frames, height, width)
-            for row, index in enumerate(indices):
-                results[index] = self.layers_from_frames(decoded[row], images[index])
-
+            if output_type != "latent":
+                decoded = self.decode_latents(denoised, frames, height, width)
+                for row, index in enumerate(indices):
+                    results[index] = self.layers_from_frames(decoded[row], images[index], drop_empty_layers=auto)
         self.maybe_free_model_hooks()
 
-        if output_type == "latent":
-            output = LiWiDecompositionPipelineOutput(
-                images=None, layers=None, latents=output_latents, recomposition=None
-            )
-        else:
-            layers = [result[0] for result in results]
-            reports = [result[1] for result in results]
-            output = LiWiDecompositionPipelineOutput(
-                images=[self._layers_to_output(layered, output_type) for layered in layers],
-                layers=layers,
-                latents=None,
-                recomposition=reports,
-            )
+        # 6. Output.
+        output = self._make_output(results, denoised, output_type)
         if not return_dict:
             return output.images, output.layers, output.latents, output.recomposition
         return output
+
+    def _make_output(
+        self,
+        results: list[tuple[LayeredImage, RecompositionReport]],
+        latents: torch.Tensor,
+        output_type: str,
+    ) -> LiWiDecompositionPipelineOutput:
+        if output_type == "latent":
+            return LiWiDecompositionPipelineOutput(images=None, layers=None, latents=latents, recomposition=None)
+        layers = [layered for layered, _ in results]
+        return LiWiDecompositionPipelineOutput(
+            images=[self._layers_to_output(layered, output_type) for layered in layers],
+            layers=layers,
+            latents=None,
+            recomposition=[report for _, report in results],
+        )
 
     @staticmethod
     def _layers_to_output(layered: LayeredImage, output_type: str) -> Any:
