@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from .. import __version__
 
 # Subcommand modules, in the order `liwi --help` lists them.
-SUBCOMMANDS = ("decompose", "evaluate")
+SUBCOMMANDS = ("decompose", "evaluate", "models")
 
 
 class CLIError(Exception):
