@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ._extras import require
 from .layers import LayeredImage, LayeredImageError
 
 __all__ = ["decode_image", "iter_layered", "load_layered_dataset", "read_shard", "row_composite", "row_to_layered"]
@@ -51,7 +52,8 @@ def decode_image(value: Any, mode: str) -> np.ndarray:
 def row_to_layered(row: dict[str, Any]) -> LayeredImage:
     """A dataset row as a `LayeredImage` (background, foregrounds back to front, shadows, labels)."""
     foregrounds = [decode_image(fg, "RGBA") for fg in row["foregrounds"]]
-    shadows = [decode_image(shadow, "L") for shadow in row["shadows"]]
+    # A row without shadows (no column, None or an empty list) has no shadow under any object.
+    shadows = [decode_image(shadow, "L") for shadow in row.get("shadows") or ()] or None
     labels = row.get("labels")
     return LayeredImage(decode_image(row["background"], "RGB"), foregrounds, shadows, labels)
 
@@ -63,8 +65,7 @@ def row_composite(row: dict[str, Any]) -> np.ndarray:
 
 def read_shard(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """All rows of one parquet shard, images left as ``{"bytes", "path"}`` dicts (no `datasets` needed)."""
-    import pyarrow.parquet as pq
-
+    pq = require("pyarrow.parquet", "eval", "reading a LiWi shard")
     return pq.read_table(path).to_pylist()
 
 
@@ -72,9 +73,8 @@ def load_layered_dataset(
     path: str | os.PathLike[str], split: str = "train", streaming: bool = False, **kwargs: Any
 ) -> Any:
     """``datasets.load_dataset(path, split=split, streaming=streaming, **kwargs)`` for a LiWi folder."""
-    from datasets import load_dataset
-
-    return load_dataset(str(path), split=split, streaming=streaming, **kwargs)
+    datasets = require("datasets", "eval", "reading a LiWi dataset")
+    return datasets.load_dataset(str(path), split=split, streaming=streaming, **kwargs)
 
 
 def iter_layered(source: Any, split: str = "train", **kwargs: Any) -> Iterator[tuple[LayeredImage, dict[str, Any]]]:
