@@ -487,3 +487,76 @@ def test_text_encoder_conditioning(photo):
         photo, prompt="a cat", negative_prompt="", true_cfg_scale=3.0, generator=seeded(), output_type="latent", **CALL
     ).latents
     assert (guided - cat).abs().max() > 0
+
+
+# ---------------------------------------------------------------------------------------------- default resolution
+def test_resolution_none_means_the_config_default_resolution(photo, tmp_path):
+    pipe = quiet(build_tiny_pipeline(seed=0, default_resolution=96))
+    assert pipe.config.default_resolution == 96
+    call = {k: v for k, v in CALL.items() if k != "resolution"}
+    default = pipe(photo, generator=seeded(), output_type="latent", **call).latents
+    explicit = pipe(photo, generator=seeded(), output_type="latent", **{**call, "resolution": 96}).latents
+    height, width = pipe.processing_size(photo.height, photo.width, 96)
+    assert default.shape[1] == (CALL["num_layers"] + 1) * (height // 16) * (width // 16)
+    torch.testing.assert_close(default, explicit, atol=0, rtol=0)
+    pipe.save_pretrained(tmp_path)  # the value travels with the checkpoint
+    assert json.loads((tmp_path / "model_index.json").read_text())["default_resolution"] == 96
+    assert LiWiDecompositionPipeline.from_pretrained(tmp_path).config.default_resolution == 96
+    assert build_tiny_pipeline(seed=0).config.default_resolution == 640
+    with pytest.raises(ValueError, match="default_resolution"):
+        build_tiny_pipeline(seed=0, default_resolution=0)
+
+
+def test_shipped_checkpoint_carries_its_training_resolution():
+    from liwi_diffusers.checkpoints import SHIPPED_CHECKPOINTS, shipped_checkpoint_path
+
+    pipe = LiWiDecompositionPipeline.from_pretrained(shipped_checkpoint_path("liwi-small"))
+    assert pipe.config.default_resolution == 128 == SHIPPED_CHECKPOINTS["liwi-small"].resolution
+
+
+# ---------------------------------------------------------------------------------------------- num_layers="auto"
+def test_auto_layer_count_drops_empty_layers(photo, monkeypatch):
+    """ "auto" generates `max_auto_layers` objects and drops those that cover (almost) nothing: the result equals
+    building the layers from the non-empty frames alone."""
+    pipe = quiet(build_tiny_pipeline(seed=0))
+    monkeypatch.setattr(pipe, "max_auto_layers", 4)
+    decode = pipe.decode_latents
+
+    def decode_with_empty_objects(*args, **kwargs):
+        frames = decode(*args, **kwargs).clone()
+        frames[:, 2, 3] = 0.0  # object 2 (of 1..4): fully transparent
+        frames[:, 4, 3] = 0.0
+        frames[:, 4, 3, 10, 10] = 1.0  # object 4: a one-pixel speck, about 0.02% of the image after resizing
+        return frames
+
+    monkeypatch.setattr(pipe, "decode_latents", decode_with_empty_objects)
+    auto = pipe(photo, num_layers="auto", generator=seeded(), output_type="np", resolution=64, num_inference_steps=2)
+    assert auto.layers[0].num_objects == 2 and auto.images[0].shape[0] == 2 * 2 + 1
+    assert auto.recomposition[0].ok()
+
+    # The same noise with the count fixed at the maximum, then the layers from frames 0, 1 and 3 only.
+    latents = pipe(photo, generator=seeded(), output_type="latent", num_layers=4, resolution=64, num_inference_steps=2)
+    image = np.asarray(photo, np.float32) / 255
+    with torch.no_grad():
+        frames = decode_with_empty_objects(latents.latents, 5, 64, 64)[0]
+        expected, _ = pipe.layers_from_frames(frames[[0, 1, 3]], image)
+    for got, want in zip(auto.layers[0].foregrounds, expected.foregrounds):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_allclose(auto.layers[0].background, expected.background, atol=1e-6)
+
+
+def test_auto_layer_count_threshold_and_limits(pipe, photo):
+    from liwi_diffusers.pipelines.pipeline_liwi import EMPTY_LAYER_COVERAGE
+
+    alphas = torch.zeros(4, 1, 100, 100)
+    alphas[0, 0, :, :10] = 1.0  # 10% of the image
+    alphas[1].view(-1)[: int(EMPTY_LAYER_COVERAGE * 10000) - 1] = 1.0  # just under the threshold: dropped
+    alphas[2].view(-1)[: int(EMPTY_LAYER_COVERAGE * 10000)] = 1.0  # at the threshold: kept
+    assert LiWiDecompositionPipeline.non_empty_layers(alphas) == [0, 2]
+    empty = torch.zeros(3, 1, 10, 10)
+    empty[1, 0, 0, 0] = 1e-4
+    assert LiWiDecompositionPipeline.non_empty_layers(empty) == [1]  # nothing covers enough: the most covered
+    with pytest.raises(ValueError, match="auto"):
+        pipe(photo, num_layers="auto", output_type="latent", resolution=64, num_inference_steps=1)
+    with pytest.raises(ValueError, match="num_layers"):
+        pipe(photo, num_layers="automatic", resolution=64, num_inference_steps=1)
