@@ -5,13 +5,19 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
+import warnings
 import xml.etree.ElementTree as ET
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
+import pptx
+import pptx.presentation
 import pytest
 from PIL import Image
+from pptx.enum.shapes import MSO_SHAPE_TYPE
 from psd_tools import PSDImage
 
 from liwi_diffusers import LayeredImage, LayeredImageError
@@ -21,13 +27,19 @@ from liwi_diffusers.export import (
     OutputPathError,
     atomic_write,
     check_writable,
+    group_names,
     load_layered,
     ora,
     png_zip,
     save_layered,
 )
+from liwi_diffusers.export.pptx import MAX_SLIDE_EMU, MIN_SLIDE_EMU, PptxScaleWarning, slide_scale
+from liwi_diffusers.layers import alpha_bbox
 
-FORMATS = ["psd", "ora", "zip"]
+pytestmark = pytest.mark.filterwarnings("ignore::liwi_diffusers.export.pptx.PptxScaleWarning")  # small test photos
+
+FORMATS = ["psd", "ora", "zip"]  # written and read back
+WRITE_FORMATS = [*FORMATS, "pptx"]  # written only
 
 
 # ---------------------------------------------------------------------- helpers
@@ -138,7 +150,7 @@ def test_unknown_format_is_a_clear_error(tmp_path: Path, name: str, fmt: str | N
     with pytest.raises(ValueError, match="psd, ora, zip"):
         save_layered(make_layered(), tmp_path / name, format=fmt)
     assert not list(tmp_path.iterdir())
-    assert set(SUPPORTED_FORMATS) == set(FORMATS)
+    assert set(SUPPORTED_FORMATS) == set(FORMATS) | {"pptx"}
 
 
 def test_save_rejects_non_layered_input(tmp_path: Path) -> None:
@@ -153,8 +165,10 @@ def test_psd_is_rgba_with_named_cropped_layers_and_right_composite(tmp_path: Pat
 
     document = PSDImage.open(path)
     assert document.color_mode.name == "RGB" and document.channels == 4 and document.depth == 8
-    assert [layer.name for layer in document] == layered.layer_names()
-    boxes = {layer.name: layer.bbox for layer in document}
+    pixel_layers = [layer for layer in document.descendants() if not layer.is_group()]
+    assert [layer.name for layer in pixel_layers] == layered.layer_names()
+    assert [layer.name for layer in document] == ["background", "cup", "猫"]  # a group per object
+    boxes = {layer.name: layer.bbox for layer in pixel_layers}
     assert boxes["background"] == (0, 0, 53, 37)
     assert boxes["shadow 1: cup"] == (5, 6, 25, 33)
     assert boxes["object 1: cup"] == (3, 4, 20, 30)
@@ -241,6 +255,14 @@ def _fail_mid_write(monkeypatch: pytest.MonkeyPatch, fmt: str, error: type[BaseE
 
         monkeypatch.setattr(PSDImage, "save", save)
         return
+    if fmt == "pptx":
+
+        def save_pptx(self, file):
+            file.write(b"PK\x03\x04" + b"\0" * 100)
+            raise error("interrupted")
+
+        monkeypatch.setattr(pptx.presentation.Presentation, "save", save_pptx)
+        return
     module = ora if fmt == "ora" else png_zip
     encode, calls = module.png_bytes, []
 
@@ -254,7 +276,7 @@ def _fail_mid_write(monkeypatch: pytest.MonkeyPatch, fmt: str, error: type[BaseE
 
 
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", WRITE_FORMATS)
 def test_interrupted_write_leaves_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, error: type[BaseException]
 ) -> None:
@@ -265,7 +287,7 @@ def test_interrupted_write_leaves_no_file(
     assert not list(tmp_path.iterdir())  # no target, no temporary file
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", WRITE_FORMATS)
 def test_interrupted_write_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
     target = tmp_path / f"x.{fmt}"
     save_layered(make_layered(seed=5), target)
@@ -504,3 +526,312 @@ def test_ora_from_another_program(tmp_path: Path) -> None:
     alpha = np.round(layered.foregrounds[0][:, :, 3] * 255)
     assert alpha[3:, :2].tolist() == [[128, 128]] * 2 and alpha.sum() == 4 * 128
     np.testing.assert_array_equal(np.round(layered.background * 255), 9)
+
+
+# ---------------------------------------------------------------------- groups (PSD, ORA)
+def read_psd_records(path: Path) -> tuple[tuple[int, int], list[dict]]:
+    """An independent minimal PSD reader (not psd-tools): canvas size and layer records, bottom to top.
+
+    Each record: ``name`` (the Unicode name when stored), ``box`` (left, top, right, bottom),
+    ``section`` (0 a pixel layer, 1/2 a group's opening record, 3 the end-of-group marker, from the
+    ``lsct`` block) and, for pixel layers, ``pixels`` (H, W, 4) uint8 decoded from the channel data.
+    """
+    data = path.read_bytes()
+    at = 0
+
+    def take(fmt: str) -> tuple:
+        nonlocal at
+        values = struct.unpack_from(">" + fmt, data, at)
+        at += struct.calcsize(">" + fmt)
+        return values
+
+    signature, version = take("4sH")
+    assert (signature, version) == (b"8BPS", 1)
+    at += 6
+    _, height, width, depth, mode = take("HIIHH")
+    assert (depth, mode) == (8, 3)  # 8-bit RGB
+    for _ in range(2):  # colour mode data, image resources
+        (length,) = take("I")
+        at += length
+    take("I")  # layer and mask information length
+    take("I")  # layer information length
+    (count,) = take("h")
+    records = []
+    for _ in range(abs(count)):
+        top, left, bottom, right, channels = take("iiiiH")
+        lengths = [take("hI") for _ in range(channels)]
+        blend_signature, _blend, _opacity, _clipping, _flags, _filler, extra = take("4s4sBBBBI")
+        assert blend_signature == b"8BIM"
+        end = at + extra
+        for _ in range(2):  # layer mask data, blending ranges
+            (length,) = take("I")
+            at += length
+        (name_length,) = take("B")
+        name = data[at : at + name_length].decode("mac_roman")
+        at += (name_length + 1 + 3) // 4 * 4 - 1
+        section = 0
+        while at < end:
+            block_signature, key, length = take("4s4sI")
+            assert block_signature in (b"8BIM", b"8B64")
+            block = data[at : at + length]
+            if key == b"luni":
+                (chars,) = struct.unpack_from(">I", block)
+                name = block[4 : 4 + 2 * chars].decode("utf-16-be")
+            elif key == b"lsct":
+                (section,) = struct.unpack_from(">I", block)
+            at += length
+        at = end
+        records.append({"name": name, "box": (left, top, right, bottom), "section": section, "channels": lengths})
+    for record in records:  # channel image data, in record order
+        left, top, right, bottom = record["box"]
+        rows, cols = bottom - top, right - left
+        planes = {}
+        for channel, length in record.pop("channels"):
+            (compression,) = struct.unpack_from(">H", data, at)
+            body = data[at + 2 : at + length]
+            at += length
+            if rows * cols == 0:
+                continue
+            if compression == 0:
+                plane = np.frombuffer(body, np.uint8, rows * cols)
+            elif compression == 1:
+                counts = struct.unpack_from(f">{rows}H", body)
+                plane = _unpack_bits(body[2 * rows :], sum(counts), rows * cols)
+            else:
+                plane = np.frombuffer(zlib.decompress(body), np.uint8)
+                if compression == 3:  # zip with prediction: per-row deltas
+                    plane = np.cumsum(plane.reshape(rows, cols), axis=1, dtype=np.uint8)
+            planes[channel] = np.asarray(plane, np.uint8).reshape(rows, cols)
+        if record["section"] == 0:
+            full = np.full((rows, cols), 255, np.uint8)
+            record["pixels"] = np.dstack([planes.get(c, full) for c in (0, 1, 2, -1)]) if rows * cols else None
+    return (width, height), records
+
+
+def _unpack_bits(body: bytes, length: int, size: int) -> np.ndarray:
+    """PackBits (PSD RLE) decoding."""
+    out, i = bytearray(), 0
+    while i < length:
+        n = body[i]
+        i += 1
+        if n < 128:
+            out += body[i : i + n + 1]
+            i += n + 1
+        elif n > 128:
+            out += bytes([body[i]]) * (257 - n)
+            i += 1
+    assert len(out) == size
+    return np.frombuffer(bytes(out), np.uint8)
+
+
+def psd_tree(records: list[dict]) -> list:
+    """Records (bottom to top) as a back-to-front tree: a layer is its name, a group is ``(name, [children])``."""
+    stack: list[list] = [[]]
+    for record in records:
+        if record["section"] == 3:  # end-of-group marker: the group's children follow it
+            stack.append([])
+        elif record["section"] in (1, 2):
+            children = stack.pop()
+            stack[-1].append((record["name"], children))
+        else:
+            stack[-1].append(record["name"])
+    assert len(stack) == 1, "unbalanced groups"
+    return stack[0]
+
+
+def test_group_names_come_from_labels() -> None:
+    labels = ["car", "person", " person ", "", "two\twords", "car 2"]
+    assert group_names(labels) == ["car", "person 1", "person 2", "object 4", "two words", "car 2"]
+    assert group_names([]) == []
+
+
+GROUPED = {
+    "boxes": [(3, 4, 20, 30), (10, 2, 53, 9), None, (0, 0, 53, 37)],
+    "shadow_boxes": [(5, 6, 25, 33), None, None, (30, 20, 50, 37)],
+    "labels": ["car", "person", "person", ""],
+}
+GROUP_NAMES = ["car", "person 1", "person 2", "object 4"]
+
+
+def test_psd_has_a_group_per_object_by_psd_tools_and_by_an_independent_reader(tmp_path: Path) -> None:
+    layered = make_layered(**GROUPED)
+    path = save_layered(layered, tmp_path / "x.psd")
+    names = layered.layer_names()
+    expected_tree = ["background"] + [(group, names[1 + 2 * k : 3 + 2 * k]) for k, group in enumerate(GROUP_NAMES)]
+
+    document = PSDImage.open(path)
+    tree = [(layer.name, [child.name for child in layer]) if layer.is_group() else layer.name for layer in document]
+    assert tree == expected_tree
+    assert all(layer.blend_mode.name == "PASS_THROUGH" for layer in document if layer.is_group())
+
+    size, records = read_psd_records(path)
+    assert size == layered.size
+    assert psd_tree(records) == expected_tree
+    # The layers as that reader decodes them compose to the photo (plain "over", back to front).
+    canvas = np.zeros((layered.height, layered.width, 3))
+    boxes = {}
+    for record in records:
+        if record["section"] != 0:
+            continue
+        left, top, right, bottom = boxes[record["name"]] = record["box"]
+        if record["pixels"] is None:
+            continue
+        rgba = record["pixels"].astype(np.float64) / 255
+        region = canvas[top:bottom, left:right]
+        region[:] = rgba[:, :, :3] * rgba[:, :, 3:] + region * (1 - rgba[:, :, 3:])
+    assert np.abs(canvas - layered.compose()).max() <= 1 / 255
+    assert boxes["shadow 1: car"] == (5, 6, 25, 33) and boxes["object 1: car"] == (3, 4, 20, 30)
+    assert boxes["object 3: person"][2:] == boxes["object 3: person"][:2]  # empty layer
+
+
+def test_psd_groups_round_trip(tmp_path: Path) -> None:
+    layered = make_layered(**GROUPED)
+    first = save_layered(layered, tmp_path / "a.psd")
+    again = load_layered(first)
+    assert_same_layers(layered, again)
+    second = save_layered(again, tmp_path / "b.psd")
+    assert psd_tree(read_psd_records(first)[1]) == psd_tree(read_psd_records(second)[1])
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_flat_files_from_before_groups_still_load(tmp_path: Path) -> None:
+    """Files with every layer at the top level (as liwi wrote them before groups) read the same."""
+    layered = make_layered(labels=["cup", "猫"])
+    document = PSDImage.new("RGBA", layered.size)
+    for name, pixels in layered.to_pil():
+        document.create_pixel_layer(pixels, name="layer").name = name
+    document.save(tmp_path / "flat.psd")
+    assert all(not layer.is_group() for layer in PSDImage.open(tmp_path / "flat.psd"))
+    assert_same_layers(layered, load_layered(tmp_path / "flat.psd"))
+
+    grouped = save_layered(layered, tmp_path / "grouped.ora")
+    with zipfile.ZipFile(grouped) as archive:
+        root = ET.fromstring(archive.read("stack.xml"))
+    top = root.find("stack")
+    for group in list(top.findall("stack")):  # move the layers out of their groups
+        position = list(top).index(group)
+        top.remove(group)
+        for offset, layer in enumerate(group):
+            top.insert(position + offset, layer)
+    flat = _rewrite_zip(grouped, tmp_path / "flat.ora", {"stack.xml": ET.tostring(root)})
+    assert_same_layers(layered, load_layered(flat))
+
+
+def test_ora_nests_a_stack_per_object(tmp_path: Path) -> None:
+    layered = make_layered(**GROUPED)
+    path = save_layered(layered, tmp_path / "x.ora")
+    with zipfile.ZipFile(path) as archive:
+        root = ET.fromstring(archive.read("stack.xml"))
+    (top,) = root.findall("stack")
+    children = list(top)
+    assert [(child.tag, child.get("name")) for child in children] == [("stack", name) for name in GROUP_NAMES[::-1]] + [
+        ("layer", "background")
+    ]
+    names = layered.layer_names()
+    for k, group in enumerate(reversed(children[:-1])):
+        assert [layer.get("name") for layer in group] == [names[2 + 2 * k], names[1 + 2 * k]]  # object above shadow
+        assert all(layer.tag == "layer" for layer in group)
+        assert group.get("visibility") == "visible" and group.get("composite-op") == "svg:src-over"
+    again = load_layered(path)
+    assert_same_layers(layered, again)
+    with zipfile.ZipFile(path) as first, zipfile.ZipFile(save_layered(again, tmp_path / "y.ora")) as second:
+        assert first.read("stack.xml") == second.read("stack.xml")  # the groups round-trip
+
+
+# ---------------------------------------------------------------------- PPTX
+def read_slide(path: Path) -> tuple[tuple[int, int], list]:
+    """Slide size (EMU) and its shapes back to front: a picture is ``(name, box_emu, RGBA pixels)``,
+    a group is ``(name, [pictures])``."""
+    presentation = pptx.Presentation(str(path))
+    assert len(presentation.slides) == 1
+
+    def picture(shape) -> tuple:
+        assert shape.shape_type == MSO_SHAPE_TYPE.PICTURE and shape.image.content_type == "image/png"
+        assert (shape.crop_left, shape.crop_top, shape.crop_right, shape.crop_bottom) == (0, 0, 0, 0)
+        with Image.open(io.BytesIO(shape.image.blob)) as image:
+            assert image.mode == "RGBA"  # alpha kept: shadows are black with alpha
+            pixels = np.asarray(image).copy()
+        return shape.name, (shape.left, shape.top, shape.width, shape.height), pixels
+
+    shapes = []
+    for shape in presentation.slides[0].shapes:
+        if shape.shape_type == MSO_SHAPE_TYPE.GROUP:
+            shapes.append((shape.name, [picture(child) for child in shape.shapes]))
+        else:
+            shapes.append(picture(shape))
+    return (presentation.slide_width, presentation.slide_height), shapes
+
+
+def test_pptx_has_a_picture_per_layer_at_its_offset_back_to_front(tmp_path: Path) -> None:
+    layered = make_layered(
+        width=230,
+        height=140,
+        boxes=[(3, 4, 20, 30), (10, 2, 53, 9), None, (0, 0, 230, 140)],
+        shadow_boxes=[(5, 6, 25, 33), None, (40, 100, 60, 120), (30, 20, 50, 37)],
+        labels=GROUPED["labels"],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 230x140 px fits a slide at 96 dpi: no scaling, no warning
+        path = save_layered(layered, tmp_path / "x.pptx")
+    size, shapes = read_slide(path)
+    assert size == (230 * 9525, 140 * 9525)
+
+    expected = dict(layered.to_pil())
+    names = layered.layer_names()
+    assert shapes[0][0] == "background" and shapes[0][1] == (0, 0, 230 * 9525, 140 * 9525)
+    assert [shape[0] for shape in shapes[1:]] == GROUP_NAMES
+    groups = dict(shapes[1:])
+    assert [child[0] for child in groups["car"]] == ["shadow 1: car", "object 1: car"]  # shadow below object
+    assert [child[0] for child in groups["person 1"]] == ["object 2: person"]  # its shadow is empty: no picture
+    assert [child[0] for child in groups["person 2"]] == ["shadow 3: person"]
+    pictures = [shapes[0]] + [child for _, children in shapes[1:] for child in children]
+    assert [name for name, _, _ in pictures] == [n for n in names if n in {p[0] for p in pictures}]
+    canvas = np.zeros((140, 230, 3))
+    for name, (left, top, width, height), pixels in pictures:
+        assert all(value % 9525 == 0 for value in (left, top, width, height))
+        left, top, width, height = (value // 9525 for value in (left, top, width, height))
+        assert pixels.shape[:2] == (height, width)
+        full = np.asarray(expected[name])
+        box = alpha_bbox(full[:, :, 3])
+        assert (left, top, left + width, top + height) == box  # cropped to its alpha box
+        np.testing.assert_array_equal(pixels, full[top : top + height, left : left + width], err_msg=name)
+        rgba = pixels.astype(np.float64) / 255
+        region = canvas[top : top + height, left : left + width]
+        region[:] = rgba[:, :, :3] * rgba[:, :, 3:] + region * (1 - rgba[:, :, 3:])
+    assert np.abs(canvas - layered.compose()).max() <= 1 / 255
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pptx"]
+
+
+@pytest.mark.parametrize(
+    "width, height, scale, slide",
+    [
+        (5400, 200, 5376 / 5400, (51_206_400, 1_896_533)),  # larger than 56 in: scaled down
+        (60, 6000, 5376 / 6000, (914_400, 51_206_400)),  # long strip: the short side stays at 1 in
+        (53, 37, 96 / 37, (1_309_816, 914_400)),  # smaller than 1 in: scaled up
+    ],
+)
+def test_pptx_outside_powerpoints_slide_limits_is_scaled_and_says_so(
+    tmp_path: Path, width: int, height: int, scale: float, slide: tuple[int, int]
+) -> None:
+    assert slide_scale(width, height) == pytest.approx(scale)
+    foreground = np.zeros((height, width, 4), np.float32)
+    foreground[10:30, 20:50] = 1.0
+    layered = LayeredImage(np.full((height, width, 3), 0.5, np.float32), [foreground], None, ["box"])
+    with pytest.warns(PptxScaleWarning) as caught:
+        path = save_layered(layered, tmp_path / "x.pptx")
+    (warning,) = caught
+    message = str(warning.message)
+    assert "\n" not in message and f"{width}x{height} px" in message and f"{100 * scale:.1f} %" in message
+    size, shapes = read_slide(path)
+    assert size == pytest.approx(slide, abs=1)
+    assert all(MIN_SLIDE_EMU <= side <= MAX_SLIDE_EMU for side in size)
+    _, box, pixels = shapes[0]
+    assert box[2:] == (round(width * 9525 * scale), round(height * 9525 * scale))
+    assert pixels.shape[:2] == (height, width)  # the pictures keep all their pixels
+    (_, (shadow_or_object,)) = shapes[1]
+    assert shadow_or_object[1] == tuple(round(v * 9525 * scale) for v in (20, 10, 30, 20))
+
+
+def test_pptx_is_not_read_back(tmp_path: Path) -> None:
+    path = save_layered(make_layered(width=120, height=100), tmp_path / "x.pptx")
+    _one_line_error(path, "PowerPoint file.*load the .psd")

@@ -77,6 +77,38 @@ def file_layers(layered: LayeredImage, crop: bool = True) -> list[FileLayer]:
     return layers
 
 
+def group_names(labels: Sequence[str]) -> list[str]:
+    """Per object, the name of its group in layered files, from its label.
+
+    A label names its group ("car"), whitespace collapsed; objects that share a label are numbered
+    in stacking order ("person 1", "person 2"); an object without a label is "object k".
+    """
+    cleaned = [" ".join(str(label).split()) for label in labels]
+    counts: dict[str, int] = {}
+    for label in cleaned:
+        counts[label] = counts.get(label, 0) + 1
+    seen: dict[str, int] = {}
+    names = []
+    for k, label in enumerate(cleaned, start=1):
+        if not label:
+            names.append(f"object {k}")
+        elif counts[label] == 1:
+            names.append(label)
+        else:
+            seen[label] = seen.get(label, 0) + 1
+            names.append(f"{label} {seen[label]}")
+    return names
+
+
+def grouped_layers(
+    layered: LayeredImage, layers: Sequence[FileLayer]
+) -> tuple[FileLayer, list[tuple[str, list[FileLayer]]]]:
+    """Split `file_layers` output into the background and, per object, ``(group name, [shadow, object])``."""
+    background, rest = layers[0], list(layers[1:])
+    names = group_names(layered.labels)
+    return background, [(name, rest[2 * k : 2 * k + 2]) for k, name in enumerate(names)]
+
+
 def uncrop(pixels: np.ndarray, left: int, top: int, width: int, height: int) -> np.ndarray:
     """Place a layer's RGBA pixels at ``(left, top)`` on a transparent canvas, clipping what falls outside."""
     canvas = np.zeros((height, width, 4), np.uint8)

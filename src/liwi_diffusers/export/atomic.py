@@ -4,19 +4,28 @@
 over the target with `os.replace`, which is atomic on POSIX and Windows: readers see either the
 old file or the complete new one. `check_writable` tells early (before any expensive work) that
 the target cannot be written, with a message that names the path.
+
+A temporary file is named ``.NAME.PID-XXXXXXXX.tmp`` after the process that writes it. A write that
+was killed outright (SIGKILL, a power cut) cannot remove its own; the next write of the same
+target removes those whose process is gone (`remove_stale_temporaries`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import stat
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["OutputPathError", "atomic_write", "check_writable"]
+__all__ = ["OutputPathError", "atomic_write", "check_writable", "remove_stale_temporaries", "temporary_pattern"]
+
+# Longest part of the target name kept in a temporary name (file names hold 255 bytes).
+_NAME_CHARS = 200
 
 
 class OutputPathError(PermissionError):
@@ -57,6 +66,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     temporary file is removed and ``path`` is left as it was (absent, or the previous file).
     """
     path = Path(path)
+    remove_stale_temporaries(path)
     try:
         descriptor, temp = _create_temp(path)
     except OSError:
@@ -76,11 +86,72 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     _fsync_folder(path.parent)
 
 
+def temporary_pattern(path: str | os.PathLike) -> re.Pattern[str]:
+    """The names of ``path``'s temporary files; group 1 is the writer's process id."""
+    return re.compile(rf"\.{re.escape(Path(path).name[:_NAME_CHARS])}\.(\d+)-[0-9a-f]{{8}}\.tmp")
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of ``path`` left by processes that no longer run; return them.
+
+    Only names of ``path``'s own pattern (`temporary_pattern`) are touched, and only when their
+    process is gone: not running, or a newer process that reuses the id. Temporaries of this
+    process and of live ones are kept. Errors (a read-only folder) are ignored.
+    """
+    path = Path(path)
+    pattern = temporary_pattern(path)
+    removed = []
+    try:
+        candidates = [entry for entry in os.scandir(path.parent) if pattern.fullmatch(entry.name)]
+    except OSError:
+        return removed
+    for entry in candidates:
+        pid = int(pattern.fullmatch(entry.name).group(1))  # type: ignore[union-attr]
+        try:
+            modified = entry.stat(follow_symlinks=False).st_mtime
+            if pid == os.getpid() or _writer_alive(pid, modified):
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(Path(entry.path))
+    return removed
+
+
+def _writer_alive(pid: int, modified: float) -> bool:
+    """Whether process ``pid`` runs and may have written a file last modified at ``modified``."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by another user (or we cannot tell): keep its files
+    started = _process_start_time(pid)
+    # A process that started after the file's last change did not write it: the id was reused.
+    return started is None or started <= modified + 2.0
+
+
+def _process_start_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), on Linux; None where unknown."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            fields = file.read().rsplit(b")", 1)[1].split()
+        with open("/proc/stat", "rb") as file:
+            boot = next(float(line.split()[1]) for line in file if line.startswith(b"btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError, StopIteration):
+        return None
+
+
 def _create_temp(path: Path) -> tuple[int, Path]:
     """Create a new, uniquely named hidden file in ``path``'s folder (mode 0o666 less the umask)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
-        temp = path.parent / f".{path.name[:200]}.{secrets.token_hex(4)}.tmp"
+        temp = path.parent / f".{path.name[:_NAME_CHARS]}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
         try:
             return os.open(temp, flags, 0o666), temp
         except FileExistsError:

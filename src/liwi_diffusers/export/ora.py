@@ -4,7 +4,10 @@ An ORA file is a zip archive holding, in this order:
 
 - ``mimetype``: first and stored uncompressed, the bytes ``image/openraster``;
 - ``stack.xml``: the canvas size and the layers, top layer first, each with its name, PNG file
-  (``src``), offset (``x``, ``y``), ``opacity`` and ``visibility``;
+  (``src``), offset (``x``, ``y``), ``opacity`` and ``visibility``. The background is a layer of
+  the root stack; each object is a nested ``<stack>`` named from its label ("car", "person 2";
+  see `group_names`) holding its object layer above its shadow layer. Reading flattens nested
+  stacks, so flat files (older exports, other programs) read as before;
 - ``data/*.png``: one RGBA PNG per layer, cropped to the layer's alpha box;
 - ``Thumbnails/thumbnail.png`` (at most 256 px) and ``mergedimage.png`` (the flattened picture).
 """
@@ -28,6 +31,7 @@ from ._common import (
     decode_png,
     file_error,
     file_layers,
+    grouped_layers,
     open_zip,
     png_bytes,
     png_size,
@@ -61,7 +65,8 @@ def write_ora(layered: LayeredImage, path: str | os.PathLike, *, composite: Any 
     merged = composite_uint8(layered, composite)
     with atomic_write(path) as file, zipfile.ZipFile(file, "w") as archive:
         zip_write(archive, "mimetype", MIMETYPE.encode("ascii"))
-        zip_write(archive, "stack.xml", _stack_xml(layered.width, layered.height, layers, sources), compress=True)
+        stack_xml = _stack_xml(layered, layers, dict(zip((id(layer) for layer in layers), sources)))
+        zip_write(archive, "stack.xml", stack_xml, compress=True)
         for layer, source in zip(layers, sources):
             # ORA has no empty layers: one fully transparent pixel stands for nothing.
             zip_write(archive, source, png_bytes(transparent_pixel() if layer.is_empty else layer.pixels))
@@ -69,22 +74,24 @@ def write_ora(layered: LayeredImage, path: str | os.PathLike, *, composite: Any 
         zip_write(archive, "mergedimage.png", png_bytes(merged))
 
 
-def _stack_xml(width: int, height: int, layers: list[FileLayer], sources: list[str]) -> bytes:
-    image = ET.Element("image", {"version": ORA_VERSION, "w": str(width), "h": str(height)})
-    stack = ET.SubElement(image, "stack")
-    for layer, source in reversed(list(zip(layers, sources))):  # ORA lists the top layer first
-        attributes = {
-            "name": layer.name,
-            "src": source,
-            "x": str(layer.left),
-            "y": str(layer.top),
-            "opacity": "1.0",
-            "visibility": "visible",
-            "composite-op": "svg:src-over",
-        }
-        ET.SubElement(stack, "layer", attributes)
+def _stack_xml(layered: LayeredImage, layers: list[FileLayer], sources: dict[int, str]) -> bytes:
+    """``stack.xml``: the background in the root stack, under one nested stack per object (top first)."""
+    image = ET.Element("image", {"version": ORA_VERSION, "w": str(layered.width), "h": str(layered.height)})
+    root = ET.SubElement(image, "stack")
+    background, groups = grouped_layers(layered, layers)
+    visible = {"opacity": "1.0", "visibility": "visible", "composite-op": "svg:src-over"}
+    for name, members in reversed(groups):  # ORA lists the top first
+        group = ET.SubElement(root, "stack", {"name": name, **visible})
+        for layer in reversed(members):
+            _layer_element(group, layer, sources[id(layer)], visible)
+    _layer_element(root, background, sources[id(background)], visible)
     ET.indent(image)
     return ET.tostring(image, encoding="utf-8", xml_declaration=True)
+
+
+def _layer_element(parent: ET.Element, layer: FileLayer, source: str, visible: dict[str, str]) -> None:
+    attributes = {"name": layer.name, "src": source, "x": str(layer.left), "y": str(layer.top), **visible}
+    ET.SubElement(parent, "layer", attributes)
 
 
 def read_ora(path: str | os.PathLike) -> LayeredImage:

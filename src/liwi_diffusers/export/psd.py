@@ -1,10 +1,15 @@
 """Photoshop PSD files, written and read with psd-tools.
 
 The document is 8-bit RGB with transparency, so a layer's alpha is real transparency (not a mask)
-in Photoshop, GIMP, Krita and Photopea. Layers, back to front: ``background``, then per object
-``shadow k[: label]`` (black, alpha sigma) and ``object k[: label]``, each cropped to its alpha box
-and placed with its top/left offset. psd-tools renders the merged image (what viewers and file
-browsers show) from those layers when saving.
+in Photoshop, GIMP, Krita and Photopea. Layers, back to front: ``background`` at the top level,
+then per object a group named from its label ("car", "person 2"; see `group_names`) holding
+``shadow k[: label]`` (black, alpha sigma) and above it ``object k[: label]``, each cropped to its
+alpha box and placed with its top/left offset. Groups pass through (normal blending), so they
+change nothing in the picture; moving a group moves an object with its shadow. psd-tools renders
+the merged image (what viewers and file browsers show) from those layers when saving.
+
+Reading flattens any groups into the stack, so flat files (older liwi exports, other programs)
+read as before.
 """
 
 from __future__ import annotations
@@ -18,7 +23,16 @@ from psd_tools import PSDImage
 from psd_tools.constants import ColorMode
 
 from ..layers import LayeredImage
-from ._common import LayeredFileError, build_layered, check_canvas, file_error, file_layers, uncrop
+from ._common import (
+    FileLayer,
+    LayeredFileError,
+    build_layered,
+    check_canvas,
+    file_error,
+    file_layers,
+    grouped_layers,
+    uncrop,
+)
 from .atomic import atomic_write
 
 __all__ = ["read_psd", "write_psd"]
@@ -40,14 +54,22 @@ def write_psd(layered: LayeredImage, path: str | os.PathLike, *, composite: Any 
                 f"layer name {layer.name[:40]!r}... is {len(layer.name)} characters; a PSD layer name holds at most "
                 f"{MAX_NAME_LENGTH}: shorten the label, or save as .ora or .zip"
             )
+    background, groups = grouped_layers(layered, layers)
     document = PSDImage.new("RGBA", layered.size)
-    for layer in layers:
-        image = Image.new("RGBA", (0, 0)) if layer.is_empty else Image.fromarray(layer.pixels, "RGBA")
-        pixel_layer = document.create_pixel_layer(image, name="layer", top=layer.top, left=layer.left)
-        # The name setter also stores names that Mac Roman cannot encode (in the Unicode name block).
-        pixel_layer.name = layer.name
+    _add_pixel_layer(document, background)
+    for name, members in groups:
+        group = document.create_group([_add_pixel_layer(document, layer) for layer in members], name="group")
+        group.name = name[:MAX_NAME_LENGTH]
     with atomic_write(path) as file:
         document.save(file)
+
+
+def _add_pixel_layer(document: PSDImage, layer: FileLayer) -> Any:
+    image = Image.new("RGBA", (0, 0)) if layer.is_empty else Image.fromarray(layer.pixels, "RGBA")
+    pixel_layer = document.create_pixel_layer(image, name="layer", top=layer.top, left=layer.left)
+    # The name setter also stores names that Mac Roman cannot encode (in the Unicode name block).
+    pixel_layer.name = layer.name
+    return pixel_layer
 
 
 def read_psd(path: str | os.PathLike) -> LayeredImage:
