@@ -5,7 +5,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import signal
 import struct
+import subprocess
+import sys
+import time
 import warnings
 import xml.etree.ElementTree as ET
 import zipfile
@@ -20,7 +25,9 @@ from PIL import Image
 from pptx.enum.shapes import MSO_SHAPE_TYPE
 from psd_tools import PSDImage
 
+from liwi_dataset_builder import atomic as builder_atomic
 from liwi_diffusers import LayeredImage, LayeredImageError
+from liwi_diffusers.cli import main as cli_main
 from liwi_diffusers.export import (
     SUPPORTED_FORMATS,
     LayeredFileError,
@@ -835,3 +842,148 @@ def test_pptx_outside_powerpoints_slide_limits_is_scaled_and_says_so(
 def test_pptx_is_not_read_back(tmp_path: Path) -> None:
     path = save_layered(make_layered(width=120, height=100), tmp_path / "x.pptx")
     _one_line_error(path, "PowerPoint file.*load the .psd")
+
+
+# ---------------------------------------------------------------------- leftovers after a kill
+def _dead_pid() -> int:
+    """The id of a process that has exited (and been reaped)."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_the_next_write_removes_temporaries_of_dead_writers_only(tmp_path: Path) -> None:
+    target = tmp_path / "x.psd"
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        dead, live, reused = _dead_pid(), sleeper.pid, sleeper.pid
+        files = {
+            "dead": tmp_path / f".x.psd.{dead}-0123abcd.tmp",
+            "live": tmp_path / f".x.psd.{live}-89abcdef.tmp",
+            "reused": tmp_path / f".x.psd.{reused}-00000000.tmp",  # older than the process with that id
+            "mine": tmp_path / f".x.psd.{os.getpid()}-11111111.tmp",
+            "other target": tmp_path / f".y.psd.{dead}-22222222.tmp",
+            "no pid": tmp_path / ".x.psd.33333333.tmp",  # the name before PIDs: its owner is unknown
+        }
+        for path in files.values():
+            path.write_bytes(b"partial")
+        hour_ago = time.time() - 3600
+        os.utime(files["reused"], (hour_ago, hour_ago))
+
+        save_layered(make_layered(), target)
+        left = {name for name, path in files.items() if path.exists()}
+        assert left == {"live", "mine", "other target", "no pid"}
+        assert target.exists() and re.fullmatch(r"\.x\.psd\.\d+-[0-9a-f]{8}\.tmp", files["live"].name)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for path in tmp_path.glob(".*.tmp"):
+            path.unlink()
+
+
+# A `liwi decompose` whose decomposition is instant and whose PSD write stops half way (1 MiB written).
+_KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from psd_tools import PSDImage
+import liwi_diffusers.tools.decomposer as decomposer
+from liwi_diffusers import LayeredImage
+from liwi_diffusers.cli import main
+
+class Instant:
+    def __call__(self, image, num_layers=None):
+        photo = np.asarray(image.convert("RGB"))
+        foreground = np.zeros((*photo.shape[:2], 4), np.float32)
+        foreground[2:10, 2:10] = 1.0
+        return LayeredImage(photo, [foreground], None, ["box"])
+
+def stuck_save(self, file, *args, **kwargs):
+    file.write(b"8BPS" + bytes(1 << 20))
+    file.flush()
+    Path(sys.argv[1]).write_text("writing")
+    time.sleep(120)
+
+decomposer.ToolChainDecomposer = Instant
+PSDImage.save = stuck_save
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _kill_mid_write(tmp_path: Path, signum: int) -> tuple[subprocess.CompletedProcess, Path]:
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((16, 24, 3), 90, np.uint8)).save(photo)
+    out, ready = tmp_path / "out", tmp_path / "ready"
+    command = [sys.executable, "-c", _KILLED_WRITER, str(ready), "decompose", str(photo), "-o", str(out), "-q"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the export never started"
+        time.sleep(0.05)
+    (temporary,) = out.iterdir()  # the export in progress, named after its process
+    assert re.fullmatch(rf"\.photo\.psd\.{process.pid}-[0-9a-f]{{8}}\.tmp", temporary.name), temporary.name
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=60)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr), out
+
+
+def test_sigterm_mid_export_exits_143_and_leaves_nothing(tmp_path: Path) -> None:
+    result, out = _kill_mid_write(tmp_path, signal.SIGTERM)
+    assert result.returncode == 143, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "liwi: terminated"
+    assert "Traceback" not in result.stderr
+    assert list(out.iterdir()) == []  # neither the target nor its temporary file
+
+
+def test_sigkill_mid_export_leaves_a_temporary_that_the_next_write_removes(tmp_path: Path) -> None:
+    result, out = _kill_mid_write(tmp_path, signal.SIGKILL)
+    assert result.returncode == -signal.SIGKILL
+    (leftover,) = out.iterdir()
+    assert leftover.stat().st_size > 1 << 20
+    save_layered(make_layered(), out / "photo.psd")
+    assert [p.name for p in out.iterdir()] == ["photo.psd"]
+
+
+def test_sigterm_handler_is_restored_after_main(tmp_path: Path) -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit):
+        cli_main(["--version"])
+    assert cli_main(["decompose", str(tmp_path / "missing.png"), "-o", str(tmp_path / "out")]) != 0
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+# ---------------------------------------------------------------------- the dataset builder's writes
+def test_builder_write_removes_its_hosts_dead_temporaries_and_cleans_up_on_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "shard.parquet"
+    host = builder_atomic.host_name()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        files = {
+            "dead": tmp_path / f".shard.parquet.tmp-{host}-{_dead_pid()}",
+            "live": tmp_path / f".shard.parquet.tmp-{host}-{sleeper.pid}",
+            "other host": tmp_path / f".shard.parquet.tmp-{host}x-{_dead_pid()}",  # its PIDs are not ours to check
+            "other target": tmp_path / f".other.parquet.tmp-{host}-{_dead_pid()}",
+        }
+        for path in files.values():
+            path.write_bytes(b"partial")
+        builder_atomic.atomic_write_bytes(target, b"new")
+        assert target.read_bytes() == b"new"
+        assert {name for name, path in files.items() if path.exists()} == {"live", "other host", "other target"}
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for path in files.values():
+            path.unlink(missing_ok=True)
+
+    def interrupted_fsync(descriptor: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted_fsync)
+    with pytest.raises(KeyboardInterrupt):
+        builder_atomic.atomic_write_bytes(target, b"newer")
+    monkeypatch.undo()
+    assert target.read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["shard.parquet"]
