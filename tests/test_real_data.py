@@ -34,6 +34,8 @@ MIN_PHOTOS_WITH_OBJECTS = 40
 MIN_MULTI_SHARE = 0.40
 MIN_SHADOW = 0
 MIN_CLEAN_PLATE = 0
+MIN_SINGLE = 25
+MIN_DATASETS = 2
 MAX_TOTAL_BYTES = 25 * 1024 * 1024
 
 
@@ -110,9 +112,11 @@ def test_counts_meet_the_targets_and_size_budget():
     multi = sum("multi" in e["groups"] for e in MANIFEST)
     assert len(MANIFEST) >= MIN_PHOTOS_WITH_OBJECTS
     assert multi / len(MANIFEST) >= MIN_MULTI_SHARE
+    assert sum("single" in e["groups"] for e in MANIFEST) >= MIN_SINGLE
     assert sum("shadow" in e["groups"] for e in MANIFEST) >= MIN_SHADOW
     assert sum("clean_plate" in e["groups"] for e in MANIFEST) >= MIN_CLEAN_PLATE
-    assert len({e["source"].split("-")[0] for e in MANIFEST}) >= 1
+    datasets = {"coco" if e["source"].startswith("coco") else e["source"] for e in MANIFEST}
+    assert len(datasets) >= MIN_DATASETS, datasets
     total = sum(p.stat().st_size for p in DATA.rglob("*") if p.is_file())
     assert total <= MAX_TOTAL_BYTES
 

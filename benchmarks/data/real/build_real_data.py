@@ -171,6 +171,7 @@ def build_coco(mirror: Path, out: Path) -> tuple[list[dict], list[dict]]:
                     "licence": licence,
                     "attribution": info.get("flickr_url", ""),
                     "origin": f"{source.repo}@{source.commit[:12]}:{photo_path}",
+                    "mask_origin": f"{source.repo}@{source.commit[:12]}:{source.annotations} (image_id {info['id']})",
                 }
             )
             rows.append({"sample": sample_id, "source": source.key, "path": photo_path, "licence": licence})
@@ -184,6 +185,12 @@ LICENCE_STATEMENTS = {
         " recorded per image in the `license` field of the subset's own `instances_*.json` (ids 4 = CC-BY-2.0,"
         " 5 = CC-BY-SA-2.0); only those ids are used. Attribution: the photo's Flickr page, `attribution` in"
         " manifest.json."
+    ),
+    "oxford-pets": (
+        "Oxford-IIIT Pet Dataset page (robots.ox.ac.uk/~vgg/data/pets): available for commercial/research purposes"
+        " under CC-BY-SA-4.0, copyright of the photos with their owners (quoted in airctic/icedata"
+        " `icedata/datasets/pets/README.md`). The snapshot is a course project's copy of the dataset (photos and"
+        " trimaps unchanged in size); CC-BY-SA-4.0 admits no further restrictions on it."
     ),
 }
 
@@ -209,17 +216,75 @@ def sources_markdown(samples: list[dict]) -> str:
             f"| {source.key} | {source.repo} | {source.commit} | `{source.image_dir}/<file_name>` (photos),"
             f" `{source.annotations}` (polygons, licence ids) | per image, see below | {LICENCE_STATEMENTS['coco']} |"
         )
+    if any(s["source"] == "oxford-pets" for s in samples):
+        lines.append(
+            f"| oxford-pets | {PETS_REPO} | {PETS_COMMIT} | `test/res/<name>.jpg` (photos, original size),"
+            f" `test/res/label/<name>.png` (trimaps relabelled 0/1-or-2/255) | {PETS_LICENCE} |"
+            f" {LICENCE_STATEMENTS['oxford-pets']} |"
+        )
     lines += [
         "",
         "## Files",
         "",
-        "| sample | files here | origin (repository@commit:path) | licence | attribution |",
-        "| --- | --- | --- | --- | --- |",
+        "| sample | files here | photo origin (repository@commit:path) | mask origin | licence | attribution |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for s in samples:
         here = f"`{s['image']}`, `masks/{s['id']}/*`" + (f", `{s['clean_plate']}`" if s.get("clean_plate") else "")
-        lines.append(f"| {s['id']} | {here} | `{s['origin']}` | {s['licence']} | {s.get('attribution', '')} |")
+        lines.append(
+            f"| {s['id']} | {here} | `{s['origin']}` | `{s['mask_origin']}` | {s['licence']} | {s['attribution']} |"
+        )
     return "\n".join(lines) + "\n"
+
+
+PETS_REPO = "StanCDev/oxford-pet-segmentation"
+PETS_COMMIT = "498232a51cec25bd150e65268dace4d40bb81a6f"
+PETS_LICENCE = "CC-BY-SA-4.0"
+# Label values in that repository's copy of the Oxford-IIIT Pet trimaps: 1 = cat, 2 = dog (the trimap's foreground),
+# 255 = the trimap's "not classified" band along the outline, 0 = background.
+PETS_CLASSES = {1: "cat", 2: "dog"}
+
+
+def build_pets(mirror: Path, out: Path) -> list[dict]:
+    """Oxford-IIIT Pet photos at their original size with their trimap; the outline band becomes 0.5 (soft)."""
+    git_dir = mirror / PETS_REPO.replace("/", "+") / "repo"
+    listing = subprocess.run(
+        ["git", f"--git-dir={git_dir}", "ls-tree", "--name-only", PETS_COMMIT, "test/res/"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    samples = []
+    for photo_path in sorted(p for p in listing if p.endswith(".jpg")):
+        stem = photo_path.rsplit("/", 1)[1][: -len(".jpg")]
+        label_path = f"test/res/label/{stem}.png"
+        photo = Image.open(io.BytesIO(git_show(mirror, PETS_REPO, PETS_COMMIT, photo_path)))
+        label = np.asarray(Image.open(io.BytesIO(git_show(mirror, PETS_REPO, PETS_COMMIT, label_path))))
+        if label.shape != (photo.size[1], photo.size[0]):
+            raise ValueError(f"{label_path}: size does not match {photo_path}")
+        classes = sorted(set(np.unique(label).tolist()) & set(PETS_CLASSES))
+        if len(classes) != 1:
+            raise ValueError(f"{label_path}: expected one pet class, found {classes}")
+        mask = (label == classes[0]).astype(np.float32) + 0.5 * (label == 255)
+        sample_id = f"pet_{stem}"
+        size = save_photo(photo, out / "images" / f"{sample_id}.jpg")
+        mask_rel = f"masks/{sample_id}/object00.png"
+        save_mask(mask, size, out / mask_rel, binary=False)
+        samples.append(
+            {
+                "id": sample_id,
+                "image": f"images/{sample_id}.jpg",
+                "groups": groups_for(1),
+                "objects": [{"mask": mask_rel, "label": PETS_CLASSES[classes[0]], "shadow": None}],
+                "clean_plate": None,
+                "source": "oxford-pets",
+                "licence": PETS_LICENCE,
+                "attribution": "Oxford-IIIT Pet Dataset, O. M. Parkhi, A. Vedaldi, A. Zisserman, C. V. Jawahar (2012)",
+                "origin": f"{PETS_REPO}@{PETS_COMMIT[:12]}:{photo_path}",
+                "mask_origin": f"{PETS_REPO}@{PETS_COMMIT[:12]}:{label_path}",
+            }
+        )
+    return samples
 
 
 def groups_for(num_objects: int) -> list[str]:
@@ -236,6 +301,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args()
     samples, _ = build_coco(args.mirror, args.out)
+    samples += build_pets(args.mirror, args.out)
     (args.out / "manifest.json").write_text(json.dumps(samples, indent=1) + "\n", encoding="utf-8")
     (args.out / "SOURCES.md").write_text(sources_markdown(samples), encoding="utf-8")
     print(f"{len(samples)} samples")
