@@ -1,7 +1,8 @@
 """Metrics of layer decompositions: LayerD's layer protocol, alpha boundary, shadows, background.
 
-The maths lives in `liwi_diffusers.metrics.core` (NumPy). The same numbers are available as
-Hugging Face `evaluate` modules shipped with the package, see `load_metric`.
+The maths lives in `liwi_diffusers.metrics.core` (NumPy); reading samples, running a method and the
+report (what `liwi evaluate` does) in `liwi_diffusers.metrics.evaluation`. The same numbers are
+available as Hugging Face `evaluate` modules shipped with the package, see `load_metric`.
 """
 
 from __future__ import annotations
@@ -9,40 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .core import (
-    DEFAULT_MAX_EDITS,
-    MIN_LAYERS,
-    LayerLevel,
-    LayerSampleResult,
-    MetricInputError,
-    aggregate_alpha_errors,
-    aggregate_layer_results,
-    aggregate_shadow_errors,
-    alpha_composite,
-    alpha_matting_errors,
-    alpha_soft_iou,
-    background_errors,
-    combine_shadows,
-    connectivity_error,
-    dtw_path,
-    evaluate_layers,
-    foreground_matte,
-    gradient_error,
-    group_non_overlapping,
-    layer_cost,
-    layered_to_stack,
-    merge_layers,
-    mse_error,
-    recomposition_error,
-    rgb_l1,
-    sad_error,
-    shadow_errors,
-    skip_reason,
-    to_alpha,
-    to_rgba8,
-    to_rgba8_stack,
-    trimap_unknown_region,
-)
+from . import core, evaluation
+from .core import *  # noqa: F403 (the names of core.__all__)
+from .evaluation import *  # noqa: F403 (the names of evaluation.__all__)
 
 # Short name -> folder of the evaluate module (the folder holds `<folder>.py` and README.md).
 METRIC_MODULES = {
@@ -51,43 +21,7 @@ METRIC_MODULES = {
     "shadows": "liwi_shadows",
 }
 
-__all__ = [
-    "DEFAULT_MAX_EDITS",
-    "METRIC_MODULES",
-    "MIN_LAYERS",
-    "LayerLevel",
-    "LayerSampleResult",
-    "MetricInputError",
-    "aggregate_alpha_errors",
-    "aggregate_layer_results",
-    "aggregate_shadow_errors",
-    "alpha_composite",
-    "alpha_matting_errors",
-    "alpha_soft_iou",
-    "background_errors",
-    "combine_shadows",
-    "connectivity_error",
-    "dtw_path",
-    "evaluate_layers",
-    "foreground_matte",
-    "gradient_error",
-    "group_non_overlapping",
-    "layer_cost",
-    "layered_to_stack",
-    "load_metric",
-    "merge_layers",
-    "metric_path",
-    "mse_error",
-    "recomposition_error",
-    "rgb_l1",
-    "sad_error",
-    "shadow_errors",
-    "skip_reason",
-    "to_alpha",
-    "to_rgba8",
-    "to_rgba8_stack",
-    "trimap_unknown_region",
-]
+__all__ = [*core.__all__, *evaluation.__all__, "METRIC_MODULES", "load_metric", "metric_path"]
 
 
 def metric_path(name: str) -> Path:

@@ -247,7 +247,10 @@ def _rows(rows: Iterable[Any], name: str) -> Iterator[Any]:
         except StopIteration:
             return
         except Exception as error:
-            message = f"dataset {name} could not be read: {type(error).__name__}: {_one_line(error)}"
+            if "BatchSize must be greater than 0" in str(error):  # pyarrow on a 0-row parquet shard
+                message = f"dataset {name} has no rows: its shard holds 0 rows (remove it, or rebuild the dataset)"
+            else:
+                message = f"dataset {name} could not be read: {type(error).__name__}: {_one_line(error)}"
             raise EvaluationError(message) from error
         yield row
 
@@ -889,9 +892,9 @@ def check_report_path(path: str | os.PathLike[str]) -> Path:
         raise EvaluationError(f"the report should be a .json file, got {path}")
     if path.is_dir():
         raise EvaluationError(f"cannot write {str(path)!r}: it is a folder; give a .json file name inside it instead")
-    for target in (path, path.with_suffix(".md")):
-        if target.is_dir():
-            raise EvaluationError(f"cannot write {str(target)!r}: it is a folder")
+    table = path.with_suffix(".md")
+    if table.is_dir():
+        raise EvaluationError(f"cannot write the table beside the report, {str(table)!r}: it is a folder")
     folder = _existing_ancestor(path)
     if not folder.is_dir():
         raise EvaluationError(f"cannot write {str(path)!r}: {str(folder)!r} is a file, not a folder")

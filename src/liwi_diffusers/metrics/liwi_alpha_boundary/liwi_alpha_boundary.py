@@ -10,7 +10,7 @@ from typing import Any
 import datasets
 import evaluate
 
-from liwi_diffusers.metrics._serialize import from_npy_bytes, to_npy_bytes
+from liwi_diffusers.metrics._serialize import encode_each, from_npy_bytes, to_npy_bytes
 from liwi_diffusers.metrics.core import MetricInputError, aggregate_alpha_errors, alpha_matting_errors, to_alpha
 
 _CITATION = """\
@@ -79,9 +79,9 @@ class LiwiAlphaBoundary(evaluate.Metric):
     def add_batch(self, *, predictions: Any = None, references: Any = None, **kwargs: Any) -> None:
         """Add a batch of mattes (validated, stored losslessly as float64)."""
         if predictions is not None:
-            predictions = [to_npy_bytes(to_alpha(m, f"predictions[{i}]")) for i, m in enumerate(predictions)]
+            predictions = encode_each(predictions, to_alpha, "predictions")
         if references is not None:
-            references = [to_npy_bytes(to_alpha(m, f"references[{i}]")) for i, m in enumerate(references)]
+            references = encode_each(references, to_alpha, "references")
         super().add_batch(predictions=predictions, references=references, **kwargs)
 
     def add(self, *, prediction: Any = None, reference: Any = None, **kwargs: Any) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import datasets
 import evaluate
 
-from liwi_diffusers.metrics._serialize import from_npy_bytes, to_npy_bytes
+from liwi_diffusers.metrics._serialize import encode_each, from_npy_bytes
 from liwi_diffusers.metrics.core import (
     DEFAULT_MAX_EDITS,
     MIN_LAYERS,
@@ -62,10 +62,6 @@ Examples:
 """
 
 
-def _encode(stack: Any, what: str) -> list[bytes]:
-    return [to_npy_bytes(to_rgba8(layer, f"{what}[{k}]")) for k, layer in enumerate(stack)]
-
-
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class LiwiLayers(evaluate.Metric):
     """Layer-stack RGB L1 and alpha soft IoU after alignment and merges (LayerD's protocol)."""
@@ -87,15 +83,15 @@ class LiwiLayers(evaluate.Metric):
     def add_batch(self, *, predictions: Any = None, references: Any = None, **kwargs: Any) -> None:
         """Add a batch of layer stacks (validated and stored losslessly as 8-bit RGBA)."""
         if predictions is not None:
-            predictions = [_encode(stack, f"predictions[{i}]") for i, stack in enumerate(predictions)]
+            predictions = [encode_each(stack, to_rgba8, f"predictions[{i}]") for i, stack in enumerate(predictions)]
         if references is not None:
-            references = [_encode(stack, f"references[{i}]") for i, stack in enumerate(references)]
+            references = [encode_each(stack, to_rgba8, f"references[{i}]") for i, stack in enumerate(references)]
         super().add_batch(predictions=predictions, references=references, **kwargs)
 
     def add(self, *, prediction: Any = None, reference: Any = None, **kwargs: Any) -> None:
         """Add one sample's layer stacks."""
-        prediction = None if prediction is None else _encode(prediction, "prediction")
-        reference = None if reference is None else _encode(reference, "reference")
+        prediction = None if prediction is None else encode_each(prediction, to_rgba8, "prediction")
+        reference = None if reference is None else encode_each(reference, to_rgba8, "reference")
         super().add(prediction=prediction, reference=reference, **kwargs)
 
     def _compute(

@@ -10,7 +10,7 @@ from typing import Any
 import datasets
 import evaluate
 
-from liwi_diffusers.metrics._serialize import from_npy_bytes, to_npy_bytes
+from liwi_diffusers.metrics._serialize import encode_each, from_npy_bytes
 from liwi_diffusers.metrics.core import aggregate_shadow_errors, combine_shadows, shadow_errors, to_alpha
 
 _CITATION = """\
@@ -51,10 +51,6 @@ Examples:
 """
 
 
-def _encode(shadows: Any, what: str) -> list[bytes]:
-    return [to_npy_bytes(to_alpha(shadow, f"{what}[{k}]")) for k, shadow in enumerate(shadows)]
-
-
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class LiwiShadows(evaluate.Metric):
     """Balanced error rate and L1 of the combined shadow alpha."""
@@ -75,15 +71,15 @@ class LiwiShadows(evaluate.Metric):
     def add_batch(self, *, predictions: Any = None, references: Any = None, **kwargs: Any) -> None:
         """Add a batch of per-image shadow-layer lists (validated, stored losslessly as float64)."""
         if predictions is not None:
-            predictions = [_encode(shadows, f"predictions[{i}]") for i, shadows in enumerate(predictions)]
+            predictions = [encode_each(shadows, to_alpha, f"predictions[{i}]") for i, shadows in enumerate(predictions)]
         if references is not None:
-            references = [_encode(shadows, f"references[{i}]") for i, shadows in enumerate(references)]
+            references = [encode_each(shadows, to_alpha, f"references[{i}]") for i, shadows in enumerate(references)]
         super().add_batch(predictions=predictions, references=references, **kwargs)
 
     def add(self, *, prediction: Any = None, reference: Any = None, **kwargs: Any) -> None:
         """Add one image's shadow layers."""
-        prediction = None if prediction is None else _encode(prediction, "prediction")
-        reference = None if reference is None else _encode(reference, "reference")
+        prediction = None if prediction is None else encode_each(prediction, to_alpha, "prediction")
+        reference = None if reference is None else encode_each(reference, to_alpha, "reference")
         super().add(prediction=prediction, reference=reference, **kwargs)
 
     def _compute(
