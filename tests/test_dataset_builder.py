@@ -79,7 +79,7 @@ def load(path: str | Path, tmp_path: Path, **kwargs):
 
 def decoded(row: dict) -> dict:
     """A row with every image decoded to an array (for comparisons that do not trust PNG bytes)."""
-    from liwi_dataset_builder.io import decode_image
+    from liwi_diffusers.layered_dataset import decode_image
 
     out = dict(row)
     out["composite"] = decode_image(row["composite"], "RGB")
@@ -235,7 +235,7 @@ def test_sigkill_mid_build_then_resume_gives_the_same_rows(
         assert time.monotonic() < deadline, f"no {kill_when} appeared"
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)  # the whole build, as if the machine died
-    process.wait()
+    process.communicate()  # waits, and closes the pipes
     assert not (out / "README.md").exists()
     shards = list((out / "data").glob("*.parquet"))
     assert len(shards) < 4
@@ -333,6 +333,94 @@ def test_datasets_sources_and_content_hash_duplicates(
     assert reason == "ok" and (photo.width, photo.height) == (128, 128)
     with pytest.raises(ValueError, match="no image column"):
         expand_sources([f"dataset:{saved}"], image_column="caption_missing")
+
+
+# ------------------------------------------------------------------------------ always loadable
+def card_splits(out: Path) -> dict[str, int]:
+    """The splits the card's YAML header lists (configs and dataset_info agree), with their rows."""
+    import yaml
+
+    header = yaml.safe_load((out / "README.md").read_text().split("---\n")[1])
+    listed = [entry["split"] for entry in header["configs"][0]["data_files"]]
+    rows = {entry["name"]: entry["num_examples"] for entry in header["dataset_info"]["splits"]}
+    assert sorted(listed) == sorted(rows)
+    return rows
+
+
+def assert_loads_in_every_split(out: Path, tmp_path: Path) -> dict[str, int]:
+    """Every split the card lists loads with `datasets`, with the card's row count; no 0-row shard."""
+    import pyarrow.parquet as pq
+
+    splits = card_splits(out)
+    assert splits and all(splits.values()), splits
+    assert {p.name.split("-")[0] for p in (out / "data").glob("*.parquet")} == set(splits)
+    assert all(pq.read_metadata(p).num_rows > 0 for p in (out / "data").glob("*.parquet"))
+    for split, rows in splits.items():
+        assert load(out, tmp_path, split=split).num_rows == rows
+    assert {name: part.num_rows for name, part in load(out, tmp_path).items()} == splits
+    return splits
+
+
+def test_the_reference_build_loads_in_every_split(built: Path, tmp_path: Path) -> None:
+    assert assert_loads_in_every_split(built, tmp_path) == {"train": 14, "test": 4}
+
+
+def test_a_split_without_rows_is_left_out_and_the_build_says_so(
+    photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from liwi_dataset_builder.cli import main
+
+    folder = tmp_path / "two"
+    folder.mkdir()
+    # By their content hashes, rocket (objects and a background) lands in train and brick (a
+    # texture: no object to cut out) in test, so test cannot compose any sample.
+    for name in ("rocket", "brick"):
+        shutil.copy(photos / f"{name}.png", folder / f"{name}.png")
+    out = tmp_path / "ds"
+    command = [str(folder), "-o", str(out), "-n", "4", "--chunk-size", "2", "--test-fraction", "0.5", "-r", "96", "-q"]
+    for _ in range(2):  # the build, then the rerun of a complete build: the same report
+        assert main(command) == 0
+        printed = capsys.readouterr().out
+        assert "complete" in printed and "rows: train 2 |" in printed
+        assert "rejected composition attempts by reason: split has no foregrounds 2; samples dropped: 2" in printed
+        assert "split 'test' got no rows (split has no foregrounds 2), so it is left out of data/ and the card" in (
+            printed
+        )
+    assert assert_loads_in_every_split(out, tmp_path) == {"train": 2}
+    assert "Splits left out, as no sample of theirs passed verification: test (2 asked for)." in (
+        (out / "README.md").read_text()
+    )
+    report = json.loads((out / "build_report.json").read_text())
+    assert report["statistics"]["empty_splits"] == {"test": 2}
+    assert report["statistics"]["rejections"] == {"split has no foregrounds": 2}
+
+
+def test_a_build_without_any_row_is_an_error_not_a_dataset(
+    photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from liwi_dataset_builder.cli import main
+
+    folder = tmp_path / "textures"
+    folder.mkdir()
+    for name in ("brick", "grass"):
+        shutil.copy(photos / f"{name}.png", folder / f"{name}.png")
+    out = tmp_path / "ds"
+    assert main([str(folder), "-o", str(out), "-n", "3", "--test-fraction", "0", "-r", "96", "-q"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("liwi-build: error: no sample passed verification in any split") and error.count("\n") == 1
+    assert "split has no foregrounds 3" in error
+    assert not (out / "README.md").exists() and not list((out / "data").glob("*"))
+
+
+def test_zero_samples_is_refused_before_any_work(
+    photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from liwi_dataset_builder.cli import main
+
+    assert main([str(photos), "-o", str(tmp_path / "ds"), "-n", "0", "-q"]) == 2
+    error = capsys.readouterr().err
+    assert error == "liwi-build: error: num_samples must be >= 1 (a build of 0 samples makes no dataset)\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------------ planning

@@ -1,7 +1,10 @@
 """Every kind of input photo: usable ones are handled correctly, bad ones get one clear error."""
 
+import contextlib
+import gc
 import io
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -97,7 +100,8 @@ def test_pixel_limit_is_configurable(tmp_path):
 def test_sixteen_bit_grayscale_keeps_its_tonal_range(tmp_path):
     values = np.array([[0, 257 * 100, 65535] * 4] * 12, dtype=np.uint16)
     path = save(Image.fromarray(values), tmp_path / "deep.png")
-    assert Image.open(path).mode.startswith("I")
+    with Image.open(path) as opened:
+        assert opened.mode.startswith("I")
     loaded = np.asarray(load_image(path))
     assert loaded.shape == (12, 12, 3)
     np.testing.assert_array_equal(loaded[0, :3, 0], [0, 100, 255])
@@ -148,7 +152,8 @@ def test_exif_rotated_jpeg_is_turned_upright(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
     path = save(image, tmp_path / "phone.jpg", exif=exif.tobytes())
-    assert Image.open(path).size == (40, 30)
+    with Image.open(path) as opened:
+        assert opened.size == (40, 30)
     assert load_image(path).size == (30, 40)
 
 
@@ -166,3 +171,136 @@ def test_float_tiff(tmp_path):
     path = save(Image.fromarray(values, "F"), tmp_path / "f.tif")
     loaded = np.asarray(load_image(path))
     assert loaded[0, 0, 0] == 0 and loaded[0, -1, 0] == 255
+
+
+# ------------------------------------------------------------------ accurate messages, no leaks
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def noise(width: int = 24, height: int = 16, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+def with_bad_crc(data: bytes, chunk: bytes) -> bytes:
+    """``data`` (a PNG) with a byte in its first ``chunk`` chunk flipped, so the chunk's CRC fails."""
+    at = data.index(chunk) + 4 + 6  # a byte of the chunk's data: IHDR's height, IDAT's zlib stream
+    return data[:at] + bytes([data[at] ^ 0x5A]) + data[at + 1 :]
+
+
+@pytest.mark.parametrize("chunk", [b"IHDR", b"IDAT"])
+def test_png_with_a_bad_crc_is_corrupt_not_a_non_image(tmp_path, chunk):
+    path = write(tmp_path / "crc.png", with_bad_crc(png_bytes(noise()), chunk))
+    with pytest.raises(ImageLoadError, match=f"corrupt.*bad CRC in the {chunk.decode()} chunk") as caught:
+        load_image(path)
+    assert "not an image" not in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("data", [b"\xff\xd8\xff\xe0 then junk", b"GIF89a junk", b"RIFF\0\0\0\0WEBPjunk", b"BM junk"])
+def test_known_signature_with_bad_content_is_corrupt(tmp_path, data):
+    with pytest.raises(ImageLoadError, match=r"corrupt (JPEG|GIF|WebP|BMP) file"):
+        load_image(write(tmp_path / "x.img", data))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_float_rgb_tiff_is_converted_to_8_bit(tmp_path, dtype):
+    import tifffile
+
+    values = np.random.default_rng(1).random((12, 10, 3)).astype(dtype)
+    values[0, 0] = (0.0, 0.5, 1.0)
+    path = tmp_path / "float.tif"
+    tifffile.imwrite(path, values, photometric="rgb")
+    with pytest.raises(OSError), Image.open(path) as opened:  # Pillow cannot: this goes through the fallback
+        opened.load()
+    loaded = load_image(path)
+    assert loaded.mode == "RGB" and loaded.size == (10, 12)
+    expected = np.round(np.clip(values.astype(np.float64), 0, 1) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(loaded), expected)
+    assert tuple(np.asarray(loaded)[0, 0]) == (0, 128, 255)
+
+
+def test_float_rgb_tiff_in_0_255_and_planar_and_alpha(tmp_path):
+    import tifffile
+
+    values = np.random.default_rng(2).random((3, 9, 11)).astype(np.float32) * 255  # planar, 0..255
+    tifffile.imwrite(tmp_path / "planar.tif", values, photometric="rgb", planarconfig="separate")
+    loaded = np.asarray(load_image(tmp_path / "planar.tif"))
+    np.testing.assert_array_equal(loaded, np.round(np.moveaxis(values, 0, -1)).astype(np.uint8))
+    rgba = np.zeros((9, 11, 4), np.float32)
+    rgba[..., 0], rgba[:, :5, 3] = 1.0, 1.0
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", extrasamples=["unassalpha"])
+    with pytest.warns(ImageInputWarning, match="transparency"):
+        flat = load_image(tmp_path / "rgba.tif")
+    assert flat.getpixel((1, 1)) == (255, 0, 0) and flat.getpixel((9, 1)) == (255, 255, 255)
+
+
+def test_float_tiff_above_the_pixel_limit_is_refused_before_reading(tmp_path):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "f.tif", np.zeros((40, 50, 3), np.float32), photometric="rgb")
+    with pytest.raises(ImageLoadError, match=r"50x40 .* above the 0 MP limit"):
+        load_image(tmp_path / "f.tif", max_pixels=1000)
+
+
+def test_max_pixels_above_pillows_bomb_limit_is_the_limit_in_force(tmp_path):
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    assert 2 * pillow_limit < 400_000_000  # the header below trips Pillow's own guard by default
+    path = png_with_header_only(tmp_path / "big.png", 20000, 20000)  # 400 MP
+    with pytest.raises(ImageLoadError, match="400 MP, above the 64 MP limit"):
+        load_image(path)
+    # Allowed by max_pixels: no contradictory "400 MP, above the 500 MP limit"; the (fake) pixels
+    # are then found corrupt.
+    with pytest.raises(ImageLoadError, match="corrupt") as caught:
+        load_image(path, max_pixels=500_000_000)
+    assert "limit" not in str(caught.value)
+    with pytest.raises(ImageLoadError, match=r"\(400 MP\), above the 300 MP limit"):
+        load_image(path, max_pixels=300_000_000)
+    path = png_with_header_only(tmp_path / "bigger.png", 30000, 30000)  # 900 MP: Pillow's raised guard
+    with pytest.raises(ImageLoadError, match="900 MP, above the 300 MP limit"):
+        load_image(path, max_pixels=300_000_000)
+    assert pillow_limit == Image.MAX_IMAGE_PIXELS  # put back
+
+
+def _open_files_under(folder) -> list[str]:
+    import os
+
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(folder)):
+            found.append(target)
+    return found
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda d: save(Image.new("RGB", (1, 1)), d / "dot.png"),
+        lambda d: save(Image.new("RGB", (2, 2000)), d / "thin.png"),
+        lambda d: png_with_header_only(d / "bomb.png", 30000, 30000),
+        lambda d: write(d / "crc.png", with_bad_crc(png_bytes(noise()), b"IDAT")),
+        lambda d: save(gradient(), d / "ok.png"),
+        lambda d: save(gradient(), d / "ok.jpg"),
+        "animated",
+    ],
+)
+def test_no_file_handle_is_left_open(tmp_path, make):
+    if make == "animated":
+        frames = [Image.new("RGB", (16, 16), color) for color in ((255, 0, 0), (0, 255, 0))]
+        path = tmp_path / "anim.gif"
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
+    else:
+        path = make(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        warnings.simplefilter("ignore", ImageInputWarning)
+        with contextlib.suppress(ImageLoadError):
+            assert load_image(path).mode == "RGB"
+        assert _open_files_under(tmp_path) == []
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []

@@ -11,6 +11,11 @@ machines:
    generator seeded by ``(seed, split, i, a)``; rejected attempts are retried with ``a + 1``;
 4. **finalize**: when every chunk exists, write ``build_report.json`` and, last, ``README.md``.
 
+A chunk whose samples were all rejected writes no shard (`datasets` cannot load a 0-row parquet
+file) but a marker, ``.build/empty-chunks/<shard name>.json``, with its statistics. A split left
+without rows is thus absent from ``data/`` and the card, and the build says so; a build without
+any row is an error, not a dataset.
+
 Every file is written to a temporary name and renamed, so a build killed at any moment (SIGKILL
 included) leaves only whole files; rerunning the same command redoes the missing pieces and gives
 the same rows as an uninterrupted run. ``num_shards``/``shard_index`` give each machine a
@@ -35,18 +40,29 @@ from typing import Any
 
 import numpy as np
 
+from liwi_diffusers._extras import require
+
 from . import __version__
 from .assets import BackgroundAsset, ForegroundAsset, PhotoAssets
 from .atomic import atomic_write_json, remove_stale_temporaries
 from .composition import CompositionConfig, compose_sample
 from .sources import SPLITS, Photo, SourceRef, assign_splits, expand_sources, scan_photo
 from .toolset import Tools, ToolSpec
-from .writer import arrow_schema, collect_statistics, sample_row, shard_name, write_card, write_chunk
+from .writer import (
+    arrow_schema,
+    collect_statistics,
+    read_chunk_meta,
+    sample_row,
+    shard_name,
+    write_card,
+    write_chunk,
+)
 
-__all__ = ["BuildConfig", "BuildError", "BuildResult", "Chunk", "build_dataset", "plan_chunks"]
+__all__ = ["BuildConfig", "BuildError", "BuildResult", "Chunk", "build_dataset", "check_output_folder", "plan_chunks"]
 
 _SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
 STATE_DIR = ".build"
+EMPTY_CHUNKS_DIR = "empty-chunks"  # in STATE_DIR: markers of chunks that gave no row
 
 
 class BuildError(RuntimeError):
@@ -83,16 +99,22 @@ class BuildConfig:
     keep_assets: bool = True
     progress: bool = True
     in_process: bool = False  # work in this process, with its thread settings (debugging, profiling)
+    engine: str = "local"  # local (process pool) | ray (Ray Data, see ray_engine.py): same rows either way
+    ray_address: str | None = None  # Ray cluster to join (default: $RAY_ADDRESS, else a new local Ray)
+    ray_num_gpus: float | None = None  # GPUs per model actor (default: 1 when --device is cuda, else 0)
 
     def __post_init__(self) -> None:
         if isinstance(self.tools, dict):
             self.tools = ToolSpec(**self.tools)
         checks = [
-            (self.num_samples >= 0, "num_samples must be >= 0"),
+            (self.num_samples >= 1, "num_samples must be >= 1 (a build of 0 samples makes no dataset)"),
             (self.resolution >= 32, "resolution must be >= 32"),
             (self.chunk_size >= 1, "chunk_size must be >= 1"),
             (self.pool_size >= 1, "pool_size must be >= 1"),
             (self.workers >= 1, "workers must be >= 1"),
+            (self.engine in ("local", "ray"), f"unknown engine {self.engine!r}; choose local or ray"),
+            (self.engine == "ray" or self.ray_address is None, "--ray-address needs --engine ray"),
+            (self.ray_num_gpus is None or self.ray_num_gpus >= 0, "--ray-num-gpus must be >= 0"),
             (
                 self.num_shards >= 1 and 0 <= self.shard_index < self.num_shards,
                 "need num_shards >= 1 and 0 <= shard_index < num_shards",
@@ -203,6 +225,10 @@ class BuildResult:
     photos: int
     skipped_sources: int
     seconds: float
+    rejections: dict[str, int] = field(default_factory=dict)  # rejected composition attempts by reason
+    dropped: int = 0  # samples dropped after every attempt was rejected
+    # Splits asked for that got no row (left out of data/ and the card): split -> its rejections by reason.
+    empty_splits: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------- planning
@@ -259,6 +285,7 @@ class _WorkerState:
     photos: dict[str, Photo]  # by id
     assets_dir: Path
     data_dir: Path
+    empty_dir: Path  # markers of chunks without rows
     schema: Any = None  # the shards' arrow schema, made once in the parent process
     tools: Tools | None = None
     cache: dict[tuple[str, tuple[int, ...]], tuple[list[BackgroundAsset], list[ForegroundAsset]]] = field(
@@ -448,8 +475,41 @@ def _chunk_task(chunk: Chunk) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - start, 3),
         "cpu_seconds": round(time.process_time() - cpu_start, 3),
     }
-    write_chunk(state.data_dir / chunk.file_name, rows, meta, state.schema)
+    if rows:
+        # Timings stay out of the shard: its bytes depend on the layout alone (any engine, any run).
+        timings = {key: meta[key] for key in ("seconds", "cpu_seconds")}
+        atomic_write_json(_timings_path(state.data_dir, chunk), timings)
+        shard_meta = {key: value for key, value in meta.items() if key not in timings}
+        write_chunk(state.data_dir / chunk.file_name, rows, shard_meta, state.schema)
+    else:  # no 0-row shard: `datasets` cannot load one (nor any split beside it)
+        atomic_write_json(_empty_marker(state.empty_dir, chunk), meta)
     return meta
+
+
+def _empty_marker(empty_dir: Path, chunk: Chunk) -> Path:
+    return empty_dir / f"{chunk.file_name}.json"
+
+
+def _chunk_done(out: Path, chunk: Chunk) -> bool:
+    """Whether the chunk was built: its shard, or its marker when it gave no row, exists."""
+    return (out / "data" / chunk.file_name).exists() or _empty_marker(
+        out / STATE_DIR / EMPTY_CHUNKS_DIR, chunk
+    ).exists()
+
+
+def _chunk_meta(out: Path, chunk: Chunk) -> dict[str, Any]:
+    """The statistics of a built chunk (from its shard's footer or its empty-chunk marker)."""
+    shard = out / "data" / chunk.file_name
+    if shard.exists():
+        return read_chunk_meta(shard)
+    return json.loads(_empty_marker(out / STATE_DIR / EMPTY_CHUNKS_DIR, chunk).read_text())
+
+
+def _timings_path(data_dir: Path, chunk: Chunk) -> Path:
+    """``OUT/.build/timings/<shard>.json``: how long a chunk took (benchmarks read it)."""
+    folder = data_dir.parent / STATE_DIR / "timings"
+    folder.mkdir(exist_ok=True)
+    return folder / f"{chunk.file_name}.json"
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -567,13 +627,25 @@ def _finalize(
     skipped: list[dict[str, str]],
     found: int,
 ) -> bool:
-    """Write the report and, last, the card, once every chunk of every machine exists."""
+    """Write the report and, last, the card, once every chunk of every machine exists.
+
+    Raises `BuildError` when no chunk gave a row: there is no dataset to describe.
+    """
     data_dir = out / "data"
-    if not all((data_dir / chunk.file_name).exists() for chunk in chunks):
+    if not all(_chunk_done(out, chunk) for chunk in chunks):
         return False
+    empty = [_chunk_meta(out, chunk) for chunk in chunks if not (data_dir / chunk.file_name).exists()]
+    if len(empty) == len(chunks):
+        rejections = Counter()
+        for meta in empty:
+            rejections.update(meta.get("rejections", {}))
+        raise BuildError(
+            f"no sample passed verification in any split (rejected attempts: {_counts(rejections)}); "
+            "nothing to write. Add photos with clear objects, or try another --seed"
+        )
     try:
         with _lock(state_dir / "finalize.lock", "finalizing"):
-            stats = collect_statistics(data_dir)
+            stats = collect_statistics(data_dir, empty_chunks=empty)
             curation = []
             for photo in sorted(photos, key=lambda p: p.photo_id):
                 path = _asset_path(state_dir / "assets", photo.photo_id)
@@ -612,6 +684,11 @@ def _finalize(
     return True
 
 
+def _counts(counts: dict[str, int]) -> str:
+    """``"reason a 3, reason b 1"`` (most common first), or ``"none"``."""
+    return ", ".join(f"{reason} {count}" for reason, count in Counter(counts).most_common()) or "none"
+
+
 def _root(ref: SourceRef) -> str:
     from .sources import source_root_note
 
@@ -621,10 +698,16 @@ def _root(ref: SourceRef) -> str:
 def build_dataset(config: BuildConfig) -> BuildResult:
     """Run (or resume) a build; see the module docstring for how the work is cut."""
     start = time.perf_counter()
+    if config.engine == "ray":  # before anything is written: Ray installed, its cluster reachable
+        from .ray_engine import check_ray
+
+        check_ray(config)
     out = Path(config.output)
+    require("datasets", "build", "liwi-build")  # before any work, not when the card is written
+    check_output_folder(out)
     state_dir, data_dir = out / STATE_DIR, out / "data"
-    assets_dir = state_dir / "assets"
-    for folder in (state_dir, data_dir, assets_dir):
+    assets_dir, empty_dir = state_dir / "assets", state_dir / EMPTY_CHUNKS_DIR
+    for folder in (state_dir, data_dir, assets_dir, empty_dir):
         folder.mkdir(parents=True, exist_ok=True)
     shard_tag = f"shard {config.shard_index} of {config.num_shards}"
     with _lock(state_dir / f"lock-{config.shard_index}-of-{config.num_shards}", f"{out} ({shard_tag})"):
@@ -633,7 +716,7 @@ def build_dataset(config: BuildConfig) -> BuildResult:
             complete_result = _complete_result(config, out, state_dir, start)
             if complete_result is not None:
                 return complete_result
-        for folder in (state_dir, data_dir, assets_dir):
+        for folder in (state_dir, data_dir, assets_dir, empty_dir):
             remove_stale_temporaries(folder)
         context = multiprocessing.get_context("spawn")
         pool = None
@@ -644,17 +727,25 @@ def build_dataset(config: BuildConfig) -> BuildResult:
                 raise BuildError(f"no usable photo among {found} sources ({len(skipped)} skipped)")
             chunks = plan_chunks(config, photos)
             mine = shard_chunks(chunks, config.num_shards, config.shard_index)
-            todo = [chunk for chunk in mine if not (data_dir / chunk.file_name).exists()]
+            todo = [chunk for chunk in mine if not _chunk_done(out, chunk)]
             needed_pools = {(chunk.split, pool_id) for chunk in todo for pool_id in chunk.pools}
             to_curate = [
                 p.photo_id
                 for p in sorted(photos, key=lambda p: p.photo_id)
                 if (p.split, p.pool) in needed_pools and not _asset_path(assets_dir, p.photo_id).exists()
             ]
-            state = _WorkerState(config, {p.photo_id: p for p in photos}, assets_dir, data_dir, arrow_schema())
+            state = _WorkerState(
+                config, {p.photo_id: p for p in photos}, assets_dir, data_dir, empty_dir, arrow_schema()
+            )
+            work = todo
+            if config.engine == "ray":
+                from .ray_engine import run_on_ray
+
+                run_on_ray(state, to_curate, todo)
+                to_curate, work = [], []
             if config.in_process:
                 _init_worker(state)
-            elif to_curate or todo:
+            elif to_curate or work:
                 # Workers are single-threaded processes even when there is one: BLAS and OpenMP
                 # reductions then run in the same order on every machine, so rows never depend on
                 # the number of workers or cores.
@@ -662,8 +753,8 @@ def build_dataset(config: BuildConfig) -> BuildResult:
                     pool = context.Pool(config.workers, _init_worker, (state,))
             for _ in _progress(_map(pool, _curate_task, to_curate), len(to_curate), "curate", config.progress, "photo"):
                 pass
-            bar = _progress(None, sum(c.count for c in todo), "compose", config.progress, "sample")
-            for meta in _map(pool, _chunk_task, todo):
+            bar = _progress(None, sum(c.count for c in work), "compose", config.progress, "sample")
+            for meta in _map(pool, _chunk_task, work):
                 if bar is not None:
                     bar.update(meta["samples"])
             if bar is not None:
@@ -674,16 +765,62 @@ def build_dataset(config: BuildConfig) -> BuildResult:
                 pool.join()
             _restore_threads(old_threads)
         complete = _finalize(config, out, state_dir, chunks, photos, skipped, found)
-        rows = Counter()
-        for chunk in chunks:
-            path = data_dir / chunk.file_name
-            if path.exists():
-                from .writer import read_chunk_meta
+        return _result(out, complete, chunks, len(todo), len(photos), len(skipped), start)
 
-                rows[chunk.split] += read_chunk_meta(path).get("rows", 0)
-        return BuildResult(
-            out, complete, dict(rows), len(todo), len(chunks), len(photos), len(skipped), time.perf_counter() - start
-        )
+
+def _result(
+    out: Path, complete: bool, chunks: list[Chunk], written: int, photos: int, skipped: int, start: float
+) -> BuildResult:
+    """Rows, rejections and empty splits of the chunks built so far (by any machine)."""
+    rows, rejections, dropped = Counter(), Counter(), 0
+    by_split: dict[str, Counter] = {}
+    for chunk in chunks:
+        if _chunk_done(out, chunk):
+            meta = _chunk_meta(out, chunk)
+            rows[chunk.split] += meta.get("rows", 0)
+            rejections.update(meta.get("rejections", {}))
+            by_split.setdefault(chunk.split, Counter()).update(meta.get("rejections", {}))
+            dropped += meta.get("dropped", 0)
+    empty = {split: dict(counts.most_common()) for split, counts in by_split.items() if complete and not rows[split]}
+    return BuildResult(
+        output=out,
+        complete=complete,
+        rows={split: count for split, count in rows.items() if count},
+        chunks_written=written,
+        chunks_total=len(chunks),
+        photos=photos,
+        skipped_sources=skipped,
+        seconds=time.perf_counter() - start,
+        rejections=dict(rejections.most_common()),
+        dropped=dropped,
+        empty_splits=empty,
+    )
+
+
+def check_output_folder(out: Path) -> None:
+    """Raise `BuildError` unless the build can write in ``out`` (checked before any work).
+
+    ``out`` must be a folder or not exist yet, and files must be creatable in it (or in the
+    nearest folder above it that exists, where it will be made). A probe file is created and
+    removed, which also catches read-only mounts and what permission bits do not show (root).
+    """
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"output {out} exists and is not a folder; give a new or existing folder with -o")
+    folder = out
+    while not folder.exists():
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    if folder.exists() and not folder.is_dir():
+        raise BuildError(f"cannot create the output folder {out}: {folder} is a file, not a folder")
+    probe = folder / f".liwi-build-probe-{os.getpid()}"
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except OSError as error:
+        raise BuildError(
+            f"cannot write in {folder} ({error.strerror or error}); choose a writable output folder with -o"
+        ) from None
+    probe.unlink(missing_ok=True)
 
 
 def _complete_result(config: BuildConfig, out: Path, state_dir: Path, start: float) -> BuildResult | None:
@@ -694,13 +831,6 @@ def _complete_result(config: BuildConfig, out: Path, state_dir: Path, start: flo
     data = json.loads(cache.read_text())
     photos = [Photo.from_dict(p) for p in data["photos"]]
     chunks = plan_chunks(config, photos)
-    if not all((out / "data" / chunk.file_name).exists() for chunk in chunks):
+    if not all(_chunk_done(out, chunk) for chunk in chunks):
         return None
-    from .writer import read_chunk_meta
-
-    rows = Counter()
-    for chunk in chunks:
-        rows[chunk.split] += read_chunk_meta(out / "data" / chunk.file_name).get("rows", 0)
-    return BuildResult(
-        out, True, dict(rows), 0, len(chunks), len(photos), len(data["skipped"]), time.perf_counter() - start
-    )
+    return _result(out, True, chunks, 0, len(photos), len(data["skipped"]), start)

@@ -14,6 +14,7 @@ examples:
   liwi-build "shots/**/*.jpg" other/ -o my-layers --num-samples 500 --resolution 768
   liwi-build dataset:/data/coco-images --image-column image -o coco-layers --num-samples 5000
   liwi-build photos/ -o liwi-100k --num-samples 100000 --num-shards 16 --shard-index $SLURM_ARRAY_TASK_ID
+  liwi-build photos/ -o liwi-100k --num-samples 100000 --engine ray --ray-address auto   # a Ray cluster
 
 Rerun the same command after an interruption (even kill -9) to finish the build: finished shards
 are kept and the result is the same as an uninterrupted run. The build is complete when
@@ -42,6 +43,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="dataset folder to create or resume")
     parser.add_argument("-n", "--num-samples", type=int, default=1000, help="samples to make (default: 1000)")
     parser.add_argument("-w", "--workers", type=int, default=1, help="worker processes (default: 1)")
+    parser.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: a process pool (default); ray: Ray Data, on this machine (--workers CPUs) or a cluster; "
+        'same rows either way (needs pip install "liwi-diffusers[ray]")',
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS",
+        help="Ray cluster for --engine ray: host:port, ray://host:port or auto (default: $RAY_ADDRESS, else a "
+        "new local Ray); OUT and the sources must be on storage every node mounts at the same path",
+    )
+    parser.add_argument(
+        "--ray-num-gpus",
+        type=float,
+        default=None,
+        metavar="N",
+        help="GPUs per model actor for --engine ray (default: 1 when --device is cuda, else 0)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, same rows (default: 0)")
     parser.add_argument("-r", "--resolution", type=int, default=512, help="side of the square samples (default: 512)")
     parser.add_argument(
@@ -100,9 +122,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``liwi-build``; returns the exit status (0 done, 2 usage error, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .build import BuildConfig, BuildError, build_dataset
-    from .sources import SourceError
-    from .toolset import ToolSpec
+    from liwi_diffusers._extras import MissingExtraError
+
+    try:
+        from .build import BuildConfig, BuildError, build_dataset
+        from .sources import SourceError
+        from .toolset import ToolSpec
+    except MissingExtraError as error:
+        print(f"liwi-build: error: {error}", file=sys.stderr)
+        return 2
 
     try:
         spec = ToolSpec(
@@ -141,9 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             name=args.name,
             keep_assets=not args.no_keep_assets,
             progress=not args.quiet,
+            engine=args.engine,
+            ray_address=args.ray_address,
+            ray_num_gpus=args.ray_num_gpus,
         )
         result = build_dataset(config)
-    except (ValueError, SourceError, BuildError) as error:
+    except (ValueError, SourceError, BuildError, MissingExtraError) as error:
         print(f"liwi-build: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -156,4 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"of {result.chunks_total} | photos {result.photos} (skipped {result.skipped_sources}) "
         f"| {result.seconds:.1f} s"
     )
+    rejections = ", ".join(f"{reason} {count}" for reason, count in result.rejections.items()) or "none"
+    print(f"liwi-build: rejected composition attempts by reason: {rejections}; samples dropped: {result.dropped}")
+    for split, reasons in result.empty_splits.items():
+        why = ", ".join(f"{reason} {count}" for reason, count in reasons.items()) or "no sample"
+        print(
+            f"liwi-build: note: split {split!r} got no rows ({why}), so it is left out of data/ and the card; "
+            "more photos (a larger share for it) would give it some"
+        )
     return 0

@@ -20,8 +20,8 @@ from typing import Any
 
 import cv2
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+
+from liwi_diffusers._extras import require
 
 from .agent import SCORE_NAMES, Verdict
 from .atomic import atomic_write_text, temporary_name
@@ -43,14 +43,19 @@ __all__ = [
 TOOL_FIELDS = ("planner", "verifier", "proposer", "matting", "inpainting", "shadows", "depth")
 CHUNK_META_KEY = b"liwi_chunk"
 
+# pyarrow comes with `datasets`, in the "build" extra.
+pa = require("pyarrow", "build", "liwi-build")
+pq = require("pyarrow.parquet", "build", "liwi-build")
+
 
 @functools.lru_cache(maxsize=1)
 def features() -> Any:
     """The dataset's `datasets.Features` (imported lazily: `datasets` is slow to import)."""
-    from datasets import Features, Image, List, Value
+    datasets = require("datasets", "build", "liwi-build")
+    Image, List, Value = datasets.Image, datasets.List, datasets.Value
 
     string = Value("string")
-    return Features(
+    return datasets.Features(
         {
             "id": string,
             "split": string,
@@ -201,8 +206,14 @@ _LIGHT_COLUMNS = [
 ]
 
 
-def collect_statistics(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Statistics of every shard in ``data_dir`` (reads only light columns and footers)."""
+def collect_statistics(
+    data_dir: str | os.PathLike[str], empty_chunks: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Statistics of every shard in ``data_dir`` (reads only light columns and footers).
+
+    ``empty_chunks`` are the statistics of chunks that gave no row (and so have no shard): their
+    rejections count, and a split with no shard at all is listed in ``empty_splits``.
+    """
     stats: dict[str, Any] = {"splits": {}, "rejections": Counter(), "num_bytes": {}}
     objects, labels, shadow_kinds, background_kinds = Counter(), Counter(), Counter(), Counter()
     photos: dict[str, set[str]] = {}
@@ -230,6 +241,12 @@ def collect_statistics(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
             used.update(row["foreground_source_ids"])
             for name in SCORE_NAMES:
                 scores[name].append(float(row["verification"][name]))
+    asked_empty = Counter()
+    for meta in empty_chunks or []:
+        stats["rejections"].update(meta.get("rejections", {}))
+        examples.extend(meta.get("rejection_examples", [])[: max(0, 20 - len(examples))])
+        dropped += meta.get("dropped", 0)
+        asked_empty[meta.get("split", "?")] += meta.get("samples", 0)
     stats.update(
         objects_per_sample=dict(sorted(objects.items())),
         labels=dict(labels.most_common(30)),
@@ -243,6 +260,7 @@ def collect_statistics(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
         rejections=dict(stats["rejections"].most_common()),
         rejection_examples=examples,
         dropped_samples=dropped,
+        empty_splits={split: count for split, count in sorted(asked_empty.items()) if split not in stats["splits"]},
     )
     return stats
 
@@ -250,9 +268,11 @@ def collect_statistics(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------- card
 def _yaml_header(splits: dict[str, int], num_bytes: dict[str, int], license_id: str, pretty_name: str) -> str:
     import yaml
+    from huggingface_hub import DatasetCardData
+
+    require("datasets", "build", "liwi-build")
     from datasets import DatasetInfo, SplitDict, SplitInfo
     from datasets.info import DatasetInfosDict
-    from huggingface_hub import DatasetCardData
 
     order = [name for name in ("train", "validation", "test") if name in splits] + sorted(
         name for name in splits if name not in ("train", "validation", "test")
@@ -293,6 +313,14 @@ def write_card(
     score_lines = "\n".join(f"| {k} | {v:.4f} |" for k, v in stats["mean_scores"].items() if v is not None)
     notes = "\n".join(f"- {note}" for note in (license_notes or [])) or "- (no notes given)"
     tools = "\n".join(f"- {k}: `{v}`" for k, v in build.get("tools", {}).items())
+    empty = stats.get("empty_splits") or {}
+    empty_note = (
+        "Splits left out, as no sample of theirs passed verification: "
+        + ", ".join(f"{split} ({count} asked for)" for split, count in empty.items())
+        + ".\n"
+        if empty
+        else ""
+    )
     body = f"""
 # {name}
 
@@ -341,6 +369,7 @@ Largest recomposition error of any row: {stats["max_recomposition_error"]}.
 Rejected composition attempts by reason: {json.dumps(stats["rejections"])}; samples dropped after
 every attempt failed: {stats["dropped_samples"]}.
 Skipped source photos: {build.get("skipped_sources", 0)} (reasons in `build_report.json`).
+{empty_note}
 
 ## How it was built
 
