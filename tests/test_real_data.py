@@ -29,11 +29,10 @@ OPEN_LICENCES = {
     "Flickr: no known copyright restrictions",
     "United States Government Work",
 }
-# What the data holds today (see benchmarks/data/real/README.md for the targets and the shortfall).
+# What the data holds today. The shadow (>= 10) and clean-plate (>= 5) targets are not met: no openly
+# licensed source was found (benchmarks/data/real/README.md, "Shortfall"); the group checks above still hold.
 MIN_PHOTOS_WITH_OBJECTS = 40
 MIN_MULTI_SHARE = 0.40
-MIN_SHADOW = 0
-MIN_CLEAN_PLATE = 0
 MIN_SINGLE = 25
 MIN_DATASETS = 2
 MAX_TOTAL_BYTES = 25 * 1024 * 1024
@@ -113,8 +112,6 @@ def test_counts_meet_the_targets_and_size_budget():
     assert len(MANIFEST) >= MIN_PHOTOS_WITH_OBJECTS
     assert multi / len(MANIFEST) >= MIN_MULTI_SHARE
     assert sum("single" in e["groups"] for e in MANIFEST) >= MIN_SINGLE
-    assert sum("shadow" in e["groups"] for e in MANIFEST) >= MIN_SHADOW
-    assert sum("clean_plate" in e["groups"] for e in MANIFEST) >= MIN_CLEAN_PLATE
     datasets = {"coco" if e["source"].startswith("coco") else e["source"] for e in MANIFEST}
     assert len(datasets) >= MIN_DATASETS, datasets
     total = sum(p.stat().st_size for p in DATA.rglob("*") if p.is_file())
