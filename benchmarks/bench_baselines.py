@@ -1,9 +1,10 @@
 """Baselines table: trivial baselines and the tool-chain decomposer on the sample dataset.
 
 Builds the LiWi sample dataset from photos bundled with installed packages (ADD builder, seeded),
-runs `liwi evaluate` for each method on each split, prints a markdown table (RGB L1 and alpha IoU
-at 0 and 5 merges, plus boundary, shadow and background errors) beside the published Crello
-figures, and writes ``benchmarks/results/baselines.json``.
+scores each method on each split with `liwi_diffusers.metrics.evaluation.evaluate_method` (what
+`liwi evaluate` runs), prints a markdown table (RGB L1 and alpha IoU at 0 and 5 merges, plus
+boundary, shadow and background errors) beside the published Crello figures, and writes
+``benchmarks/results/baselines.json``.
 
     python benchmarks/bench_baselines.py                       # 64 samples at 256 px
     python benchmarks/bench_baselines.py --num-samples 128 --resolution 384
@@ -17,18 +18,20 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from liwi_dataset_builder.sample_data import build_sample_dataset
 from liwi_diffusers import __version__
-from liwi_diffusers.cli import main as liwi
+from liwi_diffusers.loading import load_decomposer
+from liwi_diffusers.metrics.evaluation import evaluate_method
 
 RESULTS = Path(__file__).parent / "results"
 
-# (name in the table, liwi evaluate arguments)
+# (name in the table, method: a baseline name or a decomposer, evaluate_method options)
 METHODS = [
-    ("single layer (whole image, scored with --min-layers 1)", ["--method", "single-layer", "--min-layers", "1"]),
-    ("ground-truth alpha, colours copied from the image", ["--method", "gt-alpha"]),
-    ("tool chain (weight-free default of `liwi decompose`)", ["--method", "toolchain"]),
+    ("single layer (whole image, scored with --min-layers 1)", "single-layer", {"min_layers": 1}),
+    ("ground-truth alpha, colours copied from the image", "gt-alpha", {}),
+    ("tool chain (weight-free default of `liwi decompose`)", "weight-free", {}),
 ]
 
 # Published figures on Crello (a different dataset: graphic designs), RGB L1 / alpha soft IoU.
@@ -43,12 +46,10 @@ def level(result: dict, merges: int) -> dict:
     return next(row for row in result["levels"] if row["merges"] == merges)
 
 
-def run(dataset: Path, split: str, args: list[str], out: Path) -> tuple[dict, float]:
+def run(dataset: Path, split: str, method: Any, options: dict) -> tuple[dict, float]:
     start = time.perf_counter()
-    status = liwi(["evaluate", *args, "--dataset", str(dataset), "--split", split, "-o", str(out)])
-    if status != 0:
-        raise SystemExit(f"liwi evaluate {' '.join(args)} failed with status {status}")
-    return json.loads(out.read_text()), time.perf_counter() - start
+    report = evaluate_method(method, dataset, split=split, **options)
+    return report, time.perf_counter() - start
 
 
 def fmt(value: float | None) -> str:
@@ -73,8 +74,9 @@ def main() -> None:
             )
         rows = []
         for split in ("test", "train"):
-            for name, args in METHODS:
-                result, seconds = run(dataset, split, args, Path(scratch) / f"{split}-{len(rows)}.json")
+            for name, method, method_options in METHODS:
+                decomposer = load_decomposer(method) if method == "weight-free" else method
+                result, seconds = run(dataset, split, decomposer, method_options)
                 extras = result.get("extras", {})
                 rows.append(
                     {

@@ -44,7 +44,6 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from liwi_diffusers.layered_dataset import row_composite, row_to_layered
 from liwi_diffusers.pipelines.pipeline_liwi import LiWiDecompositionPipeline, layered_shift_mu
 from liwi_diffusers.training import (
     DegradationConfig,
@@ -493,56 +492,38 @@ def compute_losses(
 def run_validation(
     pipe: LiWiDecompositionPipeline, dataset: Any, args: argparse.Namespace, device: torch.device
 ) -> dict[str, float]:
-    """Decompose held-out composites and score them with the project's metrics (as `liwi evaluate` does)."""
-    from liwi_diffusers.metrics import (
-        aggregate_alpha_errors,
-        aggregate_layer_results,
-        aggregate_shadow_errors,
-        alpha_matting_errors,
-        combine_shadows,
-        evaluate_layers,
-        foreground_matte,
-        layered_to_stack,
-        shadow_errors,
-        skip_reason,
-    )
+    """Decompose held-out composites and score them with `liwi_diffusers.metrics.evaluation` (as `liwi evaluate`)."""
+    from liwi_diffusers.metrics.evaluation import evaluate_method
 
-    modules = (pipe.transformer, pipe.vae, pipe.shadow_head, pipe.alpha_decoder)
-    modes = [module.training for module in modules]
-    for module in modules:
-        module.eval()
-    results, boundary, shadows = [], [], []
-    count = min(len(dataset), args.num_validation_samples)
-    for index in range(count):
-        row = dataset[index]
-        truth = row_to_layered(row)
-        num_layers = max(1, min(truth.num_objects, pipe.max_num_layers))
+    def decompose(image: Any, num_layers: int | None = None) -> Any:
         output = pipe(
-            row_composite(row),
-            num_layers=num_layers,
+            image,
+            num_layers=max(1, min(num_layers or 1, pipe.max_num_layers)),
             resolution=args.resolution,
             num_inference_steps=args.validation_inference_steps,
             generator=torch.Generator(device="cpu").manual_seed(args.seed),
             output_type="np",
         )
-        predicted = output.layers[0]
-        shape = (truth.height, truth.width)
-        boundary.append(alpha_matting_errors(foreground_matte(predicted), foreground_matte(truth)))
-        shadows.append(shadow_errors(combine_shadows(predicted.shadows, shape), combine_shadows(truth.shadows, shape)))
-        pred_stack, gt_stack = layered_to_stack(predicted), layered_to_stack(truth)
-        if skip_reason(len(pred_stack), len(gt_stack)) is None:
-            results.append(evaluate_layers(pred_stack, gt_stack))
-    for module, mode in zip(modules, modes):
-        module.train(mode)
-    metrics: dict[str, float] = {"num_samples": float(count), "num_scored": float(len(results))}
-    if results:
-        levels = aggregate_layer_results(results)
-        for level in (levels[0], levels[-1]):
+        return output.layers[0]
+
+    modules = (pipe.transformer, pipe.vae, pipe.shadow_head, pipe.alpha_decoder)
+    modes = [module.training for module in modules]
+    for module in modules:
+        module.eval()
+    try:
+        limit = min(len(dataset), args.num_validation_samples)
+        report = evaluate_method(decompose, dataset, num_layers="gt", limit=limit, source={"method": "validation"})
+    finally:
+        for module, mode in zip(modules, modes):
+            module.train(mode)
+    metrics: dict[str, float] = {"num_samples": report["num_samples"], "num_scored": report["num_evaluated"]}
+    if report["num_evaluated"]:
+        for level in (report["levels"][0], report["levels"][-1]):
             metrics[f"rgb_l1@{level['merges']}"] = level["rgb_l1"]
             metrics[f"alpha_iou@{level['merges']}"] = level["alpha_iou"]
-    alpha = aggregate_alpha_errors(boundary)
+    alpha = report["extras"].get("alpha_boundary", {})
     metrics |= {f"boundary_{name}": alpha[name] for name in ("sad", "gradient") if alpha.get(name) is not None}
-    metrics["shadow_l1"] = aggregate_shadow_errors(shadows)["shadow_l1"]
+    metrics["shadow_l1"] = report["extras"].get("shadows", {}).get("shadow_l1")
     return {key: float(value) for key, value in metrics.items() if value is not None}
 
 

@@ -225,7 +225,7 @@ def open_dataset(path: str | os.PathLike[str], split: str = "test") -> Any:
 
 
 def _dataset_total(rows: Any, split: str) -> int | None:
-    if isinstance(rows, (list, tuple)) or hasattr(rows, "__len__"):
+    if hasattr(rows, "__len__"):
         return len(rows)
     splits = getattr(getattr(rows, "info", None), "splits", None) or {}
     return getattr(splits.get(split), "num_examples", None) or None
@@ -250,7 +250,7 @@ def _rows(rows: Iterable[Any], name: str) -> Iterator[Any]:
             if "BatchSize must be greater than 0" in str(error):  # pyarrow on a 0-row parquet shard
                 message = f"dataset {name} has no rows: its shard holds 0 rows (remove it, or rebuild the dataset)"
             else:
-                message = f"dataset {name} could not be read: {type(error).__name__}: {_one_line(error)}"
+                message = f"dataset {name} could not be read: {_described(error)}"
             raise EvaluationError(message) from error
         yield row
 
@@ -596,6 +596,20 @@ def _save_stack(root: Path, sample_id: str, stack: list[np.ndarray]) -> None:
             Image.fromarray(layer, "RGBA").save(file, format="PNG")
 
 
+def _described(error: BaseException) -> str:
+    return f"{type(error).__name__}: {_one_line(error)}"
+
+
+def _predict(
+    sample: Sample, predict: Callable[[Sample], Any] | None, folders: LayerFolders | None, resolution: int | None
+) -> Any:
+    """The prediction for ``sample`` at its size: from its folder, or from running ``predict``."""
+    if folders is not None:
+        stack = read_layer_folder(folders.root / safe_name(sample.id))
+        return fit_prediction(stack, sample.size, allow_resize=resolution is not None)
+    return fit_prediction(predict(sample), sample.size, allow_resize=True)
+
+
 def _evaluate(
     predict: Callable[[Sample], Any] | None,
     predictions: LayerFolders | None,
@@ -638,27 +652,20 @@ def _evaluate(
                 raise EvaluationError(f"ground-truth sample {sample.id} has no layers")
             record: dict[str, Any] = {"id": sample.id}
             start = time.perf_counter()
+            if predictions is not None:
+                seen.add(safe_name(sample.id))
+                if safe_name(sample.id) not in pred_folders:
+                    records.append(record | {"status": "skipped", "reason": "no prediction folder"})
+                    continue
             try:
-                if predictions is not None:
-                    name = safe_name(sample.id)
-                    seen.add(name)
-                    if name not in pred_folders:
-                        records.append(record | {"status": "skipped", "reason": "no prediction folder"})
-                        continue
-                    stack = read_layer_folder(predictions.root / name)
-                    prediction = fit_prediction(stack, sample.size, allow_resize=resolution is not None)
-                else:
-                    prediction = fit_prediction(predict(sample), sample.size, allow_resize=True)
-            except EvaluationError as error:
-                if not skip_errors:
-                    raise EvaluationError(f"sample {sample.id}: {error}") from error
-                records.append(record | {"status": "skipped", "reason": "prediction failed", "error": str(error)})
-                continue
+                prediction = _predict(sample, predict, predictions, resolution)
             except Exception as error:
+                ours = isinstance(error, EvaluationError)  # else a failure inside the method
                 if not skip_errors:
-                    failed = f"{source.get('method')} failed: {type(error).__name__}: {_one_line(error)}"
+                    failed = str(error) if ours else f"{source.get('method')} failed: {_described(error)}"
                     raise EvaluationError(f"sample {sample.id}: {failed}") from error
-                records.append(record | {"status": "skipped", "reason": "prediction failed", "error": repr(error)})
+                shown = str(error) if ours else repr(error)
+                records.append(record | {"status": "skipped", "reason": "prediction failed", "error": shown})
                 continue
             record["seconds"] = time.perf_counter() - start
             if save_root is not None:
@@ -667,11 +674,11 @@ def _evaluate(
                 )
                 _save_stack(save_root / "pred", sample.id, pred_stack)
                 _save_stack(save_root / "gt", sample.id, sample.stack)
-            truth = sample.layered if sample.layered is not None else sample.stack
+            reference = sample.layered if sample.layered is not None else sample.stack
             try:
                 record |= score_layered(
                     prediction,
-                    truth,
+                    reference,
                     composite=sample.composite,
                     max_edits=max_edits,
                     min_layers=min_layers,
