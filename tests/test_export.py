@@ -756,8 +756,9 @@ def read_slide(path: Path) -> tuple[tuple[int, int], list]:
         assert shape.shape_type == MSO_SHAPE_TYPE.PICTURE and shape.image.content_type == "image/png"
         assert (shape.crop_left, shape.crop_top, shape.crop_right, shape.crop_bottom) == (0, 0, 0, 0)
         with Image.open(io.BytesIO(shape.image.blob)) as image:
-            assert image.mode == "RGBA"  # alpha kept: shadows are black with alpha
-            pixels = np.asarray(image).copy()
+            # Alpha kept (shadows are black with alpha); the opaque background is stored as RGB.
+            assert image.mode == ("RGB" if shape.name == "background" else "RGBA")
+            pixels = np.asarray(image.convert("RGBA")).copy()
         return shape.name, (shape.left, shape.top, shape.width, shape.height), pixels
 
     shapes = []
@@ -892,7 +893,10 @@ from liwi_diffusers import LayeredImage
 from liwi_diffusers.cli import main
 
 class Instant:
-    def __call__(self, image, num_layers=None):
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, image, *args, **kwargs):
         photo = np.asarray(image.convert("RGB"))
         foreground = np.zeros((*photo.shape[:2], 4), np.float32)
         foreground[2:10, 2:10] = 1.0

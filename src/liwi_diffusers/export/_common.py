@@ -67,13 +67,13 @@ def file_layers(layered: LayeredImage, crop: bool = True) -> list[FileLayer]:
     """
     layers = []
     for name, rgba in layered.to_rgba_stack():
-        pixels = to_uint8(rgba)
-        box = alpha_bbox(pixels[:, :, 3]) if crop else (0, 0, layered.width, layered.height)
+        # An 8-bit alpha is non-zero where alpha * 255 rounds above 0: crop first, convert only the box.
+        box = alpha_bbox(rgba[:, :, 3] * np.float32(255.0), 0.5) if crop else (0, 0, layered.width, layered.height)
         if box is None:
             layers.append(FileLayer(name, np.zeros((0, 0, 4), np.uint8)))
             continue
         left, top, right, bottom = box
-        layers.append(FileLayer(name, np.ascontiguousarray(pixels[top:bottom, left:right]), left, top))
+        layers.append(FileLayer(name, to_uint8(rgba[top:bottom, left:right]), left, top))
     return layers
 
 
@@ -139,11 +139,11 @@ def thumbnail(image: np.ndarray, max_size: int = 256) -> Image.Image:
     return picture
 
 
-def png_bytes(pixels: np.ndarray | Image.Image) -> bytes:
+def png_bytes(pixels: np.ndarray | Image.Image, compress_level: int = 6) -> bytes:
     """Encode an 8-bit image (array ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)``, or PIL) as PNG."""
     picture = pixels if isinstance(pixels, Image.Image) else Image.fromarray(np.ascontiguousarray(pixels))
     buffer = io.BytesIO()
-    picture.save(buffer, format="PNG", compress_level=6)
+    picture.save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
 
 

@@ -37,6 +37,8 @@ EMU_PER_PIXEL = EMU_PER_INCH // 96  # 9525
 # ECMA-376 ST_SlideSizeCoordinate: 1 to 56 inches.
 MIN_SLIDE_EMU = EMU_PER_INCH
 MAX_SLIDE_EMU = 56 * EMU_PER_INCH
+# zlib level of the pictures: 3 encodes a photo about 2.5x faster than 6, for files about 20 % larger.
+PNG_COMPRESS_LEVEL = 3
 
 
 class PptxScaleWarning(UserWarning):
@@ -82,15 +84,15 @@ def write_pptx(layered: LayeredImage, path: str | os.PathLike, *, composite: Any
     blank = presentation.slide_layouts.get_by_name("Blank")  # no placeholders on the slide
     slide = presentation.slides.add_slide(blank)
 
-    def add_picture(shapes: Any, layer: FileLayer) -> None:
+    def add_picture(shapes: Any, layer: FileLayer, opaque: bool = False) -> None:
         rows, cols = layer.pixels.shape[:2]
-        picture = shapes.add_picture(
-            BytesIO(png_bytes(layer.pixels)), emu(layer.left), emu(layer.top), emu(cols), emu(rows)
-        )
+        pixels = layer.pixels[:, :, :3] if opaque else layer.pixels  # the background needs no alpha
+        data = BytesIO(png_bytes(pixels, compress_level=PNG_COMPRESS_LEVEL))
+        picture = shapes.add_picture(data, emu(layer.left), emu(layer.top), emu(cols), emu(rows))
         picture.name = layer.name
 
     if not background.is_empty:
-        add_picture(slide.shapes, background)
+        add_picture(slide.shapes, background, opaque=bool((background.pixels[:, :, 3] == 255).all()))
     for name, members in groups:
         visible = [layer for layer in members if not layer.is_empty]
         if not visible:
