@@ -29,8 +29,9 @@ OPEN_LICENCES = {
     "Flickr: no known copyright restrictions",
     "United States Government Work",
 }
-# What the data holds today. The shadow (>= 10) and clean-plate (>= 5) targets are not met: no openly
-# licensed source was found (benchmarks/data/real/README.md, "Shortfall"); the group checks above still hold.
+# What the data holds today. The shadow (>= 10) and clean-plate (>= 5) targets are not met: no source that
+# allows redistribution (open or non-commercial) was found (benchmarks/data/real/README.md, "Shortfall"); the group
+# checks above still hold.
 MIN_PHOTOS_WITH_OBJECTS = 40
 MIN_MULTI_SHARE = 0.40
 MIN_SINGLE = 25
