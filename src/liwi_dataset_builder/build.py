@@ -31,6 +31,7 @@ import math
 import multiprocessing
 import os
 import shlex
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -705,6 +706,33 @@ def build_dataset(config: BuildConfig) -> BuildResult:
     out = Path(config.output)
     require("datasets", "build", "liwi-build")  # before any work, not when the card is written
     check_output_folder(out)
+    fresh = not out.exists()
+    try:
+        return _build(config, out, start)
+    except Exception:
+        # A new build that failed before any work product (a missing source, no usable photo)
+        # leaves nothing: a rerun with other sources must not find "a build with different settings".
+        # (Not with several machines: another one may be starting in the same folder.)
+        if fresh and config.num_shards == 1 and not _has_work(out):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _has_work(out: Path) -> bool:
+    """Whether a build folder holds anything worth resuming from (assets, shards, empty-chunk markers)."""
+    state_dir = out / STATE_DIR
+    return any(
+        any(folder.glob(pattern))
+        for folder, pattern in (
+            (state_dir / "assets", "*.npz"),
+            (out / "data", "*.parquet"),
+            (state_dir / EMPTY_CHUNKS_DIR, "*.json"),
+        )
+        if folder.is_dir()
+    )
+
+
+def _build(config: BuildConfig, out: Path, start: float) -> BuildResult:
     state_dir, data_dir = out / STATE_DIR, out / "data"
     assets_dir, empty_dir = state_dir / "assets", state_dir / EMPTY_CHUNKS_DIR
     for folder in (state_dir, data_dir, assets_dir, empty_dir):

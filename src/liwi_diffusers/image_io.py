@@ -77,10 +77,10 @@ def load_image(
         except Image.DecompressionBombError as error:
             raise ImageLoadError(_bomb_message(name, error, max_pixels)) from None
         except (OSError, SyntaxError, ValueError, EOFError) as error:
-            detail = _short(error)
-            if opened is not None and opened.format == "PNG":
+            detail, kind = _short(error), (opened.format if opened is not None else None) or "image"
+            if kind == "PNG":
                 detail = _png_checksum_problem(Path(source)) or detail
-            raise ImageLoadError(f"{name}: corrupt or truncated image file ({detail})") from None
+            raise ImageLoadError(f"{name}: corrupt or truncated {kind} file ({detail})") from None
         finally:
             if opened is not None:
                 opened.close()
@@ -148,7 +148,7 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
         raise ImageLoadError(f"{path}: permission denied") from None
     except (OSError, SyntaxError, ValueError) as error:
         kind = _format_from_signature(path) or "image"
-        raise ImageLoadError(f"{path}: corrupt {kind} file ({_short(error)})") from None
+        raise ImageLoadError(f"{path}: corrupt or truncated {kind} file ({_short(error)})") from None
     # Refuse truncated data instead of padding it with grey.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     return image
