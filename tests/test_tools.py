@@ -254,17 +254,19 @@ def test_decomposer_on_a_real_photo(astronaut):
     assert all(np.array_equal(a, b) for a, b in zip(layered.shadows, again.shadows))
 
 
-def test_decomposer_respects_num_layers(astronaut):
-    decomposer = ToolChainDecomposer()
+def test_decomposer_num_layers_is_an_upper_bound_and_zero_means_automatic(astronaut):
+    decomposer = ToolChainDecomposer(segmenter=None)
     one = decomposer(astronaut, num_layers=1)
     assert one.num_objects == 1
+    assert one.metadata["stop_reason"] == "layer limit 1 reached"
     assert one.check(astronaut).mean_abs_error < 2 / 255
-    none = decomposer(astronaut, num_layers=0)
-    assert none.num_objects == 0
-    assert np.abs(none.background - np.asarray(astronaut, np.float32) / 255).max() < 1e-6
-    with pytest.warns(UserWarning, match="asked for 9"):
-        many = decomposer(np.asarray(astronaut), num_layers=9)
-    assert 1 <= many.num_objects < 9
+    automatic = decomposer(astronaut)
+    zero = decomposer(astronaut, num_layers=0)
+    assert zero.num_objects == automatic.num_objects >= 1
+    assert zero.metadata["objects_found"] == automatic.num_objects
+    many = decomposer(np.asarray(astronaut), num_layers=9)  # more than there are: as many as found
+    assert many.num_objects == automatic.num_objects
+    assert many.metadata["layer_limit"] == decomposer.max_objects
 
 
 def test_decomposer_downscales_big_inputs_and_returns_full_resolution():

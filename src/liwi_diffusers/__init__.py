@@ -32,6 +32,8 @@ _LAZY = {
     "save_layered": ".export",
     "load_layered": ".export",
     "ToolChainDecomposer": ".tools.decomposer",
+    "load_decomposer": ".loading",
+    "Decomposer": ".loading",
     "load_layered_dataset": ".layered_dataset",
     "iter_layered": ".layered_dataset",
     "row_to_layered": ".layered_dataset",

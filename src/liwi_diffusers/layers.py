@@ -166,6 +166,8 @@ class LayeredImage:
         foregrounds: per object, ``(H, W, 4)`` float32 straight (unpremultiplied) RGBA in [0, 1].
         shadows: per object, ``(H, W)`` float32 shadow alpha sigma in [0, 1] (all zero: no shadow).
         labels: per object, a short name ("" when unknown).
+        metadata: what made the layers (method, tools, object count, why the search for objects stopped);
+            JSON-serialisable values, kept by `copy`, `select` and `quantized`.
     Inputs may be PIL images or uint8/float arrays; they are converted and checked on creation.
     """
 
@@ -173,6 +175,7 @@ class LayeredImage:
     foregrounds: list[np.ndarray] = field(default_factory=list)
     shadows: list[np.ndarray] | None = None
     labels: list[str] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.background = to_float_image(self.background, 3, "background")
@@ -250,7 +253,11 @@ class LayeredImage:
             return np.round(array * 255.0).astype(np.float32) / 255.0
 
         return LayeredImage(
-            q(self.background), [q(fg) for fg in self.foregrounds], [q(s) for s in self.shadows], list(self.labels)
+            q(self.background),
+            [q(fg) for fg in self.foregrounds],
+            [q(s) for s in self.shadows],
+            list(self.labels),
+            dict(self.metadata),
         )
 
     def copy(self) -> LayeredImage:
@@ -259,6 +266,7 @@ class LayeredImage:
             [fg.copy() for fg in self.foregrounds],
             [s.copy() for s in self.shadows],
             list(self.labels),
+            dict(self.metadata),
         )
 
     def select(self, indices: Sequence[int]) -> LayeredImage:
@@ -271,6 +279,7 @@ class LayeredImage:
             [self.foregrounds[i] for i in indices],
             [self.shadows[i] for i in indices],
             [self.labels[i] for i in indices],
+            dict(self.metadata),
         )
 
     # ------------------------------------------------------------------ flat stacks (for files)

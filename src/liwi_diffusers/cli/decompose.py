@@ -13,24 +13,23 @@ from typing import Any
 
 from PIL import Image
 
-from ..checkpoints import SHIPPED_CHECKPOINTS, resolve_model
+from ..checkpoints import SHIPPED_CHECKPOINTS
+from ..export import FORMATS
 from ..image_io import DEFAULT_MAX_PIXELS, ImageInputWarning, ImageLoadError, load_image
 from ..layers import LayeredImage
 from ..sample_images import SAMPLE_IMAGES, load_sample_image
 from . import CLIError
 
-FORMATS = ("psd", "ora", "zip")
-METHODS = ("auto", "tools", "pipeline")
+METHODS = ("auto", "tools", "weight-free", "pipeline")
 MAX_LAYERS = 8
-DEFAULT_RESOLUTION = 640
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif"}
 DEFAULT_METHOD_NOTE = (
-    "Default method: 'tools', the weight-free tool-chain decomposer (saliency + GrabCut segmentation, "
-    "pymatting alpha matting, OpenCV inpainting, cast-shadow estimation); nothing is downloaded. "
-    "It stays the default until a trained LiWi checkpoint beats it on the benchmark; the shipped checkpoint "
-    "'liwi-small' does not yet (see the README). "
+    "Default method: 'tools', the tool-chain decomposer: the learned ISNet segmenter (download it once with "
+    "`liwi models download isnet`; without it the weight-free saliency + GrabCut tools are used, with a note), "
+    "objects peeled one by one, alpha matting in the uncertain band, cast shadows measured against the "
+    "shadow-free surroundings, inpainted background. 'weight-free' never uses learned weights. "
     "Give --model (a pipeline folder, Hub id or shipped name such as liwi-small) to use "
-    "LiWiDecompositionPipeline instead."
+    "LiWiDecompositionPipeline instead; the shipped checkpoint does not beat the tool chain (see the README)."
 )
 
 
@@ -71,16 +70,16 @@ def add_parser(subparsers: Any) -> None:
         "--format",
         choices=FORMATS,
         default="psd",
-        help="psd: Photoshop/GIMP/Krita; ora: OpenRaster (GIMP, Krita, MyPaint); zip: PNG per layer + manifest.json",
+        help="psd: Photoshop/GIMP/Krita (a group per object); ora: OpenRaster (GIMP, Krita, MyPaint); "
+        "zip: PNG per layer + manifest.json; pptx: PowerPoint/Impress (a picture per layer)",
     )
     parser.add_argument(
         "-n",
         "--layers",
-        type=int,
-        default=None,
+        default="auto",
         metavar="N",
-        help=f"number of object layers, 1..{MAX_LAYERS}; tools: at most N (fewer when fewer objects "
-        "are found; default: as many as found, up to 4); pipeline: exactly N (default 4)",
+        help=f"object layers at most, 1..{MAX_LAYERS}, or 'auto' (= 0, the default): as many as are found "
+        f"(tools: until nothing object-like is left, up to {MAX_LAYERS}; pipeline: non-empty layers)",
     )
     parser.add_argument(
         "--method", choices=METHODS, default="auto", help="auto: 'pipeline' when --model is given, else 'tools'"
@@ -97,8 +96,7 @@ def add_parser(subparsers: Any) -> None:
         "--resolution",
         type=int,
         default=None,
-        help="working resolution of the pipeline's transformer (method 'pipeline'; default: the "
-        f"resolution a shipped checkpoint was trained at, else {DEFAULT_RESOLUTION})",
+        help="working resolution of the pipeline's transformer (method 'pipeline'; default: the checkpoint's own)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (results are deterministic for a seed)")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ... (method 'pipeline')")
@@ -131,8 +129,7 @@ def run(args: argparse.Namespace) -> int:
     method = args.method if args.method != "auto" else ("pipeline" if args.model else "tools")
     if method == "pipeline" and not args.model:
         raise CLIError("--method pipeline needs --model PATH_OR_ID (a LiWiDecompositionPipeline folder or Hub id)")
-    if args.layers is not None and not 1 <= args.layers <= MAX_LAYERS:
-        raise CLIError(f"--layers must be between 1 and {MAX_LAYERS}, got {args.layers}")
+    layers = _layer_count(args.layers)
     if args.steps < 1:
         raise CLIError(f"--steps must be at least 1, got {args.steps}")
     if args.max_pixels < 1:
@@ -141,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
     from ..export import LayeredFileError, check_writable, save_layered
 
     targets = [args.output_dir / f"{item.stem}.{args.format}" for item in inputs]
+    if args.output_dir.exists() and not args.output_dir.is_dir():
+        raise CLIError(f"{args.output_dir} is a file, not a folder: give -o a folder for the layered files")
     try:
         args.output_dir.mkdir(parents=True, exist_ok=True)
         for target in targets:
@@ -155,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
                 + (f" (and {len(existing) - 1} more)" if len(existing) > 1 else "")
             )
 
-    decompose = _load_method(method, args)
+    decompose = _load_method(method, args, layers)
     failures = 0
     progress = _progress(len(inputs), disable=args.quiet)
     for item, target in zip(inputs, targets):
@@ -178,9 +177,12 @@ def run(args: argparse.Namespace) -> int:
             _say(f"liwi: error: {error}", False, progress)
         else:
             report = layered.check(image)
+            count = layered.num_objects
+            why = layered.metadata.get("stop_reason")
             _say(
-                f"{item.name} -> {target} ({layered.num_objects} objects, recomposition error "
-                f"mean {report.mean_abs_error:.4f} max {report.max_abs_error:.4f}, "
+                f"{item.name} -> {target} ({count} object{'' if count == 1 else 's'}"
+                + (f", {why}" if why else "")
+                + f"; recomposition error mean {report.mean_abs_error:.4f} max {report.max_abs_error:.4f}, "
                 f"{time.perf_counter() - start:.1f} s)",
                 args.quiet,
                 progress,
@@ -227,61 +229,34 @@ def _file_input(path: Path, max_pixels: int) -> _Input:
     return _Input(str(path), path.stem, lambda: load_image(path, max_pixels=max_pixels))
 
 
-def _load_method(method: str, args: argparse.Namespace) -> Callable[[Image.Image], LayeredImage]:
-    if method == "tools":
-        from ..tools.decomposer import ToolChainDecomposer
-
-        decomposer = ToolChainDecomposer()
-        return lambda image: decomposer(image, num_layers=args.layers)
-    return _load_pipeline(args)
-
-
-def _load_pipeline(args: argparse.Namespace) -> Callable[[Image.Image], LayeredImage]:
-    import torch
-
-    from ..pipelines.pipeline_liwi import LiWiDecompositionPipeline
-
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device.startswith("cuda") and not torch.cuda.is_available():
-        raise CLIError(f"--device {device}: no CUDA GPU is visible to torch; use --device cpu")
-    dtype = getattr(torch, args.dtype)
+def _layer_count(text: str) -> int | None:
+    """``--layers`` value: 'auto' or 0 (automatic: None) or 1..MAX_LAYERS."""
+    if str(text).strip().lower() in ("auto", "0"):
+        return None
     try:
-        source, trained_resolution = resolve_model(args.model)
-    except (OSError, ValueError) as error:
-        raise CLIError(str(error)) from None
-    resolution = args.resolution if args.resolution is not None else trained_resolution or DEFAULT_RESOLUTION
-    from diffusers.utils import logging as diffusers_logging
+        value = int(text)
+    except ValueError:
+        raise CLIError(f"--layers must be 'auto' or a number between 1 and {MAX_LAYERS}, got {text!r}") from None
+    if not 1 <= value <= MAX_LAYERS:
+        raise CLIError(f"--layers must be 'auto' (or 0) or between 1 and {MAX_LAYERS}, got {value}")
+    return value
 
-    bars_were_on = diffusers_logging.is_progress_bar_enabled()
-    if args.quiet:
-        diffusers_logging.disable_progress_bar()  # the "Loading pipeline components" bar
+
+def _load_method(method: str, args: argparse.Namespace, layers: int | None) -> Callable[[Image.Image], LayeredImage]:
+    from ..loading import DecomposerLoadError, load_decomposer
+
+    if method == "pipeline":
+        name, options = args.model, {"resolution": args.resolution, "steps": args.steps, "seed": args.seed}
+    else:
+        name, options = method, {"max_objects": MAX_LAYERS}
     try:
-        pipe = LiWiDecompositionPipeline.from_pretrained(source, dtype=dtype)
-    except (OSError, ValueError) as error:
-        raise CLIError(f"cannot load a LiWi pipeline from {args.model!r}: {str(error).splitlines()[0]}") from None
-    finally:
-        if bars_were_on:
-            diffusers_logging.enable_progress_bar()
-    if resolution < pipe.size_multiple:
-        raise CLIError(f"--resolution must be at least {pipe.size_multiple} for this model, got {resolution}")
-    pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-
-    def decompose(image: Image.Image) -> LayeredImage:
-        generator = torch.Generator(device="cpu").manual_seed(args.seed)
-        output = pipe(
-            image,
-            num_layers=args.layers or 4,
-            num_inference_steps=args.steps,
-            resolution=resolution,
-            generator=generator,
-            output_type="pil",
-        )
-        return output.layers[0]
-
-    return decompose
+        decomposer = load_decomposer(name, device=args.device, dtype=args.dtype, **options)
+    except DecomposerLoadError as error:
+        message = str(error)
+        if message.startswith(("resolution ", "steps ")):  # the loader's option is this command's --option
+            message = f"--{message}"
+        raise CLIError(message) from None
+    return lambda image: decomposer(image, num_layers=layers)
 
 
 def _progress(total: int, disable: bool) -> Any:

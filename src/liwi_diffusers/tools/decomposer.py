@@ -1,13 +1,19 @@
 """The training-free decomposer: a photo into background, shadow and object layers with the tools.
 
-    proposals -> alpha matting (+ straight colour) -> cast shadows -> background (objects removed,
-    shadows lifted, holes inpainted) -> colours reconciled so that the layers recompose to the photo
+With a learned segmenter (the default whenever one is in the model cache, see `liwi models download`):
 
-It is the weight-free default of `liwi decompose` until a trained checkpoint beats it.
+    segment (salient matte) -> split into objects -> fill their hole -> segment the filled photo again
+    (peeling, until nothing object-like is left or the layer limit is reached) -> matte the uncertain band
+    + straight colour -> cast shadows against the shadow-free surroundings -> background (shadows lifted,
+    holes filled) -> colours reconciled so that the layers recompose to the photo
+
+Without one, the weight-free proposer (saliency + GrabCut) takes the segmenter's place, with one peeling round.
+The order of removal is the occlusion order: what comes off first is in front.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any
 
@@ -15,66 +21,125 @@ import cv2
 import numpy as np
 
 from ..layers import LayeredImage, reconcile_with_image
-from ._utils import as_rgb, mask_box, resize, scale_for
+from ._utils import as_rgb, dilate, mask_box, resize, scale_for
 from .inpainting import Inpainter, OpenCVInpainter
-from .matting import AlphaMatter, ClosedFormMatter, Matte
+from .instances import InstanceSplitter
+from .matting import AlphaMatter, BandMatter, ClosedFormMatter, Matte
 from .proposals import ObjectProposer, SaliencyProposer
+from .segmenter import Segmenter
 from .shadows import DarkeningShadowExtractor, ShadowExtractor, remove_attached_shadow
 
-__all__ = ["ToolChainDecomposer"]
+__all__ = ["DecomposerNote", "ToolChainDecomposer"]
+
+DEFAULT_MAX_OBJECTS = 8
+_Found = tuple[np.ndarray, str, int]  # (coverage at working resolution, label, peeling round)
+
+
+class DecomposerNote(UserWarning):
+    """Something the user should know about a decomposition (shown by the CLI as one ``liwi: note:`` line)."""
 
 
 class ToolChainDecomposer:
-    """Decompose a photo into layers with weight-free tools (or any tools passed in).
+    """Decompose a photo into layers with tools: a learned segmenter when available, weight-free ones otherwise.
 
     Args:
-        proposer: finds objects (default `SaliencyProposer`).
-        matter: soft alpha and straight colour per object (default `ClosedFormMatter`, pymatting).
+        segmenter: finds salient objects. "auto" (default): the default learned segmenter when it is in the
+            model cache, else the weight-free proposer with a `DecomposerNote` naming the download command;
+            a model name from `liwi_diffusers.model_zoo` (it must be downloaded); any `Segmenter`; None: the
+            weight-free proposer.
+        proposer: the weight-free object finder used without a segmenter (default `SaliencyProposer`).
+        matter: soft alpha and straight colour per object (default: `BandMatter` on a learned matte,
+            `ClosedFormMatter` on a weight-free mask).
         inpainter: fills the background behind objects (default `OpenCVInpainter`).
-        shadow_extractor: each object's cast shadow (default `DarkeningShadowExtractor`); ``None``
-            with ``extract_shadows=False`` gives shadow-free layers.
-        max_objects: object layers when ``num_layers`` is not given (automatic mode).
-        max_resolution: the tools run with the long side at most this many pixels; layers are
-            brought back to the input's full resolution.
+        shadow_extractor: each object's cast shadow (default `DarkeningShadowExtractor`).
+        splitter: turns a salient matte into object instances (default `InstanceSplitter()`).
+        max_objects: object layers at most (the automatic count never exceeds it).
+        max_rounds: peeling rounds at most (segmenter passes).
+        max_resolution: the tools run with the long side at most this many pixels; layers are brought back to
+            the input's full resolution.
         extract_shadows: whether to look for cast shadows at all.
-        trim_shadows: cut a swallowed cast shadow out of each proposal's mask before matting (see
+        trim_shadows: cut a swallowed cast shadow out of each object's mask before matting (see
             `remove_attached_shadow`), so that it becomes the object's shadow layer instead.
+        device: where the learned segmenter runs ("cpu", "cuda", "auto").
 
     Default tools are built on first use, so constructing the decomposer is cheap; pymatting (and its
     one-off numba compile) loads on the first call.
 
     Example:
         >>> from liwi_diffusers.tools import ToolChainDecomposer
-        >>> layered = ToolChainDecomposer()(photo)           # PIL RGB or (H, W, 3) floats in [0, 1]
+        >>> layered = ToolChainDecomposer()(photo)           # PIL RGB, (H, W, 3) floats in [0, 1], or a path
         >>> layered.check(photo).mean_abs_error < 1 / 255
         True
+        >>> layered.metadata["stop_reason"]
+        'nothing object-like left after 2 rounds'
     """
 
     def __init__(
         self,
+        segmenter: Segmenter | str | None = "auto",
         proposer: ObjectProposer | None = None,
         matter: AlphaMatter | None = None,
         inpainter: Inpainter | None = None,
         shadow_extractor: ShadowExtractor | None = None,
-        max_objects: int = 4,
+        splitter: InstanceSplitter | None = None,
+        max_objects: int = DEFAULT_MAX_OBJECTS,
+        max_rounds: int = 2,
         max_resolution: int = 1024,
         extract_shadows: bool = True,
         trim_shadows: bool = True,
+        device: str = "cpu",
     ) -> None:
-        if max_objects < 0:
-            raise ValueError(f"max_objects must be >= 0, got {max_objects}")
+        if max_objects < 1:
+            raise ValueError(f"max_objects must be >= 1, got {max_objects}")
+        if max_rounds < 1:
+            raise ValueError(f"max_rounds must be >= 1, got {max_rounds}")
         if max_resolution < 16:
             raise ValueError(f"max_resolution must be at least 16 pixels, got {max_resolution}")
+        self._segmenter_choice = segmenter
+        self._segmenter: Segmenter | None = None if isinstance(segmenter, str) else segmenter
+        self._segmenter_resolved = not isinstance(segmenter, str)
         self._proposer = proposer
         self._matter = matter
         self._inpainter = inpainter
         self._shadow_extractor = shadow_extractor
+        self.splitter = splitter or InstanceSplitter()
         self.max_objects = max_objects
+        self.max_rounds = max_rounds
         self.max_resolution = max_resolution
         self.extract_shadows = extract_shadows
         self.trim_shadows = trim_shadows
+        self.device = device
+        self._fallback_note: str | None = None
 
     # ------------------------------------------------------------------ tools (built lazily)
+    @property
+    def segmenter(self) -> Segmenter | None:
+        """The learned segmenter in use, or None (weight-free)."""
+        if not self._segmenter_resolved:
+            self._segmenter = self._resolve_segmenter(str(self._segmenter_choice))
+            self._segmenter_resolved = True
+        return self._segmenter
+
+    def _resolve_segmenter(self, choice: str) -> Segmenter | None:
+        from ..model_zoo import DEFAULT_SEGMENTER, ModelError, find_model
+        from .segmenter import OnnxSegmenter
+
+        name = DEFAULT_SEGMENTER if choice == "auto" else choice
+        if choice != "auto":
+            return OnnxSegmenter.from_cache(name, device=self.device)  # raises ModelError when missing
+        try:
+            present = find_model(name) is not None
+        except ModelError as error:  # a damaged file: say so, and go on without it
+            self._fallback_note = f"{error}; using the weight-free tools"
+            return None
+        if not present:
+            self._fallback_note = (
+                f"the learned segmenter is not downloaded, so the weight-free tools are used (they miss most "
+                f"objects in real photos): run `liwi models download {name}`"
+            )
+            return None
+        return OnnxSegmenter.from_cache(name, device=self.device)
+
     @property
     def proposer(self) -> ObjectProposer:
         if self._proposer is None:
@@ -84,7 +149,7 @@ class ToolChainDecomposer:
     @property
     def matter(self) -> AlphaMatter:
         if self._matter is None:
-            self._matter = ClosedFormMatter()
+            self._matter = BandMatter() if self.segmenter is not None else ClosedFormMatter()
         return self._matter
 
     @property
@@ -101,8 +166,10 @@ class ToolChainDecomposer:
 
     def tool_names(self) -> dict[str, str]:
         """Class names of the tools in use (for provenance records)."""
+        segmenter = self.segmenter
         return {
-            "proposer": type(self.proposer).__name__,
+            "segmenter": getattr(segmenter, "name", type(segmenter).__name__) if segmenter is not None else "none",
+            "proposer": type(self.proposer).__name__ if segmenter is None else "none",
             "matter": type(self.matter).__name__,
             "inpainter": type(self.inpainter).__name__,
             "shadow_extractor": type(self.shadow_extractor).__name__ if self.extract_shadows else "none",
@@ -110,45 +177,108 @@ class ToolChainDecomposer:
 
     # ------------------------------------------------------------------ the decomposition
     def __call__(self, image: Any, num_layers: int | None = None) -> LayeredImage:
-        """Layers of ``image`` (PIL RGB or ``(H, W, 3)`` array in [0, 1]), objects back to front.
+        """Layers of ``image`` (PIL RGB, ``(H, W, 3)`` array in [0, 1], or a file path), objects back to front.
 
-        ``num_layers`` is the number of object layers wanted (``None``: as many as the proposer
-        finds, at most ``max_objects``; ``0``: only the background). When the photo has fewer
-        separable objects than asked for, fewer come back, with a warning. The result recomposes
-        to ``image`` (see `LayeredImage.check`).
+        ``num_layers`` is an upper bound on the object layers (``None`` or ``0``: automatic, at most
+        ``max_objects``). Peeling stops earlier when nothing object-like is left; ``metadata`` says how many
+        objects were found and why it stopped. The result recomposes to ``image`` (see `LayeredImage.check`).
         """
+        if isinstance(image, (str, os.PathLike)):
+            from ..image_io import load_image
+
+            image = load_image(image)
         rgb = as_rgb(image)
         if num_layers is not None and (isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer))):
             raise TypeError(f"num_layers must be an int or None, got {type(num_layers).__name__}")
         if num_layers is not None and num_layers < 0:
-            raise ValueError(f"num_layers must be >= 0, got {num_layers}")
-        wanted = self.max_objects if num_layers is None else int(num_layers)
+            raise ValueError(f"num_layers must be >= 0 (0 or None: automatic), got {num_layers}")
+        limit = min(int(num_layers), self.max_objects) if num_layers else self.max_objects
+        segmenter = self.segmenter
+        if self._fallback_note is not None:
+            warnings.warn(self._fallback_note, DecomposerNote, stacklevel=2)
+            self._fallback_note = None
         height, width = rgb.shape[:2]
         scale = scale_for(rgb.shape, self.max_resolution)
         work = resize(rgb, (max(1, round(height * scale)), max(1, round(width * scale)))) if scale < 1 else rgb
 
-        proposals = self.proposer(work, max_objects=wanted) if wanted > 0 else []
-        mattes: list[tuple[Matte, str]] = []
-        for proposal in proposals[:wanted]:
-            mask = proposal.mask
+        if segmenter is not None:
+            found, rounds, reason = self._peel(work, segmenter, limit)
+        else:
+            found, rounds, reason = self._propose(work, limit)
+        mattes: list[tuple[Matte, str, int]] = []
+        for coverage, label, round_index in found:
+            mask = coverage
             if self.extract_shadows and self.trim_shadows:
-                mask = remove_attached_shadow(work, mask)
+                trimmed = remove_attached_shadow(work, coverage >= 0.5)
+                mask = coverage * (trimmed | (coverage < 0.5))
             matte = self.matter(work, mask)
             if float(matte.alpha.max()) >= 0.5:
-                mattes.append((matte, proposal.label))
-        if num_layers is not None and len(mattes) < num_layers:
-            warnings.warn(
-                f"asked for {num_layers} object layers but found {len(mattes)} separable objects",
-                UserWarning,
-                stacklevel=2,
-            )
-        mattes.sort(key=lambda item: _depth_key(item[0].alpha))  # back to front
+                mattes.append((matte, label, round_index))
+        # Back to front: later peeling rounds are further back; within a round, lower in the frame is nearer.
+        mattes.sort(key=lambda item: (-item[2], *_depth_key(item[0].alpha)))
+        layered = self._assemble(rgb, work, [(m, label) for m, label, _ in mattes])
+        layered.metadata.update(
+            {
+                "method": "tools",
+                "tools": self.tool_names(),
+                "objects_found": layered.num_objects,
+                "peeling_rounds": rounds,
+                "stop_reason": reason,
+                "layer_limit": limit,
+            }
+        )
+        return layered
 
+    def _peel(
+        self, work: np.ndarray, segmenter: Segmenter, limit: int
+    ) -> tuple[list[tuple[np.ndarray, str, int]], int, str]:
+        """Objects, front-most first, found by segmenting and filling the photo round after round."""
+        current = work
+        removed = np.zeros(work.shape[:2], bool)
+        found: list[_Found] = []
+        for round_index in range(self.max_rounds):
+            coverage = np.asarray(segmenter(current), np.float32)
+            if coverage.shape != work.shape[:2]:
+                raise ValueError(f"segmenter returned a {coverage.shape} matte for a {work.shape[:2]} image")
+            if removed.any():  # what stands out inside (or at the seam of) a filled hole is the fill, not an object
+                seam = max(2, round(0.01 * max(work.shape[:2])))
+                coverage = np.where(dilate(removed, seam), 0.0, coverage)
+            # Later rounds look at a filled photo: only sizeable objects count there, not fill artefacts.
+            min_share = 0.0 if round_index == 0 else 0.01
+            objects = [alpha for alpha in self.splitter(coverage) if _object_like(alpha, min_share)]
+            if not objects:
+                if round_index == 0:
+                    return found, 1, "no salient object found"
+                rounds = f"{round_index} round{'s' if round_index > 1 else ''}"
+                return found, round_index + 1, f"nothing object-like left after {rounds}"
+            taken = objects[: limit - len(found)]
+            found += [(alpha, "object", round_index) for alpha in taken]
+            if len(found) >= limit:
+                return found, round_index + 1, f"layer limit {limit} reached"
+            if round_index + 1 == self.max_rounds:
+                break
+            hole = np.max(taken, axis=0) > 0.02
+            removed |= hole
+            current = self.inpainter(current, dilate(hole, 2))
+        return found, self.max_rounds, f"peeling round limit {self.max_rounds} reached"
+
+    def _propose(self, work: np.ndarray, limit: int) -> tuple[list[_Found], int, str]:
+        """Objects from the weight-free proposer (one round)."""
+        proposals = self.proposer(work, max_objects=limit)[:limit]
+        found = [(p.mask.astype(np.float32), p.label, 0) for p in proposals]
+        if not found:
+            return found, 1, "no salient object found (weight-free proposer)"
+        if len(found) >= limit:
+            return found, 1, f"layer limit {limit} reached"
+        return found, 1, "weight-free proposer found no more objects"
+
+    def _assemble(self, rgb: np.ndarray, work: np.ndarray, mattes: list[tuple[Matte, str]]) -> LayeredImage:
+        """Shadows, background and full-resolution layers from the working-resolution mattes."""
+        height, width = rgb.shape[:2]
         alphas = [matte.alpha for matte, _ in mattes]
         occupied = np.max(alphas, axis=0) if alphas else np.zeros(work.shape[:2], np.float32)
         shadows = self._shadows(work, alphas, occupied)
-
-        if scale < 1:  # back to full resolution
+        if work.shape[:2] != rgb.shape[:2]:  # back to full resolution
             alphas = [np.clip(resize(a, (height, width), cv2.INTER_LINEAR), 0, 1) for a in alphas]
             shadows = [np.clip(resize(s, (height, width), cv2.INTER_LINEAR), 0, 1) for s in shadows]
             colors = [np.clip(resize(m.foreground, (height, width), cv2.INTER_LINEAR), 0, 1) for m, _ in mattes]
@@ -158,7 +288,6 @@ class ToolChainDecomposer:
                 shadows = [np.minimum(s, limit) for s in shadows]
         else:
             colors = [matte.foreground for matte, _ in mattes]
-
         lift = 1.0 - np.sum(shadows, axis=0) if shadows else np.ones((height, width), np.float32)
         shadow_free = np.clip(rgb / np.maximum(lift, 1e-3)[:, :, None], 0.0, 1.0)
         background = self.inpainter(shadow_free, occupied > 0.01) if alphas else shadow_free
@@ -180,6 +309,13 @@ class ToolChainDecomposer:
         owner = np.argmax(shadows, axis=0)
         shadows = np.where(np.arange(len(alphas))[:, None, None] == owner[None], shadows, 0.0)
         return [s.astype(np.float32) for s in shadows]
+
+
+def _object_like(alpha: np.ndarray, min_share: float = 0.0) -> bool:
+    """Not the whole frame, not a faint glow, and at least ``min_share`` of the frame."""
+    solid = alpha >= 0.5
+    share = float(solid.mean())
+    return max(min_share, 0.0) < share < 0.92 and float(alpha[solid].mean()) >= 0.75
 
 
 def _depth_key(alpha: np.ndarray) -> tuple[int, float]:

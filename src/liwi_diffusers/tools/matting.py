@@ -18,7 +18,7 @@ import numpy as np
 
 from ._utils import as_mask, as_rgb, dilate, erode, guided_upsample, luminance, mask_box, padded_box, resize, scale_for
 
-__all__ = ["AlphaMatter", "ClosedFormMatter", "Matte", "make_trimap"]
+__all__ = ["AlphaMatter", "BandMatter", "ClosedFormMatter", "Matte", "make_trimap"]
 
 
 @dataclass
@@ -141,3 +141,78 @@ class ClosedFormMatter:
 
         foreground = estimate_foreground_ml(image.astype(np.float64), alpha.astype(np.float64))
         return np.clip(np.asarray(foreground, np.float32), 0.0, 1.0)
+
+
+class BandMatter:
+    """Matting for a learned soft matte: keep the segmenter's alpha, re-solve only where it is unsure.
+
+    Where the coverage is clearly in (>= ``high``) or out (<= ``low``) it is taken as it is. The rest, the
+    uncertain band (hair, fur, motion blur, thin parts), is solved with closed-form matting when it is wide
+    enough to matter (more than ``min_band`` of the object's area), on a crop at most ``working_size`` pixels
+    on its long side, then upsampled with the photo as guide. Straight colour is estimated everywhere the alpha
+    is fractional (pymatting's multilevel estimate), so the object shows no halo of its old background.
+    """
+
+    def __init__(
+        self,
+        low: float = 0.05,
+        high: float = 0.95,
+        min_band: float = 0.05,
+        working_size: int = 400,
+        epsilon: float = 1e-6,
+        max_iterations: int = 500,
+    ) -> None:
+        self.low = low
+        self.high = high
+        self.min_band = min_band
+        self.working_size = working_size
+        self.epsilon = epsilon
+        self.max_iterations = max_iterations
+
+    def __call__(self, image: Any, mask: Any) -> Matte:
+        """Matte of the object whose soft coverage is ``mask`` in ``image``."""
+        rgb = as_rgb(image)
+        coverage = as_mask(mask, rgb.shape[:2])
+        box = mask_box(coverage > self.low)
+        if box is None:
+            return Matte(np.zeros(rgb.shape[:2], np.float32), rgb.copy())
+        size = float(np.sqrt((coverage >= 0.5).sum())) or 1.0
+        left, top, right, bottom = padded_box(box, int(0.05 * size) + 8, rgb.shape)
+        crop, crop_cover = rgb[top:bottom, left:right], coverage[top:bottom, left:right]
+        sure_in, sure_out = crop_cover >= self.high, crop_cover <= self.low
+        band = ~sure_in & ~sure_out
+        crop_alpha = crop_cover.copy()
+        if band.sum() > self.min_band * max(1.0, float(sure_in.sum())) and sure_in.any() and sure_out.any():
+            crop_alpha = self._solve_band(crop, crop_cover, sure_in, sure_out)
+        crop_alpha[crop_alpha < 1e-3] = 0.0
+        crop_alpha[crop_alpha > 1 - 1e-3] = 1.0
+        alpha = np.zeros(rgb.shape[:2], np.float32)
+        alpha[top:bottom, left:right] = crop_alpha
+        foreground = rgb.copy()
+        foreground[top:bottom, left:right] = ClosedFormMatter._foreground(crop, crop_alpha)
+        return Matte(alpha, foreground)
+
+    def _solve_band(
+        self, crop: np.ndarray, cover: np.ndarray, sure_in: np.ndarray, sure_out: np.ndarray
+    ) -> np.ndarray:
+        from pymatting import estimate_alpha_cf  # lazy: numba compile on first import
+
+        scale = scale_for(crop.shape, self.working_size)
+        small_size = (max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale)))
+        small = np.clip(resize(crop, small_size), 0.0, 1.0)
+        trimap = np.full(small_size, 0.5, np.float64)
+        trimap[resize(sure_in.astype(np.float32), small_size) >= 0.999] = 1.0
+        trimap[resize(sure_out.astype(np.float32), small_size) >= 0.999] = 0.0
+        if not (trimap == 1.0).any() or not (trimap == 0.0).any():
+            return cover.copy()
+        solved = estimate_alpha_cf(
+            small.astype(np.float64),
+            trimap,
+            laplacian_kwargs={"epsilon": self.epsilon},
+            cg_kwargs={"maxiter": self.max_iterations},
+        )
+        solved = np.clip(np.asarray(solved, np.float32), 0.0, 1.0)
+        if scale < 1.0:
+            solved = guided_upsample(luminance(small), solved, luminance(crop), radius=2, eps=1e-3)
+        band = ~sure_in & ~sure_out
+        return np.clip(np.where(band, solved, cover), 0.0, 1.0).astype(np.float32)
