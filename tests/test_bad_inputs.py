@@ -609,4 +609,11 @@ def test_bad_input(case: Case, corpus: Path, tmp_path: Path, monkeypatch: pytest
     after = _files(out)
     assert not [name for name in after if _TEMPORARY.search(Path(name).name)], sorted(after)
     assert after - before == set(case.writes), sorted(after - before)
-    assert len(CASES) >= 40
+
+
+def test_the_corpus_covers_every_entry_point() -> None:
+    entries = [param.values[0].entry for param in CASES]
+    assert len(CASES) >= 40 and len({param.id for param in CASES}) == len(CASES)
+    assert {"liwi", "liwi-build", "api"} <= set(entries)
+    commands = {param.values[0].make(Path("c"), Path("o"))[0] for param in CASES if param.values[0].entry == "liwi"}
+    assert {"decompose", "evaluate"} <= commands
