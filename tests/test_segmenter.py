@@ -1,0 +1,206 @@
+"""The learned-segmenter path of the tool chain, on tiny models made here (nothing is downloaded).
+
+- `OnnxSegmenter` runs a tiny ONNX graph with ISNet's input/output contract (1x3xSxS in, 1x1xSxS alpha out) that
+  calls red things salient; wrong shapes and unreadable files are one-line errors.
+- `split_salient_matte` separates regions and cuts touching instances along a neck.
+- Peeling: a segmenter that only ever sees the largest red thing still finds both objects, in two rounds, and
+  the front one (removed first) ends up in front; metadata says how many and why it stopped.
+- Mattes: an object with a soft edge composited on a colour that is not in the photo shows no halo.
+- The weight-free fallback names the download command once, as a `DecomposerNote`.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from liwi_diffusers.tools import ToolChainDecomposer
+from liwi_diffusers.tools.decomposer import DecomposerNote
+from liwi_diffusers.tools.instances import split_salient_matte
+from liwi_diffusers.tools.segmenter import OnnxSegmenter, SegmenterError
+
+SPEC = SimpleNamespace(
+    input_size=64, mean=(128.0, 128.0, 128.0), std=(256.0, 256.0, 256.0), activation="none",
+    input_dtype="float32", output_index=0,
+)  # fmt: skip
+
+
+def red_salience_model(path, size: int = 64, input_size: int | None = None) -> None:
+    """An ONNX model: alpha = sigmoid(60 * (R - G)) of the normalised input (red things are salient)."""
+    side = input_size or size
+    red = helper.make_node("Slice", ["x", "s0", "s1", "axis"], ["r"])
+    green = helper.make_node("Slice", ["x", "s1", "s2", "axis"], ["g"])
+    diff = helper.make_node("Sub", ["r", "g"], ["d"])
+    scaled = helper.make_node("Mul", ["d", "k"], ["z"])
+    out = helper.make_node("Sigmoid", ["z"], ["alpha"])
+    inits = [
+        helper.make_tensor("s0", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("s1", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("s2", TensorProto.INT64, [1], [2]),
+        helper.make_tensor("axis", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("k", TensorProto.FLOAT, [1], [60.0]),
+    ]
+    graph = helper.make_graph(
+        [red, green, diff, scaled, out],
+        "red_salience",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, side, side])],
+        [helper.make_tensor_value_info("alpha", TensorProto.FLOAT, [1, 1, side, side])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def scene(size: int = 96) -> np.ndarray:
+    """Grey-green ground, a big red disc in front (lower) and a smaller red square behind (higher)."""
+    rng = np.random.default_rng(0)
+    image = np.empty((size, size, 3), np.float32)
+    image[:] = (0.45, 0.55, 0.45)
+    image += rng.normal(0, 0.01, image.shape).astype(np.float32)
+    image[12:32, 60:80] = (0.85, 0.15, 0.1)  # behind
+    yy, xx = np.mgrid[:size, :size]
+    image[(yy - 64) ** 2 + (xx - 34) ** 2 <= 18**2] = (0.9, 0.1, 0.1)  # in front
+    return np.clip(image, 0, 1)
+
+
+class LargestRedThing:
+    """A segmenter that sees only the largest red region (so the second object needs a second round)."""
+
+    name = "largest-red"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        red = ((image[:, :, 0] - image[:, :, 1]) > 0.4).astype(np.uint8)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(red)
+        if count <= 1:
+            return np.zeros(image.shape[:2], np.float32)
+        biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        return (labels == biggest).astype(np.float32)
+
+
+def test_onnx_segmenter_runs_a_model_with_the_isnet_contract(tmp_path):
+    red_salience_model(tmp_path / "tiny.onnx")
+    segmenter = OnnxSegmenter(tmp_path / "tiny.onnx", SPEC, name="tiny")
+    image = scene()
+    coverage = segmenter(image)
+    assert coverage.shape == image.shape[:2] and coverage.dtype == np.float32
+    red = (image[:, :, 0] - image[:, :, 1]) > 0.4
+    assert coverage[red].mean() > 0.9 and coverage[~red].mean() < 0.1
+
+
+def test_onnx_segmenter_errors_are_one_line(tmp_path):
+    red_salience_model(tmp_path / "other-size.onnx", input_size=32)
+    with pytest.raises(SegmenterError, match=r"input shape \[1, 3, 32, 32\] does not match its config") as info:
+        OnnxSegmenter(tmp_path / "other-size.onnx", SPEC)
+    assert "\n" not in str(info.value)
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    with pytest.raises(SegmenterError, match="not a usable ONNX model") as info:
+        OnnxSegmenter(tmp_path / "broken.onnx", SPEC)
+    assert "\n" not in str(info.value)
+
+
+def test_separate_regions_become_separate_objects_and_a_neck_is_cut():
+    coverage = np.zeros((80, 120), np.float32)
+    coverage[10:30, 10:30] = 1.0
+    coverage[50:70, 80:110] = 1.0
+    objects = split_salient_matte(coverage)
+    assert len(objects) == 2
+    # Two discs joined by a thin bridge: one region, two instances.
+    yy, xx = np.mgrid[:80, :120]
+    touching = (((yy - 40) ** 2 + (xx - 35) ** 2 <= 22**2) | ((yy - 40) ** 2 + (xx - 85) ** 2 <= 22**2)).astype(
+        np.float32
+    )
+    touching[38:42, 35:85] = 1.0
+    parts = split_salient_matte(touching)
+    assert len(parts) == 2
+    centres = sorted(float(np.mean(np.nonzero(p >= 0.5)[1])) for p in parts)
+    assert centres[0] < 50 < 70 < centres[1]
+    assert np.allclose(np.sum(parts, axis=0), touching)  # every pixel in exactly one object
+    # A plain disc stays whole.
+    disc = ((yy - 40) ** 2 + (xx - 60) ** 2 <= 30**2).astype(np.float32)
+    assert len(split_salient_matte(disc)) == 1
+
+
+def test_peeling_finds_the_hidden_object_in_a_second_round_and_orders_back_to_front():
+    image = scene()
+    segmenter = LargestRedThing()
+    layered = ToolChainDecomposer(segmenter=segmenter, extract_shadows=False)(image)
+    assert layered.num_objects == 2
+    assert segmenter.calls == 2  # round 2 found the square; the layer limit was not reached, so no round 3
+    back, front = (fg[:, :, 3] >= 0.5 for fg in layered.foregrounds)
+    assert back[12:32, 60:80].mean() > 0.9 and front[64, 34]  # the disc, removed first, is in front
+    assert layered.metadata["objects_found"] == 2 and layered.metadata["peeling_rounds"] == 2
+    assert layered.metadata["stop_reason"] == "peeling round limit 2 reached"
+    assert layered.check(image).ok()
+    # One round only (no peeling): the square is missed; a limit of 1 stops after the first object.
+    single = ToolChainDecomposer(segmenter=LargestRedThing(), max_rounds=1, extract_shadows=False)(image)
+    assert single.num_objects == 1
+    limited = ToolChainDecomposer(segmenter=LargestRedThing(), extract_shadows=False)(image, num_layers=1)
+    assert limited.num_objects == 1 and limited.metadata["stop_reason"] == "layer limit 1 reached"
+
+
+def test_nothing_salient_gives_the_photo_as_background_and_says_why():
+    image = np.full((64, 64, 3), 0.5, np.float32)
+    layered = ToolChainDecomposer(segmenter=LargestRedThing())(image)
+    assert layered.num_objects == 0
+    assert layered.metadata["stop_reason"] == "no salient object found"
+    assert np.array_equal(layered.background, image)
+
+
+def test_a_soft_edged_object_shows_no_halo_on_a_new_background(tmp_path):
+    """Blue object with a soft edge over a yellow ground; recomposed over magenta it must not carry yellow."""
+    size = 96
+    yy, xx = np.mgrid[:size, :size]
+    radius = np.sqrt((yy - 48.0) ** 2 + (xx - 48.0) ** 2)
+    alpha = np.clip((30.0 - radius) / 6.0, 0.0, 1.0).astype(np.float32)  # 6 px soft edge
+    fg, bg = np.array([0.1, 0.2, 0.9], np.float32), np.array([0.9, 0.85, 0.1], np.float32)
+    image = alpha[:, :, None] * fg + (1 - alpha[:, :, None]) * bg
+
+    class KnownMatte:
+        name = "known"
+
+        def __call__(self, photo: np.ndarray) -> np.ndarray:
+            return alpha.copy()
+
+    layered = ToolChainDecomposer(segmenter=KnownMatte(), extract_shadows=False, max_rounds=1)(image)
+    assert layered.num_objects == 1
+    rgba = layered.foregrounds[0]
+    magenta = np.array([1.0, 0.0, 1.0], np.float32)
+    ours = rgba[:, :, 3:] * rgba[:, :, :3] + (1 - rgba[:, :, 3:]) * magenta
+    truth = alpha[:, :, None] * fg + (1 - alpha[:, :, None]) * magenta
+    edge = (alpha > 0.05) & (alpha < 0.95)
+    assert np.abs(ours - truth)[edge].max() < 0.08
+    naive = alpha[:, :, None] * image + (1 - alpha[:, :, None]) * magenta  # colour copied from the photo
+    assert np.abs(naive - truth)[edge].mean() > 3 * np.abs(ours - truth)[edge].mean()
+    assert layered.check(image).ok()
+
+
+def test_without_a_downloaded_segmenter_the_note_names_the_command_once():
+    decomposer = ToolChainDecomposer()  # the test session's model cache is empty
+    image = scene(64)
+    with pytest.warns(DecomposerNote, match="liwi models download isnet"):
+        decomposer(image, num_layers=1)
+    assert decomposer.segmenter is None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DecomposerNote)
+        decomposer(image, num_layers=1)  # said once is enough
+
+
+def test_a_path_is_accepted(tmp_path):
+    from PIL import Image
+
+    image = scene(64)
+    Image.fromarray(np.round(image * 255).astype(np.uint8)).save(tmp_path / "scene.png")
+    layered = ToolChainDecomposer(segmenter=LargestRedThing(), extract_shadows=False)(tmp_path / "scene.png")
+    assert layered.size == (64, 64) and layered.num_objects == 2
