@@ -35,8 +35,14 @@ RESULTS = Path(__file__).parent / "results" / "dataset_builder.json"
 SINGLE_THREAD = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"), "1")
 
 
-def run_build(photos: Path, out: Path, samples: int, resolution: int, workers: int, chunk_size: int) -> dict:
-    """One fresh build as a subprocess; wall time, peak summed RSS and CPU time of the process tree."""
+def run_build(
+    photos: Path, out: Path, samples: int, resolution: int, workers: int, chunk_size: int, engine: str = "local"
+) -> dict:
+    """One fresh build as a subprocess; wall time, peak summed RSS and CPU time of the process tree.
+
+    ``work_s`` is the span from the first curation task's start to the last shard's write (start-up
+    and the card left out), from the files' modification times and the first task's duration.
+    """
     command = [
         sys.executable,
         "-m",
@@ -53,9 +59,10 @@ def run_build(photos: Path, out: Path, samples: int, resolution: int, workers: i
         "--chunk-size",
         str(chunk_size),
         "-q",
+        *(["--engine", engine] if engine != "local" else []),
     ]
     load_before = os.getloadavg()[0]
-    start = time.perf_counter()
+    start, start_epoch = time.perf_counter(), time.time()
     process = subprocess.Popen(
         command, env={**os.environ, **SINGLE_THREAD}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -81,20 +88,31 @@ def run_build(photos: Path, out: Path, samples: int, resolution: int, workers: i
     if process.returncode != 0:
         raise RuntimeError(f"build failed ({process.returncode}): {stderr[-2000:]}")
     report = json.loads((out / "build_report.json").read_text())
-    chunks = [read_chunk_meta(path) for path in sorted((out / "data").glob("*.parquet"))]
+    shards = sorted((out / "data").glob("*.parquet"))
+    chunks = [read_chunk_meta(path) for path in shards]
+    # Timings live beside the shards (.build/timings), so that a shard's bytes depend on its rows alone.
+    timings = [json.loads((out / ".build" / "timings" / f"{path.name}.json").read_text()) for path in shards]
     rows = sum(chunk["rows"] for chunk in chunks)
+    assets = sorted((out / ".build" / "assets").glob("*.npz"), key=lambda path: path.stat().st_mtime)
+    first = next(c for c in report["curation"] if c["photo_id"] == assets[0].stem)
+    work_start = assets[0].stat().st_mtime - first["seconds"]
+    work = max(path.stat().st_mtime for path in shards) - work_start
     return {
+        "engine": engine,
         "workers": workers,
         "wall_s": round(wall, 2),
         "rows": rows,
         "samples_per_min": round(rows / wall * 60.0, 1),
+        "startup_s": round(work_start - start_epoch, 2),
+        "work_s": round(work, 2),
+        "work_samples_per_min": round(rows / work * 60.0, 1),
         "peak_rss_mb": round(peak_rss / 2**20, 1),
         "cpu_s": round(sum(cpu.values()), 1),
         "main_process_cpu_s": round(cpu.get(process.pid, 0.0), 2),
         "curation_s": [round(c["seconds"], 3) for c in report["curation"]],
         "curation_cpu_s": [round(c["cpu_seconds"], 3) for c in report["curation"]],
-        "chunk_s": [c["seconds"] for c in chunks],
-        "chunk_cpu_s": [c["cpu_seconds"] for c in chunks],
+        "chunk_s": [t["seconds"] for t in timings],
+        "chunk_cpu_s": [t["cpu_seconds"] for t in timings],
         "rejected_attempts": report["statistics"]["rejections"],
         "load_average_before": round(load_before, 2),
         "load_average_after": round(os.getloadavg()[0], 2),

@@ -94,15 +94,18 @@ def test_rows_identical_to_the_local_engine_with_model_stages_on_actor_pools(
 
 
 def _kill_a_busy_worker(stage: str, killed: list[int], stop: threading.Event) -> None:
-    """SIGKILL the first Ray worker seen running ``stage`` (its process title names it)."""
+    """SIGKILL the first worker of this test's Ray seen running ``stage`` (its process title names it)."""
     while not stop.is_set():
-        for process in psutil.process_iter(["pid", "cmdline"]):
-            title = " ".join(process.info["cmdline"] or [])
+        for process in psutil.Process().children(recursive=True):  # the local Ray's raylet and its workers
+            try:
+                title = " ".join(process.cmdline())
+            except psutil.Error:
+                continue
             if title.startswith("ray::") and f"Map({stage})" in title:
                 process.send_signal(signal.SIGKILL)
-                killed.append(process.info["pid"])
+                killed.append(process.pid)
                 return
-        time.sleep(0.01)
+        time.sleep(0.02)
 
 
 def test_a_killed_worker_is_retried_and_a_rerun_resumes(

@@ -45,6 +45,7 @@ CONNECT_TIMEOUT_S = 5.0  # an unreachable cluster fails within this, not after R
 _MODEL_PREFIXES = ("mask-generation", "image-segmentation", "zero-shot-object-detection", "object-detection")
 _MODEL_PREFIXES += ("diffusers", "depth-estimation", "vlm")
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+_NO_TELEMETRY = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_USAGE_DISABLED": "1"}
 
 
 # ------------------------------------------------------------------------------------- checks
@@ -187,26 +188,29 @@ def _session(config: BuildConfig) -> Iterator[ModuleType]:
     address = ray_address(config)
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
     single = dict.fromkeys(_THREAD_VARIABLES, "1")
-    saved = {name: os.environ.get(name) for name in (*_THREAD_VARIABLES, "RAY_USAGE_STATS_ENABLED")}
+    saved = {name: os.environ.get(name) for name in (*_THREAD_VARIABLES, *_NO_TELEMETRY)}
+    # No usage-stats reporting (unless asked for): on 2 cores its extra actor costs seconds of start-up.
+    os.environ.update({name: os.environ.get(name, value) for name, value in _NO_TELEMETRY.items()})
     try:
-        if address is None:  # a new local Ray: its workers inherit one-thread settings from here
-            os.environ.update(single, RAY_USAGE_STATS_ENABLED=os.environ.get("RAY_USAGE_STATS_ENABLED", "0"))
-            ray.init(address="local", num_cpus=config.workers, **options)
-        else:
-            ray.init(address=address, runtime_env={"env_vars": single}, **options)
-    except Exception as error:  # Ray's own errors span lines; keep the first
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise BuildError(f"could not start Ray ({address or 'local'}): {message}") from None
+        try:
+            if address is None:  # a new local Ray: its workers inherit one-thread settings from here
+                os.environ.update(single)
+                ray.init(address="local", num_cpus=config.workers, **options)
+            else:
+                ray.init(address=address, runtime_env={"env_vars": single}, **options)
+        except Exception as error:  # Ray's own errors span lines; keep the first
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise BuildError(f"could not start Ray ({address or 'local'}): {message}") from None
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
     finally:
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
 
 
 def _gpus_per_actor(config: BuildConfig) -> float:
@@ -285,7 +289,7 @@ def run_on_ray(state: _WorkerState, to_curate: list[str], todo: list[Chunk]) -> 
                 if bar is not None:
                     bar.close()
     # Workers that died (and were retried) may have left temporaries of their own.
-    for folder in (state.assets_dir, state.data_dir, state.data_dir.parent / ".build" / "timings"):
+    for folder in (state.assets_dir, state.data_dir, state.empty_dir, state.data_dir.parent / ".build" / "timings"):
         if folder.exists():
             remove_stale_temporaries(folder)
 
