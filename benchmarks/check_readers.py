@@ -194,7 +194,19 @@ def check_pptx(photo: np.ndarray, layered: LayeredImage, folder: Path, name: str
     else:  # a scaled slide: compare with the photo brought to the render's size
         resized = np.asarray(Image.fromarray(photo).resize(shown.shape[1::-1], Image.Resampling.BOX))
         result["vs_photo_resized_to_render"] = errors(shown, resized)
+        result["mean_error_by_shift_px"] = shift_errors(shown, resized)
     return result
+
+
+def shift_errors(shown: np.ndarray, photo: np.ndarray) -> dict[str, float]:
+    """Mean error with the photo shifted by up to 1 px: the smallest at (0, 0) means the layers are in place."""
+    inner = shown[2:-2, 2:-2, :3].astype(np.int16)
+    found = {}
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            moved = np.roll(photo, (dy, dx), axis=(0, 1))[2:-2, 2:-2, :3].astype(np.int16)
+            found[f"{dx:+d},{dy:+d}"] = round(float(np.abs(inner - moved).mean()), 3)
+    return found
 
 
 # ---------------------------------------------------------------------- screenshots
