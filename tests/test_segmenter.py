@@ -204,3 +204,39 @@ def test_a_path_is_accepted(tmp_path):
     Image.fromarray(np.round(image * 255).astype(np.uint8)).save(tmp_path / "scene.png")
     layered = ToolChainDecomposer(segmenter=LargestRedThing(), extract_shadows=False)(tmp_path / "scene.png")
     assert layered.size == (64, 64) and layered.num_objects == 2
+
+
+def test_the_default_tool_chain_and_the_builder_use_a_downloaded_segmenter(tmp_path, monkeypatch):
+    """With the default segmenter in the model cache (here a tiny stand-in with its own card), "auto" uses it."""
+    import dataclasses
+    import hashlib
+
+    from liwi_dataset_builder.toolset import ToolSpec, build_tools, resolve_proposer
+    from liwi_diffusers import model_zoo
+    from liwi_diffusers.tools.segmenter import SegmenterProposer
+
+    monkeypatch.setenv("LIWI_MODELS_CACHE", str(tmp_path / "cache"))
+    name = model_zoo.DEFAULT_SEGMENTER
+    card = model_zoo.MODELS[name]
+    folder = tmp_path / "cache" / name
+    folder.mkdir(parents=True)
+    red_salience_model(folder / card.filename)
+    data = (folder / card.filename).read_bytes()
+    spec = model_zoo.SegmenterSpec(64, (128.0,) * 3, (256.0,) * 3, "none", "float32")
+    tiny = dataclasses.replace(card, sha256=hashlib.sha256(data).hexdigest(), size=len(data), segmenter=spec)
+    monkeypatch.setitem(model_zoo.MODELS, name, tiny)
+
+    decomposer = ToolChainDecomposer(extract_shadows=False)
+    image = scene()
+    layered = decomposer(image)
+    assert decomposer.tool_names()["segmenter"] == name
+    assert layered.num_objects == 2 and layered.check(image).ok()
+    assert resolve_proposer("auto") == f"segmenter:{name}"
+    tools = build_tools(ToolSpec(proposer=resolve_proposer("auto")))
+    assert isinstance(tools.proposer, SegmenterProposer)
+    proposals = tools.proposer(image)
+    assert len(proposals) == 2 and all(p.score > 0.9 for p in proposals)
+    # A damaged file: the decomposer goes on without it and says why; verification names the fix.
+    (folder / card.filename).write_bytes(data[:-10] + b"0123456789")
+    with pytest.raises(model_zoo.ModelError, match=f"liwi models download {name}"):
+        model_zoo.verify_model(name)

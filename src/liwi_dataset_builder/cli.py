@@ -87,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     tools = parser.add_argument_group("tools (weight-free defaults; MODEL is a Hub id or local folder)")
     tools.add_argument(
         "--proposer",
-        default="saliency",
-        help="saliency | mask-generation:MODEL | image-segmentation:MODEL | "
+        default="auto",
+        help="auto (the learned segmenter when downloaded with `liwi models download isnet`, else saliency) | "
+        "saliency | segmenter:NAME | mask-generation:MODEL | image-segmentation:MODEL | "
         "zero-shot-object-detection:MODEL | object-detection:MODEL",
     )
     tools.add_argument("--labels", default="", help="comma-separated labels for zero-shot detection")
@@ -127,14 +128,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from .build import BuildConfig, BuildError, build_dataset
         from .sources import SourceError
-        from .toolset import ToolSpec
+        from .toolset import ToolSpec, resolve_proposer
     except MissingExtraError as error:
         print(f"liwi-build: error: {error}", file=sys.stderr)
         return 2
 
     try:
+        proposer = resolve_proposer(args.proposer)
+        if proposer.startswith("segmenter:"):  # a missing or damaged model file: say so before any work
+            from liwi_diffusers.model_zoo import ModelError, verify_model
+
+            try:
+                verify_model(proposer.partition(":")[2])
+            except ModelError as error:
+                print(f"liwi-build: error: {error}", file=sys.stderr)
+                return 2
+        if args.proposer == "auto" and proposer == "saliency":
+            print(
+                "liwi-build: note: the learned segmenter is not downloaded, so objects are proposed by the "
+                "weight-free saliency tools: run `liwi models download isnet` for better foregrounds",
+                file=sys.stderr,
+            )
         spec = ToolSpec(
-            proposer=args.proposer,
+            proposer=proposer,
             inpainting=args.inpainting,
             shadows=args.shadows,
             depth=args.depth,

@@ -1,7 +1,9 @@
 """Which tools a build uses, named by short strings so worker processes can build their own copies.
 
-    proposer:   saliency | mask-generation:MODEL | image-segmentation:MODEL
+    proposer:   auto | saliency | segmenter:NAME | mask-generation:MODEL | image-segmentation:MODEL
                 | zero-shot-object-detection:MODEL (needs labels) | object-detection:MODEL
+                (auto: segmenter:isnet when that ONNX model is in the model cache, else saliency; it is resolved
+                once, when the build starts, so a build's layout always names the tool it really used)
     matting:    closed-form
     inpainting: opencv | diffusers:MODEL
     shadows:    darkening | none
@@ -9,7 +11,8 @@
     planner:    rules | vlm:MODEL
     verifier:   rules | vlm:MODEL
 
-MODEL is a Hub id or a local folder; adapters live in `liwi_dataset_builder.adapters`.
+MODEL is a Hub id or a local folder; adapters live in `liwi_dataset_builder.adapters`. NAME is a model of
+`liwi_diffusers.model_zoo` (`liwi models list`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 
 from .agent import Planner, RulePlanner, RuleVerifier, TransformersVLM, Verifier, VLMPlanner, VLMVerifier
 
-__all__ = ["PROPOSER_TASKS", "NoShadows", "ToolSpec", "Tools", "build_tools"]
+__all__ = ["PROPOSER_TASKS", "NoShadows", "ToolSpec", "Tools", "build_tools", "resolve_proposer"]
 
 PROPOSER_TASKS = ("mask-generation", "image-segmentation", "zero-shot-object-detection", "object-detection")
 
@@ -43,7 +46,7 @@ class ToolSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(self.labels))
-        _check_choice("proposer", self.proposer, ("saliency",), PROPOSER_TASKS)
+        _check_choice("proposer", self.proposer, ("saliency",), (*PROPOSER_TASKS, "segmenter"))
         _check_choice("matting", self.matting, ("closed-form",), ())
         _check_choice("inpainting", self.inpainting, ("opencv",), ("diffusers",))
         _check_choice("shadows", self.shadows, ("darkening", "none"), ())
@@ -52,6 +55,19 @@ class ToolSpec:
         _check_choice("verifier", self.verifier, ("rules",), ("vlm",))
         if self.proposer.startswith("zero-shot-object-detection:") and not self.labels:
             raise ValueError("a zero-shot-object-detection proposer needs candidate labels (--labels cup,bottle)")
+
+
+def resolve_proposer(choice: str) -> str:
+    """``auto`` as the proposer it stands for now: ``segmenter:<default>`` when downloaded, else ``saliency``."""
+    if choice != "auto":
+        return choice
+    from liwi_diffusers.model_zoo import DEFAULT_SEGMENTER, ModelError, find_model
+
+    try:
+        present = find_model(DEFAULT_SEGMENTER) is not None
+    except ModelError:
+        present = False
+    return f"segmenter:{DEFAULT_SEGMENTER}" if present else "saliency"
 
 
 def _check_choice(what: str, value: str, plain: tuple[str, ...], prefixed: tuple[str, ...]) -> None:
@@ -108,6 +124,11 @@ def build_tools(spec: ToolSpec) -> Tools:
 
     if spec.proposer == "saliency":
         proposer: Any = SaliencyProposer(max_objects=spec.max_objects + 2)
+    elif spec.proposer.startswith("segmenter:"):
+        from liwi_diffusers.tools.segmenter import OnnxSegmenter, SegmenterProposer
+
+        segmenter = OnnxSegmenter.from_cache(spec.proposer.partition(":")[2], device=spec.device or "cpu")
+        proposer = SegmenterProposer(segmenter, max_objects=spec.max_objects + 2)
     else:
         task, _, model = spec.proposer.partition(":")
         proposer = adapters.TransformersProposer(

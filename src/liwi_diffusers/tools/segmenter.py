@@ -17,7 +17,7 @@ import numpy as np
 
 from ._utils import as_rgb, resize
 
-__all__ = ["OnnxSegmenter", "Segmenter", "SegmenterError"]
+__all__ = ["OnnxSegmenter", "Segmenter", "SegmenterError", "SegmenterProposer"]
 
 
 class SegmenterError(RuntimeError):
@@ -123,7 +123,34 @@ class OnnxSegmenter:
         matte = np.asarray(matte, np.float32).reshape(matte.shape[-2:])
         if self.spec.activation == "sigmoid":
             matte = 1.0 / (1.0 + np.exp(-matte))
-        elif self.spec.activation == "minmax":  # U2-Net-style exports: normalise the map to [0, 1]
-            low, high = float(matte.min()), float(matte.max())
-            matte = (matte - low) / (high - low) if high > low else np.zeros_like(matte)
         return np.clip(resize(matte, (height, width), cv2.INTER_LINEAR), 0.0, 1.0).astype(np.float32)
+
+
+class SegmenterProposer:
+    """A `Segmenter` behind the `ObjectProposer` interface: one pass, its regions split into instances.
+
+    For tools that want proposals (the ADD builder's foreground curation) rather than a whole decomposition.
+    Each proposal's score is the mean coverage inside its mask.
+    """
+
+    def __init__(self, segmenter: Segmenter, max_objects: int = 8, splitter: Any = None) -> None:
+        from .instances import InstanceSplitter
+
+        self.segmenter = segmenter
+        self.max_objects = max_objects
+        self.splitter = splitter or InstanceSplitter()
+        self.name = getattr(segmenter, "name", type(segmenter).__name__)
+
+    def __call__(self, image: Any, max_objects: int | None = None) -> list[Any]:
+        from .proposals import ObjectProposal
+
+        rgb = as_rgb(image)
+        limit = self.max_objects if max_objects is None else max_objects
+        coverage = np.asarray(self.segmenter(rgb), np.float32)
+        proposals = []
+        for alpha in self.splitter(coverage):
+            mask = alpha >= 0.5
+            if mask.any() and mask.mean() < 0.92:
+                proposals.append(ObjectProposal(mask, float(alpha[mask].mean()), "object"))
+        proposals.sort(key=lambda p: (-p.score, -p.area))
+        return proposals[:limit]
