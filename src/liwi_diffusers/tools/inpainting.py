@@ -11,9 +11,14 @@ from typing import Any, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from ._utils import as_mask, as_rgb, dilate, push_pull_fill, resize, scale_for
+from ._utils import as_mask, as_rgb, dilate, mask_box, padded_box, push_pull_fill, resize, scale_for
 
-__all__ = ["Inpainter", "OpenCVInpainter"]
+__all__ = ["INPAINT_METHODS", "Inpainter", "OpenCVInpainter"]
+
+#: Coarse fills for large holes. "smooth": push-pull pyramid; "telea"/"ns": OpenCV's ``cv2.inpaint``;
+#: "shiftmap", "fsr_fast", "fsr_best": ``cv2.xphoto.inpaint`` (opencv-contrib); "biharmonic": scikit-image.
+INPAINT_METHODS = ("smooth", "telea", "ns", "shiftmap", "fsr_fast", "fsr_best", "biharmonic")
+_CROP_METHODS = ("shiftmap", "fsr_fast", "fsr_best", "biharmonic")
 
 
 @runtime_checkable
@@ -26,15 +31,21 @@ class Inpainter(Protocol):
 
 
 class OpenCVInpainter:
-    """Coarse-to-fine inpainting with OpenCV (Telea or Navier-Stokes) and a smooth pyramid fill.
+    """Coarse-to-fine inpainting: OpenCV (Telea/Navier-Stokes, xphoto), scikit-image or a smooth pyramid fill.
 
     The mask is dilated by ``dilation`` pixels (object edges bleed into their surroundings). Thin
     holes are inpainted directly at full resolution with OpenCV (``fine_method``: "telea" or "ns").
-    Large holes get a coarse fill first: with ``method="smooth"`` (default) a push-pull pyramid
-    (a smooth, streak-free average of the surroundings); with "telea"/"ns" OpenCV inpainting at a
-    reduced resolution (``working_size`` pixels on the long side), upsampled. A ring of ``seam``
-    pixels along the hole's edge is then inpainted again at full resolution so that the fill meets
-    the untouched pixels without a seam. Pixels outside the (dilated) mask are returned unchanged.
+    Large holes get a coarse fill first (``method``, one of `INPAINT_METHODS`):
+
+    - "smooth" (default): a push-pull pyramid, a smooth, streak-free average of the surroundings;
+    - "telea" / "ns": OpenCV inpainting of the whole image at ``working_size`` pixels on the long side;
+    - "shiftmap", "fsr_fast", "fsr_best": ``cv2.xphoto.inpaint`` (shift-map patch copying, or frequency-selective
+      reconstruction), and "biharmonic": ``skimage.restoration.inpaint_biharmonic``. These run on a crop around
+      the hole (padded by half its size), brought down to ``working_size`` pixels on the long side.
+
+    The coarse fill is upsampled, and a ring of ``seam`` pixels along the hole's edge is then inpainted again at
+    full resolution so that the fill meets the untouched pixels without a seam. When no reduction is needed the
+    chosen method runs at full resolution directly. Pixels outside the (dilated) mask are returned unchanged.
     """
 
     def __init__(
@@ -46,10 +57,12 @@ class OpenCVInpainter:
         working_size: int = 256,
         seam: int = 4,
     ) -> None:
-        if method not in ("smooth", "telea", "ns"):
-            raise ValueError(f"method must be 'smooth', 'telea' or 'ns', got {method!r}")
+        if method not in INPAINT_METHODS:
+            raise ValueError(f"method must be one of {', '.join(map(repr, INPAINT_METHODS))}, got {method!r}")
         if fine_method not in ("telea", "ns"):
             raise ValueError(f"fine_method must be 'telea' or 'ns', got {fine_method!r}")
+        if working_size < 16:
+            raise ValueError(f"working_size must be at least 16 pixels, got {working_size}")
         self.method = method
         self.fine_method = fine_method
         self.radius = radius
@@ -68,6 +81,50 @@ class OpenCVInpainter:
         channels = [cv2.inpaint(np.ascontiguousarray(image16[:, :, c]), hole8, self.radius, flag) for c in range(3)]
         return np.stack(channels, axis=2).astype(np.float32) / 65535.0
 
+    def _fill(self, image: np.ndarray, hole: np.ndarray, method: str) -> np.ndarray:
+        """``image`` (float RGB) with ``hole`` filled by one of the crop methods, at the image's own size."""
+        if method == "biharmonic":
+            from skimage.restoration import inpaint_biharmonic
+
+            return inpaint_biharmonic(image, hole, channel_axis=-1).astype(np.float32)
+        # cv2.xphoto.inpaint: 8-bit input (FSR returns zeros for float), mask non-zero = VALID pixel;
+        # shift-map expects a Lab-like image (intensity first), FSR a BGR one.
+        bgr = cv2.cvtColor(np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8), cv2.COLOR_RGB2BGR)
+        source = cv2.cvtColor(bgr, cv2.COLOR_BGR2Lab) if method == "shiftmap" else bgr
+        flag = {
+            "shiftmap": cv2.xphoto.INPAINT_SHIFTMAP,
+            "fsr_fast": cv2.xphoto.INPAINT_FSR_FAST,
+            "fsr_best": cv2.xphoto.INPAINT_FSR_BEST,
+        }[method]
+        valid = np.where(hole, 0, 255).astype(np.uint8)
+        result = np.zeros_like(source)
+        cv2.xphoto.inpaint(source, valid, result, flag)
+        if method == "shiftmap":
+            result = cv2.cvtColor(result, cv2.COLOR_Lab2BGR)
+        return cv2.cvtColor(result, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+
+    def _coarse_crop(self, rgb: np.ndarray, hole: np.ndarray) -> tuple[np.ndarray, bool]:
+        """The crop methods' fill of ``hole`` (whole image) and whether it ran below full resolution."""
+        left, top, right, bottom = mask_box(hole)  # type: ignore[misc]  # the hole is not empty here
+        pad = max(16, max(right - left, bottom - top) // 2)
+        left, top, right, bottom = padded_box((left, top, right, bottom), pad, rgb.shape)
+        crop, crop_hole = rgb[top:bottom, left:right], hole[top:bottom, left:right]
+        scale = scale_for(crop.shape, self.working_size)
+        coarse = rgb.copy()
+        if scale >= 1.0:
+            coarse[top:bottom, left:right] = self._fill(crop, crop_hole, self.method)
+            return coarse, False
+        size = (max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale)))
+        small_hole = resize(crop_hole.astype(np.float32), size) > 0
+        if small_hole.all():
+            small_hole = resize(crop_hole.astype(np.float32), size) > 0.5
+        if small_hole.all():  # nothing known left at this size: fall back to the pyramid fill
+            coarse[top:bottom, left:right] = push_pull_fill(crop, (~crop_hole).astype(np.float32))
+        else:
+            small_fill = self._fill(resize(crop, size), small_hole, self.method)
+            coarse[top:bottom, left:right] = resize(small_fill, crop.shape[:2], cv2.INTER_CUBIC)
+        return coarse, True
+
     def __call__(self, image: Any, mask: Any) -> np.ndarray:
         """``image`` with the masked pixels filled."""
         rgb = as_rgb(image)
@@ -79,11 +136,15 @@ class OpenCVInpainter:
         distance = cv2.distanceTransform(hole.astype(np.uint8), cv2.DIST_L2, 3)
         scale = scale_for(rgb.shape, self.working_size)
         thin = float(distance.max()) <= 2 * self.seam
-        if thin or (self.method != "smooth" and scale >= 1.0):
-            method = self.fine_method if thin or self.method == "smooth" else self.method
+        if thin or (self.method in ("telea", "ns") and scale >= 1.0):
+            method = self.method if self.method in ("telea", "ns") and not thin else self.fine_method
             return np.where(hole[:, :, None], self._inpaint(rgb, hole, method), rgb).astype(np.float32)
         if self.method == "smooth":
             coarse = push_pull_fill(rgb, (~hole).astype(np.float32))
+        elif self.method in _CROP_METHODS:
+            coarse, reduced = self._coarse_crop(rgb, hole)
+            if not reduced:
+                return np.where(hole[:, :, None], np.clip(coarse, 0.0, 1.0), rgb).astype(np.float32)
         else:  # OpenCV at low resolution: every low-resolution pixel the hole touches is unknown
             size = (max(1, round(rgb.shape[0] * scale)), max(1, round(rgb.shape[1] * scale)))
             small_hole = resize(hole.astype(np.float32), size) > 0
