@@ -164,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
                 warnings.simplefilter("always")
                 image = item.open()
                 layered = decompose(image)
+                save_layered(layered, target, format=args.format)  # inside: its notes (e.g. PPTX scaling) too
             for warning in caught:
                 if issubclass(warning.category, ImageInputWarning):  # already names the file
                     _say(f"liwi: note: {warning.message}", args.quiet, progress)
@@ -171,7 +172,6 @@ def run(args: argparse.Namespace) -> int:
                     _say(f"liwi: note: {item.name}: {warning.message}", args.quiet, progress)
                 else:
                     warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
-            save_layered(layered, target, format=args.format)
         except ImageLoadError as error:
             failures += 1
             _say(f"liwi: error: {error}", False, progress)

@@ -1,0 +1,94 @@
+"""Peak memory and time of a whole decomposition (load, decompose, check, write a PSD) by photo size.
+
+    python benchmarks/bench_memory.py                       # 1, 4, 12 MP, the default decomposer
+    python benchmarks/bench_memory.py --megapixels 1 4 12 36 64 --method weight-free
+
+Each size runs in a fresh process (peak RSS is the child's high-water mark, `ru_maxrss`), on a real photo
+(scikit-image's astronaut, upscaled to the size: the objects scale with it) saved as JPEG and decomposed through
+the `liwi decompose` code path. Results: ``benchmarks/results/memory.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "memory.json"
+
+CHILD = r"""
+import json, resource, sys, time
+from pathlib import Path
+import numpy as np
+from PIL import Image
+from skimage import data
+
+megapixels, method, folder = float(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+height = int(round((megapixels * 1e6 * 3 / 4) ** 0.5))
+width = int(round(height * 4 / 3))
+photo = Image.fromarray(data.astronaut()).resize((width, height), Image.LANCZOS)
+path = folder / f"photo_{megapixels:g}mp.jpg"
+photo.save(path, quality=92)
+del photo
+baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from liwi_diffusers.cli import main
+start = time.perf_counter()
+code = main(["decompose", str(path), "-o", str(folder / "out"), "-q", "--overwrite", "--method", method,
+             "--max-pixels", str(width * height + 1)])
+seconds = time.perf_counter() - start
+print(json.dumps({"megapixels": megapixels, "width": width, "height": height, "exit": code, "seconds": seconds,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "rss_before_mb": baseline}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--megapixels", nargs="+", type=float, default=[1, 4, 12])
+    parser.add_argument("--method", default="tools", choices=("tools", "weight-free"))
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for megapixels in args.megapixels:
+            started = time.perf_counter()
+            done = subprocess.run(
+                [sys.executable, "-c", CHILD, str(megapixels), args.method, folder],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+            if not lines:
+                print(f"{megapixels} MP: failed ({done.stderr.strip().splitlines()[-1:]})")
+                rows.append({"megapixels": megapixels, "error": done.stderr[-2000:]})
+                continue
+            row = json.loads(lines[-1])
+            row["wall_with_start_s"] = time.perf_counter() - started
+            rows.append(row)
+            print(
+                f"{megapixels:5g} MP ({row['width']}x{row['height']}): {row['seconds']:.1f} s, "
+                f"peak RSS {row['peak_rss_mb']:.0f} MB, exit {row['exit']}",
+                flush=True,
+            )
+    print("\n| MP | size | seconds | s/MP | peak RSS MB |\n| --- | --- | --- | --- | --- |")
+    for row in rows:
+        if "seconds" in row:
+            print(
+                f"| {row['megapixels']:g} | {row['width']}x{row['height']} | {row['seconds']:.1f} | "
+                f"{row['seconds'] / row['megapixels']:.2f} | {row['peak_rss_mb']:.0f} |"
+            )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"method": args.method, "cpu_count": os.cpu_count(), "rows": rows}
+    tmp = args.output.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, args.output)
+
+
+if __name__ == "__main__":
+    main()
