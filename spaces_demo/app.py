@@ -6,12 +6,16 @@ installed) and locally on a CPU with nothing downloaded::
     python spaces_demo/app.py            # http://127.0.0.1:7860
 
 The model is chosen in the page or by environment variable (see `SpaceConfig.from_env`): the
-weight-free tool-chain decomposer by default, or any `LiWiDecompositionPipeline` folder or Hub id.
-Edits live in ``editing.py`` as plain functions; this module only wires them to Gradio.
+tool-chain decomposer by default, or any `LiWiDecompositionPipeline` folder or Hub id; every model loads
+through `liwi_diffusers.load_decomposer`. The tool chain runs in worker processes (``worker_pool.py``), so
+that a request past its time limit is stopped and its worker freed. Edits live in ``editing.py`` as plain
+functions; this module only wires them to Gradio.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import shutil
 import sys
@@ -43,18 +47,20 @@ from editing import (  # noqa: E402
     delete_object,
     object_choices,
     reset_edits,
-    shown_objects,
+    shown_layer_names,
     update_edit,
 )
+from worker_pool import TimeLimitExceeded, WorkerCrashed, WorkerPool, decompose_in_worker, warm_up_tool_chain  # noqa: E402
 
-from liwi_diffusers.checkpoints import SHIPPED_CHECKPOINTS, resolve_model  # noqa: E402
 from liwi_diffusers.image_io import ImageInputWarning, ImageLoadError, load_image  # noqa: E402
 from liwi_diffusers.layers import LayeredImage  # noqa: E402
+from liwi_diffusers.loading import TOOL_CHAIN_NAMES, DecomposerLoadError, PipelineDecomposer, load_decomposer  # noqa: E402
 from liwi_diffusers.sample_images import load_sample_image  # noqa: E402
 
 __all__ = ["SpaceConfig", "build_demo", "decompose", "export_layers", "launch_options", "main"]
 
-TOOLS = "tools"  # the weight-free tool-chain decomposer
+LOGGER = logging.getLogger("liwi_space")
+TOOLS = "tools"  # the tool-chain decomposer (learned segmenter when it is in the model cache, else weight-free)
 TINY = "tiny"  # a tiny random pipeline: exercises the diffusion path in seconds, output is noise
 # The trained checkpoint shipped inside liwi-diffusers (liwi_diffusers.checkpoints): always in the model list,
 # not the default, because the tool chain still scores better on the held-out benchmark (see the README).
@@ -63,6 +69,9 @@ SHIPPED_CHECKPOINT = "liwi-small"
 EXAMPLES = ("astronaut", "coffee", "chelsea", "rocket")
 EXPORT_FORMATS = {"PSD": "psd", "ORA": "ora", "ZIP of PNGs": "zip"}
 OUTPUT_TTL_S = 3600  # files written for downloads are removed after this long
+MOVE_STEP = 0.5  # steps of the move sliders (percent of the picture's size)
+FACTOR_STEP = 0.05  # steps of the scale and shadow-strength sliders
+AUTO = "auto"  # the object-count choice "the model decides"; 0 means the same, as in the CLI and the Python API
 
 
 @dataclass(frozen=True)
@@ -76,16 +85,18 @@ class SpaceConfig:
     max_file_size: str = "20mb"  # larger uploads are refused by the server
     max_layers: int = 8
     max_steps: int = 50
-    resolution: int = 640  # working resolution of diffusion pipelines
+    resolution: int | None = None  # working resolution of diffusion pipelines (None: the checkpoint's own)
     queue_size: int = 64  # waiting requests beyond this are turned away ("queue full")
-    concurrency: int = 2  # decompositions running at once
+    concurrency: int = 2  # decompositions running at once (tool-chain worker processes)
+    time_limit_s: float = 60.0  # a decomposition still running after this long is stopped, its worker freed
     output_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "liwi_space")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SpaceConfig:
         """Read ``LIWI_MODEL`` (``tools``, ``tiny``, a pipeline folder or Hub id), ``LIWI_MODELS`` (more
         choices, comma-separated), ``LIWI_MAX_SIDE``, ``LIWI_MAX_PIXELS``, ``LIWI_MAX_FILE_SIZE``,
-        ``LIWI_MAX_STEPS``, ``LIWI_RESOLUTION``, ``LIWI_QUEUE_SIZE``, ``LIWI_CONCURRENCY``, ``LIWI_OUTPUT_DIR``."""
+        ``LIWI_MAX_STEPS``, ``LIWI_RESOLUTION``, ``LIWI_QUEUE_SIZE``, ``LIWI_CONCURRENCY``, ``LIWI_TIME_LIMIT``
+        (seconds, decimals allowed), ``LIWI_OUTPUT_DIR``."""
         env = os.environ if environ is None else environ
         default = env.get("LIWI_MODEL", "").strip() or TOOLS
         extra = [name.strip() for name in env.get("LIWI_MODELS", "").split(",") if name.strip()]
@@ -104,6 +115,18 @@ class SpaceConfig:
                 raise ValueError(f"{name} must be positive, got {value}")
             return value
 
+        def seconds(name: str, fallback: float) -> float:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return fallback
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
+            if not 0 < value < float("inf"):
+                raise ValueError(f"{name} must be a positive number of seconds, got {raw}")
+            return value
+
         return cls(
             default_model=default,
             models=tuple(models),
@@ -111,9 +134,10 @@ class SpaceConfig:
             max_pixels=number("LIWI_MAX_PIXELS", base.max_pixels),
             max_file_size=env.get("LIWI_MAX_FILE_SIZE", "").strip() or base.max_file_size,
             max_steps=number("LIWI_MAX_STEPS", base.max_steps),
-            resolution=number("LIWI_RESOLUTION", base.resolution),
+            resolution=number("LIWI_RESOLUTION", 0) or base.resolution,
             queue_size=number("LIWI_QUEUE_SIZE", base.queue_size),
             concurrency=number("LIWI_CONCURRENCY", base.concurrency),
+            time_limit_s=seconds("LIWI_TIME_LIMIT", base.time_limit_s),
             output_dir=Path(env.get("LIWI_OUTPUT_DIR", "").strip() or base.output_dir),
         )
 
@@ -121,7 +145,9 @@ class SpaceConfig:
 def model_label(name: str) -> str:
     """What the model dropdown shows for a model name."""
     if name == TOOLS:
-        return "Tool chain (weight-free, CPU)"
+        return "Tool chain (CPU; no download needed)"
+    if name == "weight-free":
+        return "Tool chain, weight-free (CPU)"
     if name == TINY:
         return "Tiny random pipeline (testing only: outputs noise)"
     if name == SHIPPED_CHECKPOINT:
@@ -139,15 +165,37 @@ def _gpu(function: Callable[..., Any]) -> Callable[..., Any]:
     return spaces.GPU(duration=120)(function)
 
 
+def user_error(message: str, title: str = "Error") -> gr.Error:
+    """A `gr.Error` for something the user can fix: shown to them, logged as one line (no traceback)."""
+    return gr.Error(message, title=title, print_exception=False)
+
+
+def _logged(endpoint: str, handler: Callable[..., Any]) -> Callable[..., Any]:
+    """``handler``, logging each user error it raises as one line (Gradio prints no traceback for them)."""
+
+    @functools.wraps(handler)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return handler(*args, **kwargs)
+        except gr.Error as error:
+            LOGGER.info("%s: %s: %s", endpoint, error.title, " ".join(str(error.message).split()))
+            raise
+
+    return wrapped
+
+
 class _Models:
-    """Loaded models by name, each loaded once; pipelines run one call at a time (their scheduler has state)."""
+    """Loaded pipelines by name, each loaded once; a pipeline runs one call at a time (its scheduler has state).
+
+    The tool chain is not loaded here: it runs in the worker processes of `tool_chain_pool`.
+    """
 
     def __init__(self) -> None:
-        self._models: dict[str, Any] = {}
+        self._models: dict[str, PipelineDecomposer] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._loading = threading.Lock()
 
-    def get(self, name: str) -> tuple[Any, threading.Lock]:
+    def get(self, name: str) -> tuple[PipelineDecomposer, threading.Lock]:
         if name in self._models:  # loaded: no need to wait behind another model's loading
             return self._models[name], self._locks[name]
         with self._loading:
@@ -157,81 +205,123 @@ class _Models:
             return self._models[name], self._locks[name]
 
 
-def _load_model(name: str) -> Any:
-    if name == TOOLS:
-        from liwi_diffusers.tools.decomposer import ToolChainDecomposer
-
-        return ToolChainDecomposer()
+def _load_model(name: str) -> PipelineDecomposer:
+    """The pipeline ``name`` through `load_decomposer` (bfloat16 on a GPU); ``tiny`` is built here, for testing."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if name == TINY:
         from liwi_diffusers.pipelines.tiny import build_tiny_pipeline
 
-        return build_tiny_pipeline(seed=0).to(device)
-    from liwi_diffusers.pipelines.pipeline_liwi import LiWiDecompositionPipeline
-
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        return PipelineDecomposer(build_tiny_pipeline(seed=0).to(device), resolution=128, name=TINY)
     try:
-        return LiWiDecompositionPipeline.from_pretrained(resolve_model(name)[0], torch_dtype=dtype).to(device)
-    except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise gr.Error(f"Cannot load a LiWi pipeline from {name!r}: {first_line}") from None
+        decomposer = load_decomposer(name, device=device, dtype="bfloat16" if device == "cuda" else None)
+    except DecomposerLoadError as error:
+        raise user_error(f"Cannot load {name!r}: {error}", title="Cannot load the model") from None
+    if not isinstance(decomposer, PipelineDecomposer):
+        raise user_error(f"{name!r} is not a diffusion pipeline; choose it as the tool chain.")
+    return decomposer
 
 
 MODELS = _Models()
+_POOLS: dict[int, WorkerPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def tool_chain_pool(size: int) -> WorkerPool:
+    """The worker processes (``size`` of them, started on first use) that run tool-chain decompositions."""
+    with _POOLS_LOCK:
+        if size not in _POOLS:
+            _POOLS[size] = WorkerPool(size, initializer=warm_up_tool_chain)
+        return _POOLS[size]
+
+
+class _PastTimeLimit(Exception):
+    """Raised from a pipeline's step callback once its request is past the time limit."""
 
 
 @_gpu
 def run_pipeline(
-    name: str, image: Image.Image, num_layers: int, steps: int, seed: int, resolution: int, progress: Any = None
+    name: str,
+    image: Image.Image,
+    num_layers: int | None,
+    steps: int,
+    seed: int,
+    resolution: int | None,
+    time_limit_s: float,
+    progress: Any = None,
 ) -> LayeredImage:
-    """One pipeline call (on the GPU when there is one): the `LayeredImage` of ``image``."""
+    """One pipeline call (on the GPU when there is one): the `LayeredImage` of ``image``.
+
+    The time limit is checked after every denoising step: past it, the call stops and the worker is free.
+    """
     import torch
 
-    pipe, lock = MODELS.get(name)
-
-    def on_step(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
-        if progress is not None:
-            progress((step + 1, steps), desc="Denoising")
-        return {}
+    decomposer, lock = MODELS.get(name)
 
     with lock:
+        deadline = time.monotonic() + time_limit_s
+
+        def on_step(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+            if progress is not None:
+                progress((step + 1, steps), desc="Denoising")
+            if time.monotonic() > deadline:
+                raise _PastTimeLimit
+            return {}
+
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
-        output = pipe(
+        resolution = resolution or decomposer.resolution
+        output = decomposer.pipeline(
             image,
-            num_layers=num_layers,
+            num_layers=num_layers or AUTO,
             num_inference_steps=steps,
             generator=generator,
-            resolution=resolution,
             callback_on_step_end=on_step,
+            **({"resolution": resolution} if resolution else {}),
         )
     return output.layers[0]
 
 
 def run_model(
-    name: str, image: Image.Image, num_layers: int | None, steps: int, seed: int, resolution: int, progress: Any = None
+    name: str,
+    image: Image.Image,
+    num_layers: int | None,
+    steps: int,
+    seed: int,
+    config: SpaceConfig,
+    progress: Any = None,
 ) -> LayeredImage:
-    """Decompose ``image`` with model ``name`` (``num_layers`` None: as many objects as the model finds).
+    """Decompose ``image`` with model ``name`` (``num_layers`` None: automatic, the model decides).
 
-    A model that refuses the request (a `ValueError`, e.g. more layers than it supports) gives a `gr.Error`.
+    The tool chain runs in a worker process of `tool_chain_pool`, pipelines in this thread; either is stopped
+    at ``config.time_limit_s``. A model that refuses the request (a `ValueError`, e.g. more layers than it
+    supports), a request past the time limit and a worker that died give a one-line `gr.Error`.
     """
     try:
-        if name == TOOLS:
-            decomposer, _ = MODELS.get(TOOLS)
+        if name in TOOL_CHAIN_NAMES:
             if progress is not None:
                 progress(0.2, desc="Finding objects, matting, inpainting")
-            return decomposer(image, num_layers=num_layers)
+            pool = tool_chain_pool(config.concurrency)
+            return pool.run(decompose_in_worker, (name, image, num_layers), config.time_limit_s)
         if progress is not None:
             progress(0.0, desc="Loading the pipeline")
         MODELS.get(name)  # load outside the GPU function: a ZeroGPU slot is then spent on denoising only
-        if name == TINY:
-            resolution = min(resolution, 128)
-        elif name in SHIPPED_CHECKPOINTS:  # the resolution it was trained at
-            resolution = SHIPPED_CHECKPOINTS[name].resolution
-        return run_pipeline(name, image, num_layers or 3, steps, seed, resolution, progress)
+        return run_pipeline(name, image, num_layers, steps, seed, config.resolution, config.time_limit_s, progress)
+    except (TimeLimitExceeded, _PastTimeLimit):
+        LOGGER.warning("/decompose: stopped at the time limit (%g s), model %s", config.time_limit_s, name)
+        raise user_error(
+            f"This photo took longer than {config.time_limit_s:g} s, this Space's limit per request, and was "
+            "stopped. Try a smaller or busier photo, fewer objects, or another model.",
+            title="Time limit",
+        ) from None
+    except WorkerCrashed as error:
+        LOGGER.error("/decompose: worker process lost (%s), model %s", error, name)
+        raise user_error(
+            "The decomposition stopped unexpectedly (its worker process was lost); please try again.",
+            title="Decomposition failed",
+        ) from None
     except ValueError as error:
-        raise gr.Error(f"{model_label(name)} could not decompose this photo: {error}") from None
+        raise user_error(f"{model_label(name)} could not decompose this photo: {error}") from None
 
 
 # ---------------------------------------------------------------------------------------------- handlers
@@ -241,7 +331,7 @@ def upload_path(value: str | Mapping[str, Any] | None) -> str | None:
         if value.get("path"):
             return str(value["path"])
         if str(value.get("url") or "").startswith("data:"):
-            raise gr.Error("Upload the photo as a file (drag it in or click the upload area).", title="No photo")
+            raise user_error("Upload the photo as a file (drag it in or click the upload area).", title="No photo")
         return None
     return value
 
@@ -255,7 +345,7 @@ def prepare_image(value: str | Mapping[str, Any] | None, config: SpaceConfig) ->
     """
     path = upload_path(value)
     if path is None or not path.strip():
-        raise gr.Error("Upload a photo or pick an example first.", title="No photo")
+        raise user_error("Upload a photo or pick an example first.", title="No photo")
     name = Path(path).name
     notices: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
@@ -263,7 +353,7 @@ def prepare_image(value: str | Mapping[str, Any] | None, config: SpaceConfig) ->
         try:
             image = load_image(path, max_pixels=config.max_pixels)
         except ImageLoadError as error:
-            raise gr.Error(str(error).replace(str(path), name), title="Cannot read this photo") from None
+            raise user_error(str(error).replace(str(path), name), title="Cannot read this photo") from None
     notices += [
         str(warning.message).replace(str(path), name)
         for warning in caught
@@ -281,26 +371,59 @@ def prepare_image(value: str | Mapping[str, Any] | None, config: SpaceConfig) ->
     return image, notices
 
 
-def layer_captions(layered: LayeredImage, numbers: list[int] | None = None) -> list[str]:
-    """Names of the layers, back to front: background, shadow k, object k (``: label`` when there is one).
-
-    ``numbers`` are the objects' numbers to show (default 1..K); edits keep the original numbers.
-    """
-    captions = ["background"]
-    for position, label in enumerate(layered.labels):
-        number = numbers[position] if numbers is not None else position + 1
-        suffix = f": {label}" if label and label != "object" else ""
-        captions += [f"shadow {number}{suffix}", f"object {number}{suffix}"]
-    return captions
+def plural(count: int, noun: str) -> str:
+    """``1 object``, ``2 objects``, ``0 objects``."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
-def write_images(layered: LayeredImage, folder: Path, captions: list[str]) -> tuple[list[tuple[str, str]], str]:
+def object_count_choices(max_layers: int) -> list[tuple[str, str | int]]:
+    """Choices of the object-count control: "auto" (the model decides), then 1 to ``max_layers``."""
+    return [("auto (the model decides)", AUTO)] + [(plural(k, "object"), k) for k in range(1, max_layers + 1)]
+
+
+def parse_object_count(value: Any, max_layers: int) -> int | None:
+    """The object count a request asks for: None for "auto", 0, "0" or nothing; else a whole number 1..max."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", AUTO)):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not number.is_integer() or not 0 <= number <= max_layers:
+        raise user_error(
+            f'Number of objects must be "{AUTO}" or a whole number between 0 (automatic) and {max_layers}, '
+            f"got {value!r}."
+        )
+    return int(number) or None
+
+
+def _whole_number(value: Any, what: str, low: int, high: int) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not number.is_integer() or not low <= number <= high:
+        raise user_error(f"{what} must be between {low} and {high}, got {value!r}.")
+    return int(number)
+
+
+def _plain_labels(layered: LayeredImage) -> LayeredImage:
+    """``layered`` without the tool chain's placeholder label "object" (it has no classifier): layer names
+    then read ``object 1``, not ``object 1: object``, in the page and in exported files."""
+    layered.labels = ["" if label == "object" else label for label in layered.labels]
+    return layered
+
+
+def write_images(
+    layered: LayeredImage, folder: Path, captions: list[str] | None = None
+) -> tuple[list[tuple[str, str]], str]:
     """Write the layers (RGBA PNGs) and their composite (RGB PNG) into ``folder``: the gallery and composite paths.
 
     The page gets files, not PIL images: Gradio stores a PIL image under a name made from its content and
     rewrites that file each time the same picture comes back, which can cut off a download of it in flight;
-    files are copied into its cache once and never rewritten.
+    files are copied into its cache once and never rewritten. ``captions`` default to `LayeredImage.layer_names`.
     """
+    captions = layered.layer_names() if captions is None else captions
     gallery = []
     for index, ((_, image), caption) in enumerate(zip(layered.to_pil(), captions)):
         path = folder / f"{index:02d}_{_slug(caption)}.png"
@@ -314,39 +437,39 @@ def write_images(layered: LayeredImage, folder: Path, captions: list[str]) -> tu
 def decompose(
     image: str | Mapping[str, Any] | None,
     model: str,
-    num_layers: float,
+    num_layers: str | float | None,
     steps: float,
     seed: float,
     config: SpaceConfig,
     progress: Any = None,
 ) -> tuple[list[tuple[str, str]], str, str, str, EditSession]:
     """The ``/decompose`` endpoint: layers (RGBA PNG files, named), their recomposition, a report, a PSD and
-    an edit session."""
+    an edit session. ``num_layers`` is "auto" (or 0: the model decides, up to its limit) or a count."""
     if model not in config.models:
-        raise gr.Error(f"Unknown model {model!r}; this Space offers: {', '.join(config.models)}.")
-    num_layers, steps, seed = int(num_layers or 0), int(steps or 1), int(seed or 0)
-    if not 0 <= num_layers <= config.max_layers:
-        raise gr.Error(f"Number of objects must be between 0 (automatic) and {config.max_layers}, got {num_layers}.")
-    if not 1 <= steps <= config.max_steps:
-        raise gr.Error(f"Steps must be between 1 and {config.max_steps}, got {steps}.")
+        raise user_error(f"Unknown model {model!r}; this Space offers: {', '.join(config.models)}.")
+    wanted = parse_object_count(num_layers, config.max_layers)
+    steps = _whole_number(1 if steps is None else steps, "Steps", 1, config.max_steps)
+    seed = _whole_number(0 if seed is None else seed, "Seed", 0, 2**63 - 1)
     picture, notices = prepare_image(image, config)
     start = time.perf_counter()
-    layered = run_model(model, picture, num_layers or None, steps, seed, config.resolution, progress)
+    layered = _plain_labels(run_model(model, picture, wanted, steps, seed, config, progress))
     seconds = time.perf_counter() - start
-    if num_layers and layered.num_objects < num_layers:
-        notices.append(f"You asked for {num_layers} objects; the model found {layered.num_objects} it could separate.")
+    if wanted and layered.num_objects < wanted:
+        notices.append(
+            f"You asked for {plural(wanted, 'object')}; the model found {layered.num_objects} it could separate."
+        )
     if progress is not None:
         progress(0.95, desc="Writing the layers and the PSD")
     for notice in notices:
         gr.Warning(notice)
     report = layered.check(picture)
     folder = new_output_folder(config.output_dir)
-    gallery, composite = write_images(layered, folder, layer_captions(layered))
+    gallery, composite = write_images(layered, folder)
     psd = save_layered_file(layered, folder / f"{_safe_stem(upload_path(image))}_layers.psd")
     lines = [f"> ⚠️ {notice}" for notice in notices]
     lines += [
-        f"**{layered.num_objects} object{'' if layered.num_objects == 1 else 's'}** "
-        f"({2 * layered.num_objects + 1} layers, {layered.width}x{layered.height}) "
+        f"**{plural(layered.num_objects, 'object')}**{' (auto)' if wanted is None else ''} "
+        f"({plural(2 * layered.num_objects + 1, 'layer')}, {layered.width}x{layered.height}) "
         f"in {seconds:.1f} s with *{model_label(model)}*.",
         f"Recomposition error: mean {report.mean_abs_error * 255:.2f}, max {report.max_abs_error * 255:.1f} "
         f"(of 255 levels), PSNR {_psnr_text(report.psnr)}.",
@@ -360,13 +483,12 @@ def render_edits(session: EditSession | None, output_dir: Path) -> tuple[str | N
         return None, [], "Decompose a photo first; its objects then appear here."
     edited = apply_edits(session)
     # Captions keep the original object numbers: "object 3" stays object 3 after object 1 is hidden.
-    numbers = [index + 1 for index in shown_objects(session)]
-    gallery, composite = write_images(edited, new_output_folder(output_dir), layer_captions(edited, numbers))
+    gallery, composite = write_images(edited, new_output_folder(output_dir), shown_layer_names(session))
     hidden = sum(not e.visible and not e.deleted for e in session.edits)
     deleted = sum(e.deleted for e in session.edits)
     moved = sum(e.moves and not e.deleted for e in session.edits)
     shadows = sum(e.shadow_strength != 1.0 and not e.deleted for e in session.edits)
-    parts = [f"{edited.num_objects} of {session.num_objects} objects shown"]
+    parts = [f"{edited.num_objects} of {plural(session.num_objects, 'object')} shown"]
     parts += [
         f"{count} {what}"
         for count, what in (
@@ -391,9 +513,9 @@ def edit_object(
 ) -> EditSession:
     """Set every edit of object ``index`` from the controls (moves are in percent of the image size)."""
     if session is None:
-        raise gr.Error("Decompose a photo first.")
+        raise user_error("Decompose a photo first.")
     if index is None:
-        raise gr.Error("Pick an object to edit.")
+        raise user_error("Pick an object to edit.")
     width, height = session.size
     return update_edit(
         session,
@@ -410,15 +532,26 @@ def edit_controls(session: EditSession | None, index: int | None) -> tuple[bool,
     """Control values (visible, dx %, dy %, scale, shadow strength) showing object ``index``'s edit."""
     edit = ObjectEdit() if session is None or index is None else session.edits[int(index)]
     width, height = session.size if session is not None else (1, 1)
-    return edit.visible, edit.dx / width * 100.0, edit.dy / height * 100.0, edit.scale, edit.shadow_strength
+    return (
+        edit.visible,
+        _on_step(edit.dx / width * 100.0, MOVE_STEP),
+        _on_step(edit.dy / height * 100.0, MOVE_STEP),
+        _on_step(edit.scale, FACTOR_STEP),
+        _on_step(edit.shadow_strength, FACTOR_STEP),
+    )
+
+
+def _on_step(value: float, step: float) -> float:
+    """``value`` rounded to a slider's ``step`` (sliders show 12.5, not 12.4999...)."""
+    return round(round(value / step) * step, 6)
 
 
 def export_layers(session: EditSession | None, format_label: str, config: SpaceConfig) -> str:
     """Write the current (edited) layers as PSD, ORA or a zip of PNGs; the file's path."""
     if session is None:
-        raise gr.Error("Decompose a photo first; then download its layers.")
+        raise user_error("Decompose a photo first; then download its layers.")
     if format_label not in EXPORT_FORMATS:
-        raise gr.Error(f"Unknown format {format_label!r}; choose one of {', '.join(EXPORT_FORMATS)}.")
+        raise user_error(f"Unknown format {format_label!r}; choose one of {', '.join(EXPORT_FORMATS)}.")
     suffix = EXPORT_FORMATS[format_label]
     name = "liwi_layers_edited" if session.is_edited() else "liwi_layers"
     return str(save_layered_file(apply_edits(session), new_output_folder(config.output_dir) / f"{name}.{suffix}"))
@@ -517,7 +650,7 @@ def api_markdown(config: SpaceConfig) -> str:
     arguments = [
         ('handle_file("photo.jpg"),', f"image (at most {config.max_file_size}; downscaled to {config.max_side} px)"),
         (f'"{config.default_model}",', "model: " + ", ".join(f'"{name}"' for name in config.models)),
-        ("0,", f"number of objects (0: automatic, up to {config.max_layers})"),
+        (f'"{AUTO}",', f'objects: "{AUTO}" or 0 (the model decides), or 1 to {config.max_layers}'),
         ("20,", "steps (diffusion pipelines only)"),
         ("0,", "seed"),
     ]
@@ -579,8 +712,13 @@ def build_demo(config: SpaceConfig | None = None) -> gr.Blocks:
                     elem_id="liwi-model",
                     info="The tool chain needs no weights; steps and seed apply to diffusion pipelines.",
                 )
-                num_layers = gr.Slider(
-                    0, config.max_layers, value=0, step=1, label="Objects (0 = automatic)", elem_id="liwi-num-layers"
+                num_layers = gr.Dropdown(
+                    choices=object_count_choices(config.max_layers),
+                    value=AUTO,
+                    label="Objects",
+                    info="auto: the model decides how many, up to its limit (0 means auto in the API too).",
+                    filterable=False,
+                    elem_id="liwi-num-layers",
                 )
                 with gr.Row():
                     steps = gr.Slider(
@@ -588,6 +726,7 @@ def build_demo(config: SpaceConfig | None = None) -> gr.Blocks:
                         config.max_steps,
                         value=min(20, config.max_steps),
                         step=1,
+                        precision=0,
                         label="Steps",
                         elem_id="liwi-steps",
                     )
@@ -595,7 +734,8 @@ def build_demo(config: SpaceConfig | None = None) -> gr.Blocks:
                 run = gr.Button("Decompose", variant="primary", elem_id="liwi-decompose")
                 gr.Markdown(
                     f"Uploads up to {config.max_file_size.upper()}; photos above {config.max_side} px per side are "
-                    f"downscaled. Files are kept for an hour, then deleted.",
+                    f"downscaled; a decomposition is stopped after {config.time_limit_s:g} s. While you wait, the "
+                    "layers panel shows your place in the queue. Files are kept for an hour, then deleted.",
                     elem_id="liwi-limits",
                 )
             with gr.Column(scale=7, min_width=400), gr.Tabs():
@@ -644,13 +784,41 @@ def build_demo(config: SpaceConfig | None = None) -> gr.Blocks:
                         with gr.Column(scale=2, min_width=220):
                             target = gr.Dropdown(choices=[], value=None, label="Object", elem_id="liwi-object")
                             visible = gr.Checkbox(True, label="Show this object and its shadow", elem_id="liwi-visible")
-                            dx = gr.Slider(-100, 100, value=0, step=0.5, label="Move right (%)", elem_id="liwi-dx")
-                            dy = gr.Slider(-100, 100, value=0, step=0.5, label="Move down (%)", elem_id="liwi-dy")
+                            dx = gr.Slider(
+                                -100,
+                                100,
+                                value=0,
+                                step=MOVE_STEP,
+                                precision=1,
+                                label="Move right (%)",
+                                elem_id="liwi-dx",
+                            )
+                            dy = gr.Slider(
+                                -100,
+                                100,
+                                value=0,
+                                step=MOVE_STEP,
+                                precision=1,
+                                label="Move down (%)",
+                                elem_id="liwi-dy",
+                            )
                             scale = gr.Slider(
-                                MIN_SCALE, MAX_SCALE, value=1.0, step=0.05, label="Scale", elem_id="liwi-scale"
+                                MIN_SCALE,
+                                MAX_SCALE,
+                                value=1.0,
+                                step=FACTOR_STEP,
+                                precision=2,
+                                label="Scale",
+                                elem_id="liwi-scale",
                             )
                             strength = gr.Slider(
-                                0.0, MAX_SHADOW_STRENGTH, value=1.0, step=0.05, label="Shadow strength"
+                                0.0,
+                                MAX_SHADOW_STRENGTH,
+                                value=1.0,
+                                step=FACTOR_STEP,
+                                precision=2,
+                                label="Shadow strength",
+                                elem_id="liwi-strength",
                             )
                             with gr.Row():
                                 delete = gr.Button("Delete object", variant="stop", size="sm")
@@ -702,20 +870,21 @@ def build_demo(config: SpaceConfig | None = None) -> gr.Blocks:
 
         def on_click(state: EditSession | None, index: int | None, evt: gr.SelectData) -> tuple:
             if state is None or index is None:
-                raise gr.Error("Decompose a photo and pick an object first.")
+                raise user_error("Decompose a photo and pick an object first.")
             x, y = evt.index
             edit = state.edits[int(index)]
             center = _object_center(state, int(index))
             dx_px, dy_px = x - center[0], y - center[1]
             state = update_edit(state, int(index), dx=float(dx_px), dy=float(dy_px), visible=True)
             width, height = state.size
-            dx_percent = float(np.clip(round(dx_px / width * 200) / 2, -100, 100))  # the sliders' 0.5 steps
-            dy_percent = float(np.clip(round(dy_px / height * 200) / 2, -100, 100))
-            return (state, True, dx_percent, dy_percent, edit.scale, *render_edits(state, config.output_dir))
+            dx_percent = float(np.clip(_on_step(dx_px / width * 100, MOVE_STEP), -100, 100))
+            dy_percent = float(np.clip(_on_step(dy_px / height * 100, MOVE_STEP), -100, 100))
+            scale = _on_step(edit.scale, FACTOR_STEP)
+            return (state, True, dx_percent, dy_percent, scale, *render_edits(state, config.output_dir))
 
         def on_delete(state: EditSession | None, index: int | None) -> tuple:
             if state is None or index is None:
-                raise gr.Error("Decompose a photo and pick an object first.")
+                raise user_error("Decompose a photo and pick an object first.")
             state = delete_object(state, int(index))
             return (state, *on_new_session(state))
 
@@ -726,6 +895,9 @@ def build_demo(config: SpaceConfig | None = None) -> gr.Blocks:
         def on_export(state: EditSession | None, label: str) -> str:
             return export_layers(state, label, config)
 
+        on_pick, on_edit, on_click = _logged("pick", on_pick), _logged("edit", on_edit), _logged("move", on_click)
+        on_delete, on_reset = _logged("delete", on_delete), _logged("reset", on_reset)
+
         # Edits are quick and have their own concurrency group: they never wait behind a decomposition.
         edit_events: dict[str, Any] = {
             "api_visibility": "private",
@@ -735,15 +907,17 @@ def build_demo(config: SpaceConfig | None = None) -> gr.Blocks:
         }
         controls = [visible, dx, dy, scale, strength]
         editor = [target, *controls, edited, edited_layers, edit_status]
+        # Decompositions: at most `concurrency` at once, each stopped at `time_limit_s` (run_model); waiting ones
+        # see their place in the queue ("queue: 3/7") over the outputs (show_progress="full").
         run.click(
-            on_decompose,
+            _logged("/decompose", on_decompose),
             [photo, model, num_layers, steps, seed],
             [layers, recomposition, report, psd, session],
             api_name="decompose",
             concurrency_id="decompose",
             concurrency_limit=config.concurrency,
-            time_limit=600,
-            preprocess=False,  # the photo arrives undecoded: see prepare_image
+            show_progress="full",
+            preprocess=False,  # the photo arrives undecoded (see prepare_image), the other inputs as sent
         ).success(on_new_session, [session], editor, **edit_events)
         target.input(on_pick, [session, target], controls, api_visibility="private", queue=False)
         for control in (dx, dy, scale, strength):
@@ -762,7 +936,7 @@ def build_demo(config: SpaceConfig | None = None) -> gr.Blocks:
         delete.click(on_delete, [session, target], [session, *editor], **edit_events)
         reset.click(on_reset, [session], [session, *editor], **edit_events)
         export.click(
-            on_export,
+            _logged("/export", on_export),
             [session, export_format],
             [exported],
             api_visibility="private",

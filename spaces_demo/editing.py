@@ -33,6 +33,7 @@ __all__ = [
     "object_choices",
     "reset_edits",
     "scale_shadow",
+    "shown_layer_names",
     "shown_objects",
     "transform_layer",
     "update_edit",
@@ -83,12 +84,15 @@ class EditSession:
     shadows: list[np.ndarray]  # per object (H, W) uint8
     labels: list[str]
     edits: list[ObjectEdit] = field(default_factory=list)
+    layer_names: list[str] = field(default_factory=list)  # of the original layers (`LayeredImage.layer_names`)
 
     def __post_init__(self) -> None:
         if not self.edits:
             self.edits = [ObjectEdit() for _ in self.foregrounds]
         if not len(self.foregrounds) == len(self.shadows) == len(self.labels) == len(self.edits):
             raise ValueError("an EditSession needs one shadow, label and edit per foreground")
+        if not self.layer_names:
+            self.layer_names = self.original().layer_names()
 
     @classmethod
     def from_layered(cls, layered: LayeredImage) -> EditSession:
@@ -98,6 +102,7 @@ class EditSession:
             [_to_uint8(fg) for fg in layered.foregrounds],
             [_to_uint8(shadow) for shadow in layered.shadows],
             list(layered.labels),
+            layer_names=layered.layer_names(),
         )
 
     @property
@@ -120,17 +125,21 @@ class EditSession:
 
 def object_choices(session: EditSession) -> list[tuple[str, int]]:
     """``(display name, index)`` of the objects still there, for a dropdown (deleted ones left out)."""
-    choices = []
-    for index, (label, edit) in enumerate(zip(session.labels, session.edits)):
-        if edit.deleted:
-            continue
-        choices.append((f"object {index + 1}" + (f": {label}" if label and label != "object" else ""), index))
-    return choices
+    return [(session.layer_names[2 + 2 * index], index) for index, edit in enumerate(session.edits) if not edit.deleted]
 
 
 def shown_objects(session: EditSession) -> list[int]:
     """Indices (0-based, into the original objects) of the objects `apply_edits` keeps, back to front."""
     return [index for index, edit in enumerate(session.edits) if edit.visible and not edit.deleted]
+
+
+def shown_layer_names(session: EditSession) -> list[str]:
+    """Names of the layers `apply_edits` gives, with the objects' original numbers ("object 3" stays object 3
+    after object 1 is hidden): the original `LayeredImage.layer_names`, less those of objects not shown."""
+    names = session.layer_names[:1]
+    for index in shown_objects(session):
+        names += session.layer_names[1 + 2 * index : 3 + 2 * index]
+    return names
 
 
 def update_edit(session: EditSession, index: int, **changes: float | bool) -> EditSession:

@@ -1,0 +1,267 @@
+"""Decompositions in worker processes, each with a time limit: a call past its limit is stopped and its worker replaced.
+
+A Python thread cannot be stopped from outside, so a decomposition run in one of the server's threads holds
+its Gradio worker until it ends (two blank 1024 px uploads once kept both workers of the Space busy for two
+minutes). Here every call runs in one of ``size`` worker processes. When a call is not done in time, its
+process is killed, which frees its CPU and memory at once; a fresh process takes its place and the caller
+gets `TimeLimitExceeded`. The pool never runs more than ``size`` calls at once: callers beyond that wait.
+
+    pool = WorkerPool(size=2, initializer=warm_up_tool_chain)
+    layered = pool.run(decompose_in_worker, ("tools", image, None), time_limit_s=60)
+
+Functions and arguments travel by pickle, so they must be importable by name (module-level functions).
+A worker is a fresh ``python worker_pool.py`` process (not a `multiprocessing` one: spawning would import the
+server's main module, Gradio included, into every worker), connected to the server by a socket pair.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "TimeLimitExceeded",
+    "WorkerCrashed",
+    "WorkerPool",
+    "decompose_in_worker",
+    "warm_up_tool_chain",
+]
+
+STARTUP_LIMIT_S = 300.0  # a worker that is not ready after this long (imports, model loading) counts as crashed
+
+
+class TimeLimitExceeded(TimeoutError):
+    """A call ran past its time limit; its worker process was killed and replaced."""
+
+
+class WorkerCrashed(RuntimeError):
+    """A worker process died during a call (killed from outside, out of memory, a crash in native code)."""
+
+
+class CallFailed(Exception):
+    """An exception raised inside a worker that cannot be sent back as itself: its type name and message."""
+
+
+# ---------------------------------------------------------------------------------------------- in the worker
+_DECOMPOSERS: dict[str, Any] = {}
+
+
+def _decomposer(name: str) -> Any:
+    """The decomposer ``name``, loaded once per worker process through `liwi_diffusers.load_decomposer`."""
+    if name not in _DECOMPOSERS:
+        from liwi_diffusers.loading import load_decomposer
+
+        _DECOMPOSERS[name] = load_decomposer(name, device="cpu")
+    return _DECOMPOSERS[name]
+
+
+def decompose_in_worker(name: str, image: Any, num_layers: int | None) -> Any:
+    """``load_decomposer(name)(image, num_layers)`` in a worker process: the `LayeredImage`."""
+    return _decomposer(name)(image, num_layers=num_layers)
+
+
+def warm_up_tool_chain() -> None:
+    """Load the tool chain and its compiled matting kernels before the first request reaches the worker."""
+    _decomposer("tools")
+    import pymatting  # noqa: F401  (numba kernels: loaded from numba's cache, compiled the very first time)
+
+
+def _serve(conn: Connection) -> None:
+    """A worker process: take the server's ``sys.path`` and initializer, say "ready", then run the calls it
+    receives, one at a time, until its pipe closes."""
+    try:
+        here = sys.path[0]  # this file's folder: the functions of this module unpickle from it
+        sys.path[:] = conn.recv()
+        if here not in sys.path:
+            sys.path.append(here)
+        initializer = conn.recv()
+        if initializer is not None:
+            initializer()
+        conn.send(("ready", None))
+    except (EOFError, OSError):
+        return
+    except Exception as error:
+        conn.send(("error", _portable(error)))
+        return
+    while True:
+        try:
+            function, args = conn.recv()
+        except (EOFError, OSError):  # the server closed the pipe or went away
+            return
+        try:
+            reply = ("ok", function(*args))
+        except Exception as error:
+            reply = ("error", _portable(error))
+        try:
+            conn.send(reply)
+        except (EOFError, OSError):
+            return
+        except Exception as error:  # an unpicklable result
+            conn.send(("error", CallFailed(f"the result could not be sent back: {type(error).__name__}: {error}")))
+
+
+def _portable(error: Exception) -> Exception:
+    """``error`` itself when it survives pickling (ValueError, TypeError, ...), else a `CallFailed` naming it."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return CallFailed(f"{type(error).__name__}: {error}")
+    return error
+
+
+# ---------------------------------------------------------------------------------------------- in the server
+class _Worker:
+    """One worker process and the server's end of the socket pair it talks over."""
+
+    def __init__(self, initializer: Callable[[], None] | None) -> None:
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            self.process = subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), str(theirs.fileno())], pass_fds=(theirs.fileno(),)
+            )
+            self.conn = Connection(ours.detach())
+        self.conn.send(list(sys.path))
+        self.conn.send(initializer)
+        self.ready = False
+
+    def wait_ready(self) -> None:
+        """Block until the worker has run its initializer (raises `WorkerCrashed` if it fails or never does)."""
+        if self.ready:
+            return
+        if not self.conn.poll(STARTUP_LIMIT_S):
+            raise WorkerCrashed(f"the worker process was not ready after {STARTUP_LIMIT_S:.0f} s")
+        try:
+            status, payload = self.conn.recv()
+        except (EOFError, OSError):
+            raise WorkerCrashed(f"the worker process stopped while starting ({self.exit_text()})") from None
+        if status != "ready":
+            raise WorkerCrashed(f"the worker process could not start: {payload}")
+        self.ready = True
+
+    def exit_text(self) -> str:
+        try:
+            code = self.process.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            return "still running"
+        return f"exit code {code}"
+
+    def stop(self) -> None:
+        """Kill the process at once (SIGKILL: a decomposition in native code ignores gentler signals)."""
+        if self.process.poll() is None:
+            self.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+        self.conn.close()
+
+
+class WorkerPool:
+    """``size`` worker processes; `run` calls into one of them.
+
+    Args:
+        size: calls that run at once; further callers wait for a free worker.
+        initializer: run once in every new worker before it takes calls (load models there).
+    """
+
+    def __init__(self, size: int, initializer: Callable[[], None] | None = None) -> None:
+        if size < 1:
+            raise ValueError(f"a worker pool needs at least 1 worker, got {size}")
+        self.size = size
+        self._initializer = initializer
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._all: set[_Worker] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        for _ in range(size):
+            self._idle.put(self._start())
+        weakref.finalize(self, _stop_all, self._all)  # at exit too: no worker outlives the server
+
+    def _start(self) -> _Worker:
+        worker = _Worker(self._initializer)
+        with self._lock:
+            self._all.add(worker)
+        return worker
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.stop()
+        with self._lock:
+            self._all.discard(worker)
+            closed = self._closed
+        if not closed:
+            self._idle.put(self._start())
+
+    def pids(self) -> list[int]:
+        """Process ids of the current workers."""
+        with self._lock:
+            return sorted(worker.process.pid for worker in self._all)
+
+    def run(self, function: Callable[..., Any], args: tuple[Any, ...], time_limit_s: float) -> Any:
+        """``function(*args)`` in a worker process, stopped after ``time_limit_s`` seconds of running.
+
+        The wait for a free worker and a new worker's start-up do not count towards the limit.
+
+        Raises:
+            TimeLimitExceeded: the call was still running at its limit (its worker was killed and replaced).
+            WorkerCrashed: the worker died during the call (it is replaced).
+            Exception: what ``function`` raised, re-raised here (as `CallFailed` when it cannot be pickled).
+        """
+        if time_limit_s <= 0:
+            raise ValueError(f"time_limit_s must be positive, got {time_limit_s}")
+        if self._closed:
+            raise RuntimeError("this worker pool is closed")
+        worker = self._idle.get()
+        sent = False
+        try:
+            worker.wait_ready()
+            worker.conn.send((function, args))  # pickles first: arguments that cannot be pickled send nothing
+            sent = True
+            start = time.monotonic()
+            if not worker.conn.poll(time_limit_s):
+                raise TimeLimitExceeded(f"stopped after {time.monotonic() - start:.1f} s (limit {time_limit_s:g} s)")
+            status, payload = worker.conn.recv()
+        except TimeLimitExceeded:
+            self._replace(worker)
+            raise
+        except (EOFError, OSError, WorkerCrashed) as error:
+            detail = str(error) if isinstance(error, WorkerCrashed) else f"the worker stopped ({worker.exit_text()})"
+            self._replace(worker)
+            raise WorkerCrashed(detail) from None
+        except BaseException:
+            if sent:  # interrupted while the worker runs the call: its answer would reach the next caller
+                self._replace(worker)
+            else:
+                self._idle.put(worker)
+            raise
+        self._idle.put(worker)
+        if status == "error":
+            raise payload
+        return payload
+
+    def close(self) -> None:
+        """Stop every worker (waiting callers get `WorkerCrashed`)."""
+        with self._lock:
+            self._closed = True
+            workers = list(self._all)
+            self._all.clear()
+        _stop_all(workers)
+
+
+def _stop_all(workers: Any) -> None:
+    for worker in list(workers):
+        worker.stop()
+
+
+if __name__ == "__main__":  # a worker process, started by `_Worker` with the file descriptor of its socket
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which then stops its workers
+    _serve(Connection(int(sys.argv[1])))
