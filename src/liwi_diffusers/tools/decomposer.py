@@ -273,30 +273,46 @@ class ToolChainDecomposer:
         return found, 1, "weight-free proposer found no more objects"
 
     def _assemble(self, rgb: np.ndarray, work: np.ndarray, mattes: list[tuple[Matte, str]]) -> LayeredImage:
-        """Shadows, background and full-resolution layers from the working-resolution mattes."""
+        """Shadows, background and full-resolution layers from the working-resolution mattes.
+
+        Everything is computed at the working resolution; only the results are brought to full size, one layer
+        at a time, so that memory grows with the photo (one RGBA buffer per object) and not with the tools.
+        The background's fill is made at working size too and pasted into the full-size hole.
+        """
         height, width = rgb.shape[:2]
+        full = (height, width)
         alphas = [matte.alpha for matte, _ in mattes]
         occupied = np.max(alphas, axis=0) if alphas else np.zeros(work.shape[:2], np.float32)
         shadows = self._shadows(work, alphas, occupied)
-        if work.shape[:2] != rgb.shape[:2]:  # back to full resolution
-            alphas = [np.clip(resize(a, (height, width), cv2.INTER_LINEAR), 0, 1) for a in alphas]
-            shadows = [np.clip(resize(s, (height, width), cv2.INTER_LINEAR), 0, 1) for s in shadows]
-            colors = [np.clip(resize(m.foreground, (height, width), cv2.INTER_LINEAR), 0, 1) for m, _ in mattes]
-            occupied = np.max(alphas, axis=0) if alphas else np.zeros((height, width), np.float32)
-            if shadows:  # keep lifting within [0, 1] at full resolution too
-                limit = 1.0 - rgb.max(axis=2)
-                shadows = [np.minimum(s, limit) for s in shadows]
-        else:
-            colors = [matte.foreground for matte, _ in mattes]
-        lift = 1.0 - np.sum(shadows, axis=0) if shadows else np.ones((height, width), np.float32)
-        shadow_free = np.clip(rgb / np.maximum(lift, 1e-3)[:, :, None], 0.0, 1.0)
-        background = self.inpainter(shadow_free, occupied > 0.01) if alphas else shadow_free
-        layered = LayeredImage(
-            background,
-            [np.concatenate([c, a[:, :, None]], axis=2) for c, a in zip(colors, alphas)],
-            shadows,
-            [label for _, label in mattes],
-        )
+        small_lift = 1.0 - np.sum(shadows, axis=0) if shadows else np.ones(work.shape[:2], np.float32)
+        small_free = np.clip(work / np.maximum(small_lift, 1e-3)[:, :, None], 0.0, 1.0)
+        small_fill = self.inpainter(small_free, occupied > 0.01) if alphas else small_free
+        if work.shape[:2] == full:
+            foregrounds = [np.dstack([m.foreground, m.alpha]).astype(np.float32) for m, _ in mattes]
+            return _reconcile(LayeredImage(small_fill, foregrounds, shadows, [label for _, label in mattes]), rgb)
+        foregrounds = []
+        for matte, _ in mattes:  # one full-size RGBA at a time
+            rgba = np.empty((height, width, 4), np.float32)
+            rgba[:, :, :3] = resize(matte.foreground, full, cv2.INTER_LINEAR)
+            rgba[:, :, 3] = resize(matte.alpha, full, cv2.INTER_LINEAR)
+            np.clip(rgba, 0.0, 1.0, out=rgba)
+            foregrounds.append(rgba)
+        ceiling = 1.0 - rgb.max(axis=2)  # lifting a shadow must not go above white
+        shadows = [np.minimum(np.clip(resize(s, full, cv2.INTER_LINEAR), 0.0, 1.0), ceiling) for s in shadows]
+        del ceiling
+        lift = np.ones(full, np.float32)
+        for shadow in shadows:
+            lift -= shadow
+        background = rgb / np.maximum(lift, 1e-3)[:, :, None]
+        del lift
+        np.clip(background, 0.0, 1.0, out=background)
+        if alphas:
+            hole = np.zeros(full, bool)
+            for rgba in foregrounds:
+                hole |= rgba[:, :, 3] > 0.01
+            hole = dilate(hole, 2)
+            background[hole] = np.clip(resize(small_fill, full, cv2.INTER_LINEAR), 0.0, 1.0)[hole]
+        layered = LayeredImage(background, foregrounds, shadows, [label for _, label in mattes])
         return _reconcile(layered, rgb)
 
     def _shadows(self, image: np.ndarray, alphas: list[np.ndarray], occupied: np.ndarray) -> list[np.ndarray]:
@@ -349,8 +365,7 @@ def _reconcile(layered: LayeredImage, image: np.ndarray) -> LayeredImage:
         list(layered.labels),
     )
     fixed = reconcile_with_image(crop, image[window])
-    result = layered.copy()
-    result.background[window] = fixed.background
-    for whole, part in zip(result.foregrounds, fixed.foregrounds):
+    layered.background[window] = fixed.background  # in place: these arrays are ours, no full copy needed
+    for whole, part in zip(layered.foregrounds, fixed.foregrounds):
         whole[window] = part
-    return result
+    return layered
