@@ -17,7 +17,8 @@ METHODS = {
     "gt-alpha": "ground-truth alphas with colours copied from the image, the image as background "
     "(an upper bound for methods without colour estimation or inpainting)",
     "oracle": "the ground truth itself (a sanity check: RGB L1 0, IoU 1 at every level)",
-    "toolchain": "the weight-free tool-chain decomposer (liwi_diffusers.tools.decomposer)",
+    "toolchain": "the tool-chain decomposer (liwi_diffusers.tools.decomposer; its learned segmenter when it is "
+    "in the model cache, see liwi models, else weight-free)",
     "pipeline": "LiWiDecompositionPipeline.from_pretrained(--checkpoint)",
 }
 
@@ -152,7 +153,7 @@ def _load_method(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
     try:
         if args.method == "toolchain":
-            return load_decomposer("weight-free"), {}
+            return load_decomposer("tools"), {}
         options = {"resolution": args.pipeline_resolution, "steps": args.steps, "seed": args.seed}
         decomposer = load_decomposer(args.checkpoint, device=args.device or "auto", **options)
     except DecomposerLoadError as error:

@@ -33,7 +33,6 @@ from typing import Any
 import cv2
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 __all__ = [
     "DEFAULT_MAX_EDITS",
@@ -524,6 +523,8 @@ def trimap_unknown_region(gt_alpha: Any, width: int = 10) -> np.ndarray:
     Dilation and erosion are ``width`` steps of the 4-neighbour cross (a diamond of radius ``width``),
     as matting benchmarks generate trimaps from ground-truth mattes.
     """
+    from scipy import ndimage  # imported here: `import liwi_diffusers.metrics` stays light
+
     alpha = to_alpha(gt_alpha, "ground-truth alpha")
     cross = ndimage.generate_binary_structure(2, 1)
     if width <= 0:
@@ -567,6 +568,8 @@ def gaussian_gradient_kernel(sigma: float = 1.4, epsilon: float = 1e-2) -> np.nd
 
 
 def _gradient_magnitude(alpha: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    from scipy import ndimage  # imported here: `import liwi_diffusers.metrics` stays light
+
     gx = ndimage.convolve(alpha, kernel, mode="nearest")
     gy = ndimage.convolve(alpha, kernel.T, mode="nearest")
     return np.sqrt(gx**2 + gy**2)
@@ -604,6 +607,8 @@ def _connectivity(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, step: floa
 
 def _connectivity_levels(pred: np.ndarray, gt: np.ndarray, step: float) -> np.ndarray:
     """Per pixel, the last threshold at which it still lies in the largest common component (1 if always)."""
+    from scipy import ndimage  # imported here: `import liwi_diffusers.metrics` stays light
+
     level = np.full(pred.shape, -1.0)
     tolerance = 1e-6  # 8-bit values that sit on a threshold (153/255 = 0.6) count as reaching it
     for k in range(1, round(1.0 / step) + 1):

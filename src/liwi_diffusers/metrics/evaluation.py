@@ -184,6 +184,25 @@ def _hub_offline() -> bool:
     return constants.HF_HUB_OFFLINE or any(flag in ("1", "ON", "YES", "TRUE") for flag in flags)
 
 
+def _cached_hub_dataset(repo_id: str) -> str:
+    """The local snapshot of Hub dataset ``repo_id``, or an `EvaluationError` (offline, so nothing to fetch)."""
+    from huggingface_hub import constants
+
+    problem = EvaluationError(
+        f"dataset {repo_id} is not a local folder and is not in the Hub cache, and the Hub is offline "
+        "(HF_HUB_OFFLINE / HF_DATASETS_OFFLINE); give a dataset folder, or go online"
+    )
+    if not (Path(constants.HF_HUB_CACHE) / f"datasets--{repo_id.replace('/', '--')}").is_dir():
+        raise problem  # checked first: no need to import the download machinery
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(repo_id, repo_type="dataset", local_files_only=True)
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        raise problem from None
+
+
 def open_dataset(path: str | os.PathLike[str], split: str = "test") -> Any:
     """Rows of a LiWi dataset split: a folder, a ``.parquet`` shard, or a Hub id (from the cache when offline).
 
@@ -204,16 +223,7 @@ def open_dataset(path: str | os.PathLike[str], split: str = "test") -> Any:
         if not _HUB_ID.fullmatch(name):
             raise EvaluationError(f"dataset folder {name} does not exist")
         if _hub_offline():
-            from huggingface_hub import snapshot_download
-            from huggingface_hub.errors import LocalEntryNotFoundError
-
-            try:
-                name = snapshot_download(name, repo_type="dataset", local_files_only=True)
-            except (LocalEntryNotFoundError, OSError, ValueError):
-                raise EvaluationError(
-                    f"dataset {name} is not a local folder and is not in the Hub cache, and the Hub is offline "
-                    "(HF_HUB_OFFLINE / HF_DATASETS_OFFLINE); give a dataset folder, or go online"
-                ) from None
+            name = _cached_hub_dataset(name)
     import datasets
 
     try:
