@@ -31,7 +31,7 @@ RESULTS = Path(__file__).parent / "results"
 METHODS = [
     ("single layer (whole image, scored with --min-layers 1)", "single-layer", {"min_layers": 1}),
     ("ground-truth alpha, colours copied from the image", "gt-alpha", {}),
-    ("tool chain (weight-free default of `liwi decompose`)", "weight-free", {}),
+    ("tool chain, weight-free (no learned segmenter)", "weight-free", {}),
 ]
 
 # Published figures on Crello (a different dataset: graphic designs), RGB L1 / alpha soft IoU.
