@@ -978,6 +978,7 @@ def launch_options(config: SpaceConfig | None = None) -> dict[str, Any]:
 
 def main() -> None:
     """Run the Space locally (``python spaces_demo/app.py``); host and port from GRADIO_SERVER_NAME/PORT."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = SpaceConfig.from_env()
     build_demo(config).launch(**launch_options(config))
 

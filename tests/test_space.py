@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import io
+import logging
+import math
 import os
 import re
 import shutil
@@ -66,6 +68,7 @@ def _load_space() -> ModuleType:
 
 space = _load_space()
 editing = importlib.import_module("editing")  # spaces_demo/ is on sys.path once app.py is loaded
+worker_pool = importlib.import_module("worker_pool")
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -314,6 +317,133 @@ def test_bad_settings_give_readable_errors(config, photos):
         space.decompose(str(photos["coffee"]), space.TOOLS, 0, 20, 0, huge)
 
 
+def test_worker_pool_stops_a_call_at_its_time_limit_and_replaces_the_worker():
+    pool = worker_pool.WorkerPool(1)
+    try:
+        assert pool.run(math.hypot, (3, 4), time_limit_s=60) == 5.0
+        (first,) = pool.pids()
+        start = time.monotonic()
+        with pytest.raises(worker_pool.TimeLimitExceeded, match=r"limit 0.5 s"):
+            pool.run(time.sleep, (60,), time_limit_s=0.5)
+        assert time.monotonic() - start < 10  # not the 60 s the call wanted
+        assert not Path(f"/proc/{first}").exists() or "zombie" in Path(f"/proc/{first}/status").read_text()
+        (second,) = pool.pids()
+        assert second != first
+        assert pool.run(math.hypot, (6, 8), time_limit_s=60) == 10.0  # the replacement serves the next call
+        with pytest.raises(ValueError, match="math domain error"):  # errors come back as themselves
+            pool.run(math.sqrt, (-1,), time_limit_s=60)
+        with pytest.raises(worker_pool.WorkerCrashed, match="exit code 3"):
+            pool.run(os._exit, (3,), time_limit_s=60)
+        assert pool.run(math.hypot, (3, 4), time_limit_s=60) == 5.0
+    finally:
+        pool.close()
+    assert pool.pids() == []
+
+
+def test_decompose_handler_stops_the_tool_chain_at_the_time_limit(config, photos, caplog):
+    limited = space.SpaceConfig(
+        models=config.models, concurrency=config.concurrency, time_limit_s=0.05, output_dir=config.output_dir
+    )
+    pool = space.tool_chain_pool(limited.concurrency)
+    with (
+        caplog.at_level(logging.INFO, logger="liwi_space"),
+        pytest.raises(gr.Error, match=re.escape("took longer than 0.05 s")) as caught,
+    ):
+        space.decompose(str(photos["coffee"]), space.TOOLS, 0, 20, 0, limited)
+    assert caught.value.title == "Time limit" and "\n" not in caught.value.message
+    assert caught.value.print_exception is False  # Gradio prints no traceback for it
+    assert len(pool.pids()) == limited.concurrency  # the stopped worker was replaced
+    assert [r.getMessage() for r in caplog.records] == ["/decompose: stopped at the time limit (0.05 s), model tools"]
+
+
+def test_decompose_handler_stops_a_pipeline_at_the_time_limit(config, photos):
+    limited = space.SpaceConfig(models=config.models, time_limit_s=1e-3, output_dir=config.output_dir)
+    calls = []
+    with pytest.raises(gr.Error, match=re.escape("took longer than 0.001 s")):
+        space.decompose(str(photos["chelsea"]), space.TINY, 2, 30, 0, limited, progress=lambda *a, **k: calls.append(a))
+    assert ((1, 30),) in calls and ((2, 30),) not in calls  # stopped after its first step
+    _, lock = space.MODELS.get(space.TINY)
+    assert not lock.locked()
+
+
+def test_object_count_auto_and_zero_mean_the_same(monkeypatch, config, photos):
+    assert space.object_count_choices(3) == [
+        ("auto (the model decides)", "auto"),
+        ("1 object", 1),
+        ("2 objects", 2),
+        ("3 objects", 3),
+    ]
+    for value in ("auto", "AUTO", 0, "0", 0.0, None, ""):
+        assert space.parse_object_count(value, 8) is None, value
+    for value, expected in ((3, 3), ("3", 3), (3.0, 3), (8, 8)):
+        assert space.parse_object_count(value, 8) == expected
+    for value in (9, -1, 2.5, "many", True, [1]):
+        with pytest.raises(gr.Error, match=re.escape('must be "auto" or a whole number between 0 (automatic) and 8')):
+            space.parse_object_count(value, 8)
+    asked = []
+
+    def fake_run_model(name, image, num_layers, steps, seed, config, progress=None):
+        asked.append(num_layers)
+        objects = _layered(1, image.size)
+        objects.labels = ["object"]  # the tool chain's placeholder label
+        return objects
+
+    monkeypatch.setattr(space, "run_model", fake_run_model)
+    for value in ("auto", 0):
+        gallery, _, report, psd, _ = space.decompose(str(photos["coffee"]), space.TOOLS, value, 20, 0, config)
+        assert "**1 object** (auto) (3 layers," in report
+    assert asked == [None, None]
+    names = [name for _, name in gallery]
+    assert names == ["background", "shadow 1", "object 1"]  # LayeredImage.layer_names, placeholder dropped
+    assert [name for name, _ in load_layered(psd).to_rgba_stack()] == names  # the PSD says the same
+    with pytest.warns(UserWarning, match=re.escape("You asked for 2 objects; the model found 1 it could")):
+        space.decompose(str(photos["coffee"]), space.TOOLS, 2, 20, 0, config)
+
+
+def test_reports_and_summaries_use_singular_for_one(monkeypatch, config, photos):
+    monkeypatch.setattr(space, "run_model", lambda name, image, *args, **kwargs: _layered(0, image.size))
+    with pytest.warns(UserWarning, match=re.escape("You asked for 1 object; the model found 0")):
+        report = space.decompose(str(photos["coffee"]), space.TOOLS, 1, 20, 0, config)[2]
+    assert "**0 objects** (1 layer," in report
+    assert (space.plural(1, "layer"), space.plural(2, "layer"), space.plural(0, "object")) == (
+        "1 layer",
+        "2 layers",
+        "0 objects",
+    )
+    one = editing.EditSession.from_layered(_layered(1))
+    assert space.render_edits(one, config.output_dir)[2] == "1 of 1 object shown."
+
+
+def test_sliders_show_rounded_values(config):
+    session = editing.EditSession.from_layered(_layered(2))  # 64x48
+    session = editing.update_edit(session, 0, dx=64 / 3, dy=-48 / 7, scale=1.2345, shadow_strength=0.333)
+    _, dx, dy, scale, strength = space.edit_controls(session, 0)
+    assert (dx, dy, scale, strength) == (33.5, -14.5, 1.25, 0.35)  # on the sliders' 0.5 and 0.05 steps
+    demo = space.build_demo(config)
+    sliders = {block.elem_id: block for block in demo.blocks.values() if isinstance(block, gr.Slider)}
+    assert {name: sliders[name].precision for name in ("liwi-steps", "liwi-dx", "liwi-scale", "liwi-strength")} == {
+        "liwi-steps": 0,
+        "liwi-dx": 1,
+        "liwi-scale": 2,
+        "liwi-strength": 2,
+    }
+    count = next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "liwi-num-layers")
+    assert count.value == "auto" and count.choices[1] == ("1 object", 1)
+
+
+def test_models_load_through_load_decomposer(monkeypatch):
+    loaded = []
+
+    def fake_load_decomposer(name, device="auto", dtype=None, **options):
+        loaded.append((name, device))
+        raise space.DecomposerLoadError(f"unknown model {name!r}: give tools, ...")
+
+    monkeypatch.setattr(space, "load_decomposer", fake_load_decomposer)
+    with pytest.raises(gr.Error, match=re.escape("Cannot load 'no/such-model': unknown model")) as caught:
+        space._load_model("no/such-model")
+    assert loaded == [("no/such-model", "cpu")] and caught.value.print_exception is False
+
+
 def test_edit_handlers_and_exports_follow_the_edits(config):
     session = editing.EditSession.from_layered(_layered(2))
     assert space.edit_controls(session, 0) == (True, 0.0, 0.0, 1.0, 1.0)
@@ -354,6 +484,11 @@ def test_config_from_environment():
         space.SpaceConfig.from_env({"LIWI_MAX_SIDE": "big"})
     with pytest.raises(ValueError, match="LIWI_CONCURRENCY must be positive"):
         space.SpaceConfig.from_env({"LIWI_CONCURRENCY": "0"})
+    assert space.SpaceConfig.from_env({}).time_limit_s == 60.0
+    assert space.SpaceConfig.from_env({"LIWI_TIME_LIMIT": "2.5"}).time_limit_s == 2.5
+    for bad in ("0", "soon", "inf"):
+        with pytest.raises(ValueError, match="LIWI_TIME_LIMIT must be a"):
+            space.SpaceConfig.from_env({"LIWI_TIME_LIMIT": bad})
 
 
 def test_gpu_decorator_is_a_no_op_without_the_spaces_package():
