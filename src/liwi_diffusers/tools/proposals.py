@@ -212,6 +212,7 @@ class SaliencyProposer:
         self.refine = refine
         self.refine_tolerance = refine_tolerance
         self.label = label
+        self._grabcut_budget: int | None = None  # GrabCut work left for the image in progress
 
     def __call__(self, image: Any, max_objects: int | None = None) -> list[ObjectProposal]:
         """Proposals for ``image``, best first, at most ``max_objects`` (default: the constructor's)."""
@@ -224,6 +225,9 @@ class SaliencyProposer:
             return []
         scale = scale_for(rgb.shape, self.working_size)
         small = resize(rgb, (max(1, round(height * scale)), max(1, round(width * scale))))
+        if not _has_contrast(small):  # a flat image has no object to separate from anything
+            return []
+        self._grabcut_budget = _GRABCUT_BUDGET * small.shape[0] * small.shape[1]
         cues = _ObjectnessCues(small)
         candidates: list[tuple[np.ndarray, float]] = []
         for hypothesis in self.hypotheses:
@@ -380,7 +384,15 @@ class SaliencyProposer:
         is_fg = np.isin(init, (cv2.GC_FGD, cv2.GC_PR_FGD))
         if is_fg.all() or not is_fg.any():
             return np.zeros(init.shape, bool)
-        image8 = np.round(small * 255).astype(np.uint8)[:, :, ::-1].copy()
+        # Second line of defence: a bounded amount of GrabCut per image (pixels x iterations); past it,
+        # hypotheses get no GrabCut and refinement keeps the unrefined mask.
+        work = init.size * self.grabcut_iterations
+        budget = self._grabcut_budget
+        if budget is not None:
+            if work > budget:
+                return is_fg
+            self._grabcut_budget = budget - work
+        image8 = _dither(np.round(small * 255).astype(np.uint8)[:, :, ::-1])
         mask = init.copy()
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
         cv2.setRNGSeed(0)  # GrabCut's GMM initialisation draws from OpenCV's global RNG
@@ -453,6 +465,30 @@ class _ObjectnessCues:
         border_share = float((outline & on_border).sum()) / float(outline.sum())
         size = min(1.0, np.sqrt(area / (self.min_object_area * mask.size)))
         return separation * edges * np.sqrt(1.0 - border_share) * size
+
+
+# GrabCut work allowed per image, in working images x iterations (the hypotheses take 2 x 5, refining
+# 8 objects in their boxes far less).
+_GRABCUT_BUDGET = 40
+
+
+def _has_contrast(small: np.ndarray, min_spread: float = 3.0 / 255.0) -> bool:
+    """Whether some colour channel varies by more than ``min_spread`` (robust 0.5-99.5 percentile range)."""
+    low, high = np.percentile(small.reshape(-1, small.shape[-1]), [0.5, 99.5], axis=0)
+    return bool(np.any(high - low > min_spread))
+
+
+def _dither(image8: np.ndarray) -> np.ndarray:
+    """``image8`` with a fixed pseudo-random +-1 level dither, so GrabCut never sees a flat colour region.
+
+    In a flat region GrabCut's colour models collapse to a point (variance only the 0.01 singular-fix):
+    where both models contain that colour, the foreground/background costs tie up to rounding noise,
+    and OpenCV's max-flow (Boykov-Kolmogorov) then spends time quadratic in the region's size
+    re-adopting orphaned search trees (77 s for a white 512 px photo). One level of dither gives the
+    models a real variance and the costs a real difference; it is far below any visible colour step.
+    """
+    noise = np.random.default_rng(0).integers(0, 2, image8.shape, dtype=np.uint8)
+    return np.ascontiguousarray(np.where(image8 >= 128, image8 - noise, image8 + noise).astype(np.uint8))
 
 
 def focus_map(image: Any) -> np.ndarray:
