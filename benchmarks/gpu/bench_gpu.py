@@ -140,11 +140,12 @@ MODES = ("gpu", "model_offload", "group_offload")
 
 
 class PartTimers:
-    """Wall time of wrapped callables, synchronising the device around each call."""
+    """Wall time of wrapped callables and of modules' forward calls, synchronising the device around each."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.seconds: dict[str, float] = defaultdict(float)
+        self._starts: dict[int, float] = {}
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -161,6 +162,20 @@ class PartTimers:
                 self.seconds[part] += time.perf_counter() - start
 
         return timed
+
+    def hook(self, part: str, module: torch.nn.Module) -> list[Any]:
+        """Time ``module``'s calls with forward hooks, which run whatever replaced its ``forward`` (offload
+        hooks do); returns the handles to remove."""
+
+        def before(mod: torch.nn.Module, args: Any) -> None:
+            self.sync()
+            self._starts[id(mod)] = time.perf_counter()
+
+        def after(mod: torch.nn.Module, args: Any, output: Any) -> None:
+            self.sync()
+            self.seconds[part] += time.perf_counter() - self._starts.pop(id(mod))
+
+        return [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
 
 
 def build_models(tiny: bool, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
@@ -275,18 +290,13 @@ def run_mode(
     call, _ = make_call(which, pipe, photo, args.layers, steps, step_times)
 
     timers = PartTimers(device)
-    originals = {}
+    handles: list[Any] = []
+    originals: dict[str, Any] = {}
     if which == "liwi":
         from liwi_diffusers.pipelines import pipeline_liwi
 
-        originals = {
-            "alpha_decoder": pipe.alpha_decoder.forward,
-            "shadow_head": pipe.shadow_head.forward,
-            "reconcile": pipeline_liwi.reconcile_with_image,
-            "check": pipeline_liwi.check_decomposition,
-        }
-        pipe.alpha_decoder.forward = timers.wrap("heads", originals["alpha_decoder"])
-        pipe.shadow_head.forward = timers.wrap("heads", originals["shadow_head"])
+        handles = timers.hook("heads", pipe.alpha_decoder) + timers.hook("heads", pipe.shadow_head)
+        originals = {"reconcile": pipeline_liwi.reconcile_with_image, "check": pipeline_liwi.check_decomposition}
         pipeline_liwi.reconcile_with_image = timers.wrap("reconcile", originals["reconcile"])
         pipeline_liwi.check_decomposition = timers.wrap("reconcile", originals["check"])
     try:
@@ -301,10 +311,11 @@ def run_mode(
         timers.sync()
         total = time.perf_counter() - start
     finally:
-        if which == "liwi":
+        for handle in handles:
+            handle.remove()
+        if originals:
             from liwi_diffusers.pipelines import pipeline_liwi
 
-            del pipe.alpha_decoder.forward, pipe.shadow_head.forward  # back to the class's methods
             pipeline_liwi.reconcile_with_image = originals["reconcile"]
             pipeline_liwi.check_decomposition = originals["check"]
         if mode == "model_offload":
@@ -398,6 +409,7 @@ def main() -> None:
     runs, skipped = [], []
     durations: dict[str, float] = {}
     for mode in [m for m in MODES if m in args.modes]:  # group offload last: its hooks stay on the transformer
+        placed = False
         for which in ("liwi", "qwen"):
             elapsed = time.perf_counter() - started
             # A run of this mode takes about as long as its first run, or as a gpu run when it is the first.
@@ -406,9 +418,18 @@ def main() -> None:
                 skipped.append({"mode": mode, "pipeline": which, "reason": f"time budget ({elapsed:.0f} s used)"})
                 print(f"skip {which} {mode}: {elapsed:.0f} s used of {budget_s:.0f}")
                 continue
-            place(models, mode, device)
+            if not placed:  # once per mode: both pipelines share the models
+                place(models, mode, device)
+                placed = True
             run_start = time.perf_counter()
-            result = run_mode(mode, which, pipes, photo, args, device)
+            try:
+                result = run_mode(mode, which, pipes, photo, args, device)
+            except Exception as error:  # one failed run (e.g. out of memory) must not lose the others' figures
+                skipped.append({"mode": mode, "pipeline": which, "reason": f"{type(error).__name__}: {error}"})
+                print(f"FAILED {which} {mode}: {type(error).__name__}: {error}", file=sys.stderr)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
             durations.setdefault(mode, time.perf_counter() - run_start)
             runs.append(result)
             print(json.dumps(result))

@@ -318,18 +318,7 @@ class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         true_cfg_scale: float = 1.0,
     ) -> None:
         """Clear errors for bad arguments of `__call__` (``resolution`` already resolved from the config)."""
-        if num_layers == "auto":
-            if output_type == "latent":
-                raise ValueError(
-                    '`num_layers="auto"` drops empty layers after decoding; it cannot return output_type="latent"'
-                )
-        elif isinstance(num_layers, bool) or not isinstance(num_layers, int):
-            raise ValueError(f'`num_layers` must be an int (object layers) or "auto", got {num_layers!r}')
-        elif not self.min_num_layers <= num_layers <= self.max_num_layers:
-            raise ValueError(
-                f"`num_layers` (object layers, not counting the background) must be between {self.min_num_layers} "
-                f"and {self.max_num_layers}, got {num_layers}"
-            )
+        self._check_num_layers(num_layers, output_type)
         if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < self.size_multiple:
             raise ValueError(f"`resolution` must be an int >= {self.size_multiple}, got {resolution!r}")
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
@@ -350,6 +339,20 @@ class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             raise ValueError(f"got {len(sigmas)} `sigmas` for {num_inference_steps} steps")
         if isinstance(prompt, list) and len(prompt) != batch_size:
             raise ValueError(f"got {len(prompt)} prompts for {batch_size} images")
+
+    def _check_num_layers(self, num_layers: int | str, output_type: str) -> None:
+        if num_layers == "auto":
+            if output_type == "latent":
+                raise ValueError(
+                    '`num_layers="auto"` drops empty layers after decoding; it cannot return output_type="latent"'
+                )
+        elif isinstance(num_layers, bool) or not isinstance(num_layers, int):
+            raise ValueError(f'`num_layers` must be an int (object layers) or "auto", got {num_layers!r}')
+        elif not self.min_num_layers <= num_layers <= self.max_num_layers:
+            raise ValueError(
+                f"`num_layers` (object layers, not counting the background) must be between {self.min_num_layers} "
+                f"and {self.max_num_layers}, got {num_layers}"
+            )
 
     def group_by_processing_size(
         self, images: Sequence[np.ndarray], resolution: int
