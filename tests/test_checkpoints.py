@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from liwi_diffusers import LiWiDecompositionPipeline
-from liwi_diffusers.checkpoints import SHIPPED_CHECKPOINTS, resolve_model, shipped_checkpoint_path
+from liwi_diffusers.checkpoints import shipped_checkpoint_path
+from liwi_diffusers.loading import DecomposerLoadError, PipelineDecomposer, load_decomposer
 from liwi_diffusers.pipelines.pipeline_liwi import LiWiDecompositionPipelineOutput
 from liwi_diffusers.sample_images import load_sample_image
 
@@ -23,13 +24,17 @@ def test_shipped_checkpoint_is_small_and_documented():
     assert index["alpha_decoder"] == ["liwi_diffusers.models.alpha_decoder", "AlphaDecoder"]
 
 
-def test_resolve_model_maps_names_and_leaves_folders_and_hub_ids(tmp_path, monkeypatch):
-    source, resolution = resolve_model("liwi-small")
-    assert source == str(shipped_checkpoint_path("liwi-small")) and resolution == 128
-    assert resolve_model("someone/liwi-large") == ("someone/liwi-large", None)
+def test_load_decomposer_maps_names_and_leaves_folders_and_hub_ids(tmp_path, monkeypatch):
+    shipped = load_decomposer("liwi-small", device="cpu")
+    assert isinstance(shipped, PipelineDecomposer) and shipped.name == "liwi-small"
+    assert shipped.resolution is None  # the checkpoint's own resolution applies
+    assert shipped.pipeline.config.default_resolution == 128  # carried by the checkpoint, not by a table
+    with pytest.raises(DecomposerLoadError, match="cannot load a LiWi pipeline from 'someone/liwi-large'"):
+        load_decomposer("someone/liwi-large", device="cpu")  # a Hub id (offline in tests)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "liwi-small").mkdir()  # a local folder of the same name wins
-    assert resolve_model("liwi-small") == ("liwi-small", None)
+    with pytest.raises(DecomposerLoadError, match="liwi-small: not a pipeline folder"):
+        load_decomposer("liwi-small", device="cpu")
     with pytest.raises(ValueError, match="no shipped checkpoint named 'nope'; shipped: liwi-small"):
         shipped_checkpoint_path("nope")
 
@@ -38,7 +43,7 @@ def test_shipped_checkpoint_loads_and_decomposes_deterministically():
     pipe = LiWiDecompositionPipeline.from_pretrained(shipped_checkpoint_path("liwi-small"))
     pipe.set_progress_bar_config(disable=True)
     image = load_sample_image("coffee").resize((160, 120))
-    resolution = SHIPPED_CHECKPOINTS["liwi-small"].resolution
+    resolution = pipe.config.default_resolution
 
     def run() -> LiWiDecompositionPipelineOutput:
         return pipe(

@@ -278,3 +278,16 @@ def test_resolution_below_the_model_multiple_is_a_clear_error(photo, tmp_path, c
         assert err[-1] == f"liwi: error: --resolution must be at least 16 for this model, got {resolution}"
     assert not any("Traceback" in line for line in err)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_run_that_writes_nothing_leaves_no_new_folder(tmp_path, capsys):
+    bad = tmp_path / "empty.png"
+    bad.write_bytes(b"")
+    out = tmp_path / "new" / "out"
+    assert run_cli("decompose", bad, "-o", out) == 1
+    assert "liwi: error:" in capsys.readouterr().err
+    assert not out.exists()  # created for this run, and nothing was written into it
+    existing = tmp_path / "kept"
+    existing.mkdir()
+    assert run_cli("decompose", bad, "-o", existing) == 1
+    assert existing.is_dir()  # a folder the user already had stays

@@ -203,14 +203,9 @@ def _load_pipeline(source: str | Path, name: str, device: str, dtype: Any, optio
             diffusers_logging.enable_progress_bar()
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    resolution = options.get("resolution")
-    if resolution is None and "default_resolution" not in pipe.config:  # checkpoints saved before it was recorded
-        from .checkpoints import SHIPPED_CHECKPOINTS
-
-        resolution = SHIPPED_CHECKPOINTS[name].resolution if name in SHIPPED_CHECKPOINTS else None
     return PipelineDecomposer(
         pipe,
-        resolution=resolution,
+        resolution=options.get("resolution"),
         steps=int(options.get("steps", DEFAULT_STEPS)),
         seed=int(options.get("seed", 0)),
         name=name,

@@ -7,21 +7,19 @@ Each folder holds a model card (README.md) with its data, recipe and held-out sc
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SHIPPED_CHECKPOINTS", "ShippedCheckpoint", "resolve_model", "shipped_checkpoint_path"]
+__all__ = ["SHIPPED_CHECKPOINTS", "ShippedCheckpoint", "shipped_checkpoint_path"]
 
 _HERE = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)
 class ShippedCheckpoint:
-    """A pipeline folder inside the package and the working resolution it was trained at."""
+    """A pipeline folder inside the package (its working resolution is in its own config, `default_resolution`)."""
 
     name: str
-    resolution: int
     summary: str
 
     @property
@@ -32,7 +30,6 @@ class ShippedCheckpoint:
 SHIPPED_CHECKPOINTS: dict[str, ShippedCheckpoint] = {
     "liwi-small": ShippedCheckpoint(
         name="liwi-small",
-        resolution=128,
         summary=(
             "4.5 M-parameter LiWi model trained from scratch for about 10 CPU minutes on the bundled sample "
             "dataset (examples/train_shipped_checkpoint.sh); a demonstration of the trained path, weaker than "
@@ -50,14 +47,3 @@ def shipped_checkpoint_path(name: str) -> Path:
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"shipped checkpoint {name!r} is missing from {path}: reinstall liwi-diffusers")
     return path
-
-
-def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, int | None]:
-    """``(what to pass to from_pretrained, trained resolution or None)`` for a shipped name, folder or Hub id.
-
-    An existing local folder wins over a shipped name of the same spelling.
-    """
-    text = str(name_or_path)
-    if text in SHIPPED_CHECKPOINTS and not Path(text).exists():
-        return str(shipped_checkpoint_path(text)), SHIPPED_CHECKPOINTS[text].resolution
-    return text, None

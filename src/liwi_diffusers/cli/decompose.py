@@ -135,17 +135,30 @@ def run(args: argparse.Namespace) -> int:
     if args.max_pixels < 1:
         raise CLIError(f"--max-pixels must be positive, got {args.max_pixels}")
 
-    from ..export import LayeredFileError, check_writable, save_layered
+    from ..export import LayeredFileError, check_writable
 
     targets = [args.output_dir / f"{item.stem}.{args.format}" for item in inputs]
     if args.output_dir.exists() and not args.output_dir.is_dir():
         raise CLIError(f"{args.output_dir} is a file, not a folder: give -o a folder for the layered files")
+    created = not args.output_dir.exists()
     try:
         args.output_dir.mkdir(parents=True, exist_ok=True)
         for target in targets:
             check_writable(target)
     except (OSError, LayeredFileError) as error:
         raise CLIError(f"cannot write to {args.output_dir}: {error}") from None
+    try:
+        return _decompose_all(args, inputs, targets, method, layers)
+    finally:  # a run that wrote nothing leaves no empty folder behind
+        if created and args.output_dir.is_dir() and not any(args.output_dir.iterdir()):
+            args.output_dir.rmdir()
+
+
+def _decompose_all(
+    args: argparse.Namespace, inputs: list[_Input], targets: list[Path], method: str, layers: int | None
+) -> int:
+    from ..export import save_layered
+
     if not args.overwrite:
         existing = [str(t) for t in targets if t.exists()]
         if existing:
