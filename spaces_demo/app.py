@@ -980,7 +980,10 @@ def main() -> None:
     """Run the Space locally (``python spaces_demo/app.py``); host and port from GRADIO_SERVER_NAME/PORT."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = SpaceConfig.from_env()
-    build_demo(config).launch(**launch_options(config))
+    demo = build_demo(config)
+    if any(name in TOOL_CHAIN_NAMES for name in config.models):
+        tool_chain_pool(config.concurrency)  # start the workers now: the first user does not wait for them
+    demo.launch(**launch_options(config))
 
 
 if __name__ == "__main__":

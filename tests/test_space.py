@@ -553,6 +553,22 @@ def test_client_gets_readable_errors_for_bad_uploads(client, photos):
         client.predict(handle_file(str(photos["oversize"])), "tools", 0, 20, 0, api_name="/decompose")
 
 
+def test_user_errors_are_logged_as_one_line_without_a_traceback(client, photos, caplog, capfd):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    with caplog.at_level(logging.INFO, logger="liwi_space"):
+        with pytest.raises(AppError, match="not an image file"):
+            client.predict(handle_file(str(photos["corrupt"])), "tools", "auto", 20, 0, api_name="/decompose")
+        with pytest.raises(AppError, match="Number of objects must be"):
+            client.predict(handle_file(str(photos["coffee"])), "tools", "lots", 20, 0, api_name="/decompose")
+    messages = [record.getMessage() for record in caplog.records if record.name == "liwi_space"]
+    assert len(messages) == 2 and all("\n" not in message for message in messages), messages
+    assert messages[0].startswith("/decompose: Cannot read this photo: corrupt.jpg: not an image file")
+    assert messages[1].startswith('/decompose: Error: Number of objects must be "auto"')
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_server_refuses_oversize_uploads(server, photos):
     body, boundary = _multipart("files", photos["oversize"])
     request = urllib.request.Request(
@@ -733,6 +749,47 @@ def test_browser_shows_readable_messages_for_corrupt_and_oversize_uploads(server
     _upload(browser, photos["oversize"])
     WebDriverWait(browser, 60).until(lambda d: "maximum allowed size" in _toasts(d))
     assert "oversize.png" in _toasts(browser)
+
+
+def test_browser_shows_the_queue_position_and_the_time_limit_message(browser, photos, tmp_path):
+    """One decomposition at a time, each stopped after 3 s: a browser request behind two others sees its place
+    in the queue, then the time-limit message (and the worker is free again after each stop)."""
+    from gradio_client import Client, handle_file
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    big = tmp_path / "astronaut_1024.jpg"  # the tool chain takes far longer than 3 s on this
+    load_sample_image("astronaut").resize((1024, 1024), Image.Resampling.LANCZOS).save(big, quality=90)
+    limited = space.SpaceConfig(
+        concurrency=1, time_limit_s=3.0, max_side=1024, max_file_size="5mb", output_dir=tmp_path / "out"
+    )
+    demo = space.build_demo(limited)
+    port = _free_port()
+    demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **space.launch_options(limited)
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
+        _open_page(browser, url)
+        _upload(browser, big)
+        WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#liwi-photo img"))
+        ahead = [client.submit(handle_file(str(big)), "tools", "auto", 20, 0, api_name="/decompose") for _ in range(2)]
+        deadline = time.monotonic() + 120
+        waiting = ("STARTING", "JOINING_QUEUE", "IN_QUEUE", "SENDING_DATA")
+        while ahead[0].status().code.name in waiting and time.monotonic() < deadline:  # the first one has started
+            time.sleep(0.1)
+        browser.find_element(By.ID, "liwi-decompose").click()  # behind the second request, which waits
+        body = lambda d: d.find_element(By.TAG_NAME, "body").text  # noqa: E731
+        WebDriverWait(browser, 120, poll_frequency=0.1).until(lambda d: re.search(r"queue: [1-9]\d*/\d+", body(d)))
+        WebDriverWait(browser, 300).until(lambda d: "took longer than 3 s" in _toasts(d))
+        assert "this Space's limit per request" in _toasts(browser)
+        assert "stopped after 3 s" in browser.find_element(By.ID, "liwi-limits").text
+        for job in ahead:
+            with pytest.raises(Exception, match="took longer than 3 s"):
+                job.result(timeout=300)
+    finally:
+        demo.close()
 
 
 def test_zip_export_is_a_plain_zip_of_pngs(config):
