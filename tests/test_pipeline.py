@@ -560,3 +560,20 @@ def test_auto_layer_count_threshold_and_limits(pipe, photo):
         pipe(photo, num_layers="auto", output_type="latent", resolution=64, num_inference_steps=1)
     with pytest.raises(ValueError, match="num_layers"):
         pipe(photo, num_layers="automatic", resolution=64, num_inference_steps=1)
+
+
+def test_an_all_ones_prompt_mask_is_dropped(pipe, photo):
+    """An all-ones mask masks nothing: it is dropped (attention then takes its unmasked path, as in
+    QwenImageLayeredPipeline), so the result equals passing no mask; a mask that masks something is kept."""
+    embeds = torch.randn(1, 3, pipe.transformer.config.joint_attention_dim, generator=seeded())
+    ones = torch.ones(1, 3, dtype=torch.long)
+    assert pipe.encode_prompt(prompt_embeds=embeds, prompt_embeds_mask=ones)[1] is None
+    partial = torch.tensor([[1, 1, 0]])
+    torch.testing.assert_close(pipe.encode_prompt(prompt_embeds=embeds, prompt_embeds_mask=partial)[1], partial)
+    with_mask = pipe(
+        photo, prompt_embeds=embeds, prompt_embeds_mask=ones, generator=seeded(), output_type="latent", **CALL
+    )
+    without = pipe(photo, prompt_embeds=embeds, generator=seeded(), output_type="latent", **CALL)
+    torch.testing.assert_close(with_mask.latents, without.latents, atol=0, rtol=0)
+    cut = pipe.encode_prompt(prompt_embeds=embeds, prompt_embeds_mask=partial, max_sequence_length=2)
+    assert cut[0].shape[1] == 2 and cut[1] is None  # cut to max_sequence_length, leaving only unmasked tokens
