@@ -5,7 +5,9 @@
 
 Each size runs in a fresh process (peak RSS is the child's high-water mark, `ru_maxrss`), on a real photo
 (scikit-image's astronaut, upscaled to the size: the objects scale with it) saved as JPEG and decomposed through
-the `liwi decompose` code path. Results: ``benchmarks/results/memory.json``.
+the `liwi decompose` code path (its seconds include pymatting's and ONNX Runtime's start-up in that process).
+With the learned segmenter, one more segmenter pass on the working-size photo is timed afterwards, in the same
+process, for the ratio "whole decomposition / one segmenter pass". Results: ``benchmarks/results/memory.json``.
 """
 
 from __future__ import annotations
@@ -41,9 +43,22 @@ start = time.perf_counter()
 code = main(["decompose", str(path), "-o", str(folder / "out"), "-q", "--overwrite", "--method", method,
              "--max-pixels", str(width * height + 1)])
 seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+segmenter_s = None
+if method == "tools":  # one segmenter pass on the working-size photo, for the ratio
+    from liwi_diffusers.image_io import load_image
+    from liwi_diffusers.tools._utils import as_rgb, resize, scale_for
+    from liwi_diffusers.tools.segmenter import OnnxSegmenter
+    rgb = as_rgb(load_image(path, max_pixels=width * height + 1))
+    scale = scale_for(rgb.shape, 1024)
+    work = resize(rgb, (round(rgb.shape[0] * scale), round(rgb.shape[1] * scale)))
+    segmenter = OnnxSegmenter.from_cache()
+    segmenter(work)
+    tick = time.perf_counter()
+    segmenter(work)
+    segmenter_s = time.perf_counter() - tick
 print(json.dumps({"megapixels": megapixels, "width": width, "height": height, "exit": code, "seconds": seconds,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "rss_before_mb": baseline}))
+                  "peak_rss_mb": peak, "rss_before_mb": baseline, "segmenter_pass_s": segmenter_s}))
 """
 
 
@@ -76,12 +91,18 @@ def main() -> None:
                 f"peak RSS {row['peak_rss_mb']:.0f} MB, exit {row['exit']}",
                 flush=True,
             )
-    print("\n| MP | size | seconds | s/MP | peak RSS MB |\n| --- | --- | --- | --- | --- |")
+    print(
+        "\n| MP | size | seconds | s/MP | one segmenter pass s | decomposition / pass | peak RSS MB |\n"
+        "| --- | --- | --- | --- | --- | --- | --- |"
+    )
     for row in rows:
         if "seconds" in row:
+            segmenter = row.get("segmenter_pass_s")
+            ratio = f"{row['seconds'] / segmenter:.1f}" if segmenter else "n/a"
             print(
                 f"| {row['megapixels']:g} | {row['width']}x{row['height']} | {row['seconds']:.1f} | "
-                f"{row['seconds'] / row['megapixels']:.2f} | {row['peak_rss_mb']:.0f} |"
+                f"{row['seconds'] / row['megapixels']:.2f} | {segmenter or float('nan'):.1f} | {ratio} | "
+                f"{row['peak_rss_mb']:.0f} |"
             )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     payload = {"method": args.method, "cpu_count": os.cpu_count(), "rows": rows}

@@ -251,6 +251,9 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     parser.add_argument("--groups", nargs="+", default=None, help="photo groups to use (default: all)")
     parser.add_argument("--limit", type=int, default=None, help="at most this many photos (in manifest order)")
+    parser.add_argument(
+        "--per-group", type=int, default=None, help="at most this many photos of each of single, pair, multi"
+    )
     parser.add_argument("--contact-sheet", type=Path, default=None, help="PNG of eight photos and their layers")
     parser.add_argument("--sheet-row", default="full", choices=ROWS)
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -264,6 +267,11 @@ def main() -> None:
     args = parser.parse_args()
 
     samples = load_real_benchmark(groups=args.groups)
+    if args.per_group:
+        chosen = []
+        for group in ("single", "pair", "multi"):
+            chosen += [s for s in samples if group in s.groups and s not in chosen][: args.per_group]
+        samples = chosen
     if args.limit:
         samples = samples[: args.limit]
     print(f"{len(samples)} photos; rows: {', '.join(args.rows)}")
