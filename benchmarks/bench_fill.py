@@ -3,6 +3,9 @@
     python benchmarks/bench_fill.py                      # 30 photos (20 holes), slow methods on 3
     python benchmarks/bench_fill.py --limit 105 --slow-limit 105
     python benchmarks/bench_fill.py --contact-sheet docs/images/fill_comparison.png
+    python benchmarks/bench_fill.py --limit 105 --max-area 0.6 --slow-limit 0 \
+        --methods smooth telea@256 telea@1024 ns@1024 biharmonic@256 fsr_fast@128 \
+        --output benchmarks/results/fill_large_holes.json    # every photo, holes up to 60 % of it
 
 There are no redistributable clean plates to score a fill against, so the holes are made where the truth is
 known. For each photo of ``benchmarks/data/real/`` (read by ``benchmarks/real_data.py``), an annotated object's
@@ -49,10 +52,10 @@ from liwi_diffusers.tools.inpainting import OpenCVInpainter
 RESULTS = Path(__file__).resolve().parent / "results" / "fill.json"
 # label -> OpenCVInpainter keyword arguments
 METHODS: dict[str, dict[str, Any]] = {
-    "smooth": {"method": "smooth"},
+    "smooth": {"method": "smooth"},  # the default, OpenCVInpainter()
     "telea@256": {"method": "telea", "working_size": 256},
     "ns@256": {"method": "ns", "working_size": 256},
-    "telea@1024": {"method": "telea", "working_size": 1024},  # the default, OpenCVInpainter()
+    "telea@1024": {"method": "telea", "working_size": 1024},
     "ns@1024": {"method": "ns", "working_size": 1024},
     "biharmonic@256": {"method": "biharmonic", "working_size": 256},
     "fsr_fast@128": {"method": "fsr_fast", "working_size": 128},

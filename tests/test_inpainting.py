@@ -98,12 +98,9 @@ def test_bad_arguments_are_clear_errors() -> None:
         OpenCVInpainter()(textured(32), np.zeros((16, 16), bool))
 
 
-def test_default_is_telea_at_the_decomposer_working_size() -> None:
+def test_default_is_the_smooth_fill() -> None:
     default = OpenCVInpainter()
-    assert (default.method, default.working_size) == ("telea", 1024)
-    assert OpenCVInpainter(method="fsr_fast").working_size == 256
-    assert OpenCVInpainter(method="smooth", working_size=256).working_size == 256
-    # A 64 px image with a large hole: the default runs Telea at full resolution, like method="telea" did there.
+    assert (default.method, default.working_size) == ("smooth", 256)
     truth = textured(64)
     hole = square_hole(64, 20)
-    np.testing.assert_array_equal(default(truth, hole), OpenCVInpainter(method="telea", working_size=256)(truth, hole))
+    np.testing.assert_array_equal(default(truth, hole), OpenCVInpainter(method="smooth")(truth, hole))

@@ -13,15 +13,12 @@ import numpy as np
 
 from ._utils import as_mask, as_rgb, dilate, mask_box, padded_box, push_pull_fill, resize, scale_for
 
-__all__ = ["DEFAULT_WORKING_SIZE", "INPAINT_METHODS", "Inpainter", "OpenCVInpainter"]
+__all__ = ["INPAINT_METHODS", "Inpainter", "OpenCVInpainter"]
 
 #: Coarse fills for large holes. "smooth": push-pull pyramid; "telea"/"ns": OpenCV's ``cv2.inpaint``;
 #: "shiftmap", "fsr_fast", "fsr_best": ``cv2.xphoto.inpaint`` (opencv-contrib); "biharmonic": scikit-image.
 INPAINT_METHODS = ("smooth", "telea", "ns", "shiftmap", "fsr_fast", "fsr_best", "biharmonic")
 _CROP_METHODS = ("shiftmap", "fsr_fast", "fsr_best", "biharmonic")
-#: ``working_size`` when none is given: OpenCV's inpainting at the decomposer's full working size (it is fast and
-#: the most faithful there), the slow crop methods at 256 px. See ``benchmarks/bench_fill.py``.
-DEFAULT_WORKING_SIZE = {"smooth": 1024, "telea": 1024, "ns": 1024, **dict.fromkeys(_CROP_METHODS, 256)}
 
 
 @runtime_checkable
@@ -40,14 +37,16 @@ class OpenCVInpainter:
     holes are inpainted directly at full resolution with OpenCV (``fine_method``: "telea" or "ns").
     Large holes get a coarse fill first (``method``, one of `INPAINT_METHODS`):
 
-    - "telea" (default) / "ns": OpenCV inpainting of the whole image at ``working_size`` pixels on the long side
-      (default 1024: full resolution for the decomposer's photos, so there is no coarse stage at all);
-    - "smooth": a push-pull pyramid, a smooth, streak-free average of the surroundings (the default before
-      ``benchmarks/bench_fill.py`` measured Telea at full resolution closer to the true pixels);
+    - "smooth" (default): a push-pull pyramid, a smooth, streak-free average of the surroundings;
+    - "telea" / "ns": OpenCV inpainting of the whole image at ``working_size`` pixels on the long side;
     - "shiftmap", "fsr_fast", "fsr_best": ``cv2.xphoto.inpaint`` (shift-map patch copying, or frequency-selective
       reconstruction), and "biharmonic": ``skimage.restoration.inpaint_biharmonic``. These run on a crop around
-      the hole (padded by half its size), brought down to ``working_size`` pixels on the long side (default 256).
-      They are slower (FSR_BEST by far) and, on real photos, not closer to the truth than Telea.
+      the hole (padded by half its size), brought down to ``working_size`` pixels on the long side.
+
+    ``benchmarks/bench_fill.py`` compares them on real photos. Telea/NS (at ``working_size=1024``) come closest
+    to the true pixels, but on very large holes they draw streaks and hard wedges that a later peeling round can
+    mistake for an object, and cost ten times as much, so the default stays "smooth". The xphoto methods are
+    slower (FSR_BEST by far) and no closer to the truth.
 
     The coarse fill is upsampled, and a ring of ``seam`` pixels along the hole's edge is then inpainted again at
     full resolution so that the fill meets the untouched pixels without a seam. When no reduction is needed the
@@ -56,19 +55,17 @@ class OpenCVInpainter:
 
     def __init__(
         self,
-        method: str = "telea",
+        method: str = "smooth",
         fine_method: str = "telea",
         radius: int = 5,
         dilation: int = 2,
-        working_size: int | None = None,
+        working_size: int = 256,
         seam: int = 4,
     ) -> None:
         if method not in INPAINT_METHODS:
             raise ValueError(f"method must be one of {', '.join(map(repr, INPAINT_METHODS))}, got {method!r}")
         if fine_method not in ("telea", "ns"):
             raise ValueError(f"fine_method must be 'telea' or 'ns', got {fine_method!r}")
-        if working_size is None:
-            working_size = DEFAULT_WORKING_SIZE[method]
         if working_size < 16:
             raise ValueError(f"working_size must be at least 16 pixels, got {working_size}")
         self.method = method
