@@ -240,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     subset = summarise(records, names, set(range(min(args.slow_limit, len(records)))))
     print(f"## All {len(records)} holes ({skipped} photos skipped: no free place for an object's shape)\n")
     print(markdown(table))
-    print(f"\n## The first {min(args.slow_limit, len(records))} holes, every method\n")
-    print(markdown(subset))
+    if subset:
+        print(f"\n## The first {min(args.slow_limit, len(records))} holes, every method\n")
+        print(markdown(subset))
     payload = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "holes": len(records),
