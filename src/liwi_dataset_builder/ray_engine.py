@@ -250,8 +250,6 @@ def _actors(ray: ModuleType, rows: int, gpus: float) -> int:
 
 def run_on_ray(state: _WorkerState, to_curate: list[str], todo: list[Chunk]) -> None:
     """Curate ``to_curate`` and build the chunks ``todo`` on Ray (files land where the local engine puts them)."""
-    from .build import BuildError, _progress
-
     if not to_curate and not todo:
         return
     config = state.config
@@ -259,39 +257,52 @@ def run_on_ray(state: _WorkerState, to_curate: list[str], todo: list[Chunk]) -> 
         import ray.data
 
         context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
-        token, reference = uuid.uuid4().hex, ray.put(state)
-        gpus = _gpus_per_actor(config)
-        stages = [
-            ("curate", [{"photo_id": photo_id} for photo_id in to_curate], _curate_row),
-            ("compose", [_chunk_row(chunk) for chunk in todo], _compose_row),
-        ]
-        for name, rows, function in stages:
-            if not rows:
-                continue
-            models = curation_uses_models(config.tools) if name == "curate" else verifier_uses_models(config.tools)
-            actors = _actors(ray, len(rows), gpus) if models else 0
-            dataset = _stage(rows, function, token, reference, actors, gpus)
-            unit = "photo" if name == "curate" else "sample"
-            total = len(rows) if name == "curate" else sum(chunk.count for chunk in todo)
-            bar = _progress(None, total, name, config.progress, unit)
-            try:
-                for result in dataset.iter_rows():
-                    if bar is not None:
-                        bar.update(1 if name == "curate" else result["samples"])
-            except Exception as error:  # a task that failed even after Ray's retries
-                first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-                raise BuildError(
-                    f"the Ray {name} stage failed: {first[:300]}; rerun the same command to resume"
-                ) from None
-            finally:
-                if bar is not None:
-                    bar.close()
+        logger = logging.getLogger("ray.data")
+        saved = (context.enable_progress_bars, context.memory_usage_poll_interval_s, logger.level)
+        context.enable_progress_bars = False  # ours (per stage) instead
+        context.memory_usage_poll_interval_s = None  # no per-second polling of every task's memory
+        logger.setLevel(logging.ERROR)
+        try:
+            _run_stages(ray, state, to_curate, todo)
+        finally:
+            context.enable_progress_bars, context.memory_usage_poll_interval_s = saved[:2]
+            logger.setLevel(saved[2])
     # Workers that died (and were retried) may have left temporaries of their own.
     for folder in (state.assets_dir, state.data_dir, state.empty_dir, state.data_dir.parent / ".build" / "timings"):
         if folder.exists():
             remove_stale_temporaries(folder)
+
+
+def _run_stages(ray: ModuleType, state: _WorkerState, to_curate: list[str], todo: list[Chunk]) -> None:
+    """The curate stage, then the compose stage, each one Ray Data execution."""
+    from .build import BuildError, _progress
+
+    config = state.config
+    token, reference = uuid.uuid4().hex, ray.put(state)
+    gpus = _gpus_per_actor(config)
+    stages = [
+        ("curate", [{"photo_id": photo_id} for photo_id in to_curate], _curate_row),
+        ("compose", [_chunk_row(chunk) for chunk in todo], _compose_row),
+    ]
+    for name, rows, function in stages:
+        if not rows:
+            continue
+        models = curation_uses_models(config.tools) if name == "curate" else verifier_uses_models(config.tools)
+        actors = _actors(ray, len(rows), gpus) if models else 0
+        dataset = _stage(rows, function, token, reference, actors, gpus)
+        unit = "photo" if name == "curate" else "sample"
+        total = len(rows) if name == "curate" else sum(chunk.count for chunk in todo)
+        bar = _progress(None, total, name, config.progress, unit)
+        try:
+            for result in dataset.iter_rows():
+                if bar is not None:
+                    bar.update(1 if name == "curate" else result["samples"])
+        except Exception as error:  # a task that failed even after Ray's retries
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise BuildError(f"the Ray {name} stage failed: {first[:300]}; rerun the same command to resume") from None
+        finally:
+            if bar is not None:
+                bar.close()
 
 
 def _chunk_row(chunk: Chunk) -> dict[str, Any]:
