@@ -18,7 +18,7 @@ import numpy as np
 
 from ._utils import as_mask, as_rgb, dilate, erode, guided_upsample, luminance, mask_box, padded_box, resize, scale_for
 
-__all__ = ["AlphaMatter", "BandMatter", "ClosedFormMatter", "Matte", "make_trimap"]
+__all__ = ["AlphaMatter", "BandMatter", "ClosedFormMatter", "Matte", "blur_fusion_foreground", "make_trimap"]
 
 
 @dataclass
@@ -149,8 +149,9 @@ class BandMatter:
     Where the coverage is clearly in (>= ``high``) or out (<= ``low``) it is taken as it is. The rest, the
     uncertain band (hair, fur, motion blur, thin parts), is solved with closed-form matting when it is wide
     enough to matter (more than ``min_band`` of the object's area), on a crop at most ``working_size`` pixels
-    on its long side, then upsampled with the photo as guide. Straight colour is estimated everywhere the alpha
-    is fractional (pymatting's multilevel estimate), so the object shows no halo of its old background.
+    on its long side, then upsampled with the photo as guide. Straight colour is estimated where the alpha is
+    fractional with blur fusion (`blur_fusion_foreground`: box filters, linear time; pymatting's multilevel
+    estimate gives similar colours at about 50x the cost), so the object shows no halo of its old background.
     """
 
     def __init__(
@@ -189,12 +190,10 @@ class BandMatter:
         alpha = np.zeros(rgb.shape[:2], np.float32)
         alpha[top:bottom, left:right] = crop_alpha
         foreground = rgb.copy()
-        foreground[top:bottom, left:right] = ClosedFormMatter._foreground(crop, crop_alpha)
+        foreground[top:bottom, left:right] = blur_fusion_foreground(crop, crop_alpha)
         return Matte(alpha, foreground)
 
-    def _solve_band(
-        self, crop: np.ndarray, cover: np.ndarray, sure_in: np.ndarray, sure_out: np.ndarray
-    ) -> np.ndarray:
+    def _solve_band(self, crop: np.ndarray, cover: np.ndarray, sure_in: np.ndarray, sure_out: np.ndarray) -> np.ndarray:
         from pymatting import estimate_alpha_cf  # lazy: numba compile on first import
 
         scale = scale_for(crop.shape, self.working_size)
@@ -216,3 +215,30 @@ class BandMatter:
             solved = guided_upsample(luminance(small), solved, luminance(crop), radius=2, eps=1e-3)
         band = ~sure_in & ~sure_out
         return np.clip(np.where(band, solved, cover), 0.0, 1.0).astype(np.float32)
+
+
+def blur_fusion_foreground(image: np.ndarray, alpha: np.ndarray, radii: tuple[int, ...] = (90, 6)) -> np.ndarray:
+    """Straight foreground colour by blur fusion (Forte and Pitie, "Approximate fast foreground colour
+    estimation", ICIP 2021): local means of foreground and background colour, corrected so that
+    ``alpha F + (1 - alpha) B`` reproduces the photo, first with a wide window, then a narrow one.
+
+    Where alpha is 1 the result is the photo; where it is 0 the colour is meaningless (the nearby foreground).
+    """
+    rgb = image.astype(np.float32)
+    a = np.clip(alpha.astype(np.float32), 0.0, 1.0)[:, :, None]
+    if not ((a > 0) & (a < 1)).any():
+        return rgb.copy()
+    foreground, background = rgb, rgb
+    for radius in radii:
+        size = (2 * radius + 1, 2 * radius + 1)
+
+        def mean(x: np.ndarray, size: tuple[int, int] = size) -> np.ndarray:
+            out = cv2.blur(x, size, borderType=cv2.BORDER_REFLECT)
+            return out[:, :, None] if out.ndim == 2 else out
+
+        weight_f, weight_b = mean(a[:, :, 0]), mean(1.0 - a[:, :, 0])
+        local_f = mean(foreground * a) / np.maximum(weight_f, 1e-5)
+        local_b = mean(background * (1.0 - a)) / np.maximum(weight_b, 1e-5)
+        foreground = np.clip(local_f + a * (rgb - a * local_f - (1.0 - a) * local_b), 0.0, 1.0)
+        background = local_b
+    return np.where(a >= 1.0, rgb, foreground).astype(np.float32)
