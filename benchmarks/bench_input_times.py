@@ -177,6 +177,7 @@ def main() -> None:
     parser.add_argument("--before", action="store_true", help="also time the pre-fix weight-free path")
     parser.add_argument("--before-only", nargs="*", default=None, help="input names (no size) for --before")
     parser.add_argument("--before-timeout", type=float, default=60.0)
+    parser.add_argument("--inputs", nargs="*", default=None, help="input names (no size) to run; default all")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -192,6 +193,8 @@ def main() -> None:
     load = os.getloadavg()[0]
     for name, image in corpus(args.sizes, args.huge):
         base, group = name.split("@")
+        if args.inputs is not None and base not in args.inputs and group not in ("tiny", "huge"):
+            continue
         row: dict = {"input": base, "group": group, "shape": list(image.shape[:2])}
         try:
             row["after_s"], row["objects"] = _time(weight_free, image)
