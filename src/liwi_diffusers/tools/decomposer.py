@@ -252,7 +252,7 @@ class ToolChainDecomposer:
                 rounds = f"{round_index} round{'s' if round_index > 1 else ''}"
                 return found, round_index + 1, f"nothing object-like left after {rounds}"
             taken = objects[: limit - len(found)]
-            found += [(alpha, "object", round_index) for alpha in taken]
+            found += [(alpha, "", round_index) for alpha in taken]  # no classifier: no label
             if len(found) >= limit:
                 return found, round_index + 1, f"layer limit {limit} reached"
             if round_index + 1 == self.max_rounds:
@@ -265,7 +265,7 @@ class ToolChainDecomposer:
     def _propose(self, work: np.ndarray, limit: int) -> tuple[list[_Found], int, str]:
         """Objects from the weight-free proposer (one round)."""
         proposals = self.proposer(work, max_objects=limit)[:limit]
-        found = [(p.mask.astype(np.float32), p.label, 0) for p in proposals]
+        found = [(p.mask.astype(np.float32), "" if p.label == "object" else p.label, 0) for p in proposals]
         if not found:
             return found, 1, "no salient object found (weight-free proposer)"
         if len(found) >= limit:
