@@ -508,10 +508,11 @@ def test_resolution_none_means_the_config_default_resolution(photo, tmp_path):
 
 
 def test_shipped_checkpoint_carries_its_training_resolution():
-    from liwi_diffusers.checkpoints import SHIPPED_CHECKPOINTS, shipped_checkpoint_path
+    from liwi_diffusers.checkpoints import shipped_checkpoint_path
 
-    pipe = LiWiDecompositionPipeline.from_pretrained(shipped_checkpoint_path("liwi-small"))
-    assert pipe.config.default_resolution == 128 == SHIPPED_CHECKPOINTS["liwi-small"].resolution
+    path = shipped_checkpoint_path("liwi-small")
+    trained_at = json.loads((path / "training_summary.json").read_text())["args"]["resolution"]
+    assert LiWiDecompositionPipeline.from_pretrained(path).config.default_resolution == trained_at == 128
 
 
 # ---------------------------------------------------------------------------------------------- num_layers="auto"
