@@ -604,16 +604,10 @@ def _sha256_file(path: Path) -> str:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    descriptor, temp = _create_temp(path)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    from .export.atomic import atomic_write
+
+    with atomic_write(path) as handle:
+        handle.write(data)
 
 
 def _create_temp(path: Path) -> tuple[int, Path]:
