@@ -240,3 +240,13 @@ def test_the_default_tool_chain_and_the_builder_use_a_downloaded_segmenter(tmp_p
     (folder / card.filename).write_bytes(data[:-10] + b"0123456789")
     with pytest.raises(model_zoo.ModelError, match=f"liwi models download {name}"):
         model_zoo.verify_model(name)
+
+
+def test_tiny_images_skip_the_segmenter():
+    segmenter = LargestRedThing()
+    for shape in ((1, 1, 3), (2, 200, 3)):
+        image = np.full(shape, 0.5, np.float32)
+        layered = ToolChainDecomposer(segmenter=segmenter)(image)
+        assert layered.num_objects == 0 and np.array_equal(layered.background, image)
+        assert layered.metadata["stop_reason"].startswith("image too small")
+    assert segmenter.calls == 0

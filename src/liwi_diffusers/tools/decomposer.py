@@ -201,7 +201,9 @@ class ToolChainDecomposer:
         scale = scale_for(rgb.shape, self.max_resolution)
         work = resize(rgb, (max(1, round(height * scale)), max(1, round(width * scale)))) if scale < 1 else rgb
 
-        if segmenter is not None:
+        if min(height, width) < 16:  # too small to hold an object worth a layer: no segmenter pass at all
+            found, rounds, reason = [], 0, "image too small to look for objects (under 16 px)"
+        elif segmenter is not None:
             found, rounds, reason = self._peel(work, segmenter, limit)
         else:
             found, rounds, reason = self._propose(work, limit)
