@@ -476,12 +476,14 @@ class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         std = torch.tensor(self.vae.config.latents_std, device=device, dtype=dtype).view(shape)
         return mean, std
 
-    def encode_images(self, images: Sequence[np.ndarray], height: int, width: int) -> torch.Tensor:
+    def encode_images(
+        self, images: Sequence[np.ndarray], height: int, width: int, device: torch.device | None = None
+    ) -> torch.Tensor:
         """Condition latents: images resized to ``(height, width)``, made RGBA (opaque), encoded, normalised.
 
         Returns ``(B, C, 1, height / f, width / f)`` (the VAE posterior's mode, so encoding is deterministic).
         """
-        device = self._execution_device
+        device = device or self._execution_device
         pixels = []
         for image in images:
             tensor = torch.from_numpy(image).to(device).permute(2, 0, 1)[None]
@@ -691,7 +693,7 @@ class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         when a list) unless ``latents`` are given; the condition is the images' latents, one frame.
         """
         device, dtype = self._execution_device, self.transformer.dtype
-        condition = self.encode_images(images, height, width)
+        condition = self.encode_images(images, height, width, device)
         condition = self.pack_latents(condition.permute(0, 2, 1, 3, 4).to(dtype))
         count, latent_height, latent_width = (
             len(images),
@@ -716,13 +718,17 @@ class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         return self.pack_latents(noise), condition
 
     def prepare_timesteps(
-        self, num_inference_steps: int, sigmas: list[float] | None, condition_seq_len: int
+        self,
+        num_inference_steps: int,
+        sigmas: list[float] | None,
+        condition_seq_len: int,
+        device: torch.device | None = None,
     ) -> torch.Tensor:
         """Timesteps, shifted for the condition's token count as Qwen-Image-Layered does."""
         if sigmas is None:
             sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
         self.scheduler.set_timesteps(
-            sigmas=sigmas, device=self._execution_device, mu=layered_shift_mu(condition_seq_len)
+            sigmas=sigmas, device=device or self._execution_device, mu=layered_shift_mu(condition_seq_len)
         )
         self.scheduler.set_begin_index(0)
         self._num_timesteps = len(self.scheduler.timesteps)
@@ -752,7 +758,8 @@ class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         ``negative_prompt_embeds`` switch on true classifier-free guidance.
         """
         latents, condition = self.prepare_latents(images, frames, height, width, generator, latents)
-        timesteps = self.prepare_timesteps(num_inference_steps, sigmas, condition.shape[1])
+        # Devices and dtypes are passed down: `_execution_device` walks every module of every component.
+        timesteps = self.prepare_timesteps(num_inference_steps, sigmas, condition.shape[1], latents.device)
         count, tokens = len(images), latents.shape[1]
         patches = (1, height // self.vae_scale_factor // 2, width // self.vae_scale_factor // 2)
         transformer_kwargs = {
