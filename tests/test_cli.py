@@ -138,7 +138,7 @@ def test_bad_images_give_one_line_error_nonzero_exit_and_no_output(tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("liwi: error:")
     assert re.search(message, err[0])
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # nothing written: not even the folder it would have created
 
 
 def test_one_bad_image_among_good_ones(photo, tmp_path, capsys):
