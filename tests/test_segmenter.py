@@ -250,3 +250,20 @@ def test_tiny_images_skip_the_segmenter():
         assert layered.num_objects == 0 and np.array_equal(layered.background, image)
         assert layered.metadata["stop_reason"].startswith("image too small")
     assert segmenter.calls == 0
+
+
+def test_reconciling_in_bands_gives_the_same_layers_as_at_once():
+    from liwi_diffusers.tools.decomposer import _reconcile
+
+    image = scene()
+    layered = ToolChainDecomposer(segmenter=LargestRedThing())(image)
+    perturbed = layered.copy()
+    perturbed.background[:] = np.clip(perturbed.background * 0.9 + 0.05, 0, 1)  # something to reconcile
+    for fg in perturbed.foregrounds:
+        fg[:, :, :3] = np.clip(fg[:, :, :3] * 0.8, 0, 1)
+    whole = _reconcile(perturbed.copy(), image, band_pixels=1 << 30)
+    banded = _reconcile(perturbed.copy(), image, band_pixels=200)  # about two rows a band
+    np.testing.assert_allclose(banded.background, whole.background, atol=1e-6)
+    for a, b in zip(banded.foregrounds, whole.foregrounds):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert banded.check(image).ok()

@@ -343,31 +343,32 @@ def _depth_key(alpha: np.ndarray) -> tuple[int, float]:
     return bottom, -float(alpha.sum())
 
 
-def _reconcile(layered: LayeredImage, image: np.ndarray) -> LayeredImage:
-    """`reconcile_with_image`, run only on the box where the layers differ from the photo.
+def _reconcile(layered: LayeredImage, image: np.ndarray, band_pixels: int = 1 << 20) -> LayeredImage:
+    """`reconcile_with_image`, in place, on the box where the layers differ from the photo, a band of rows at a time.
 
-    Outside that box the background is the photo itself and nothing covers or darkens it, so the
-    layers already recompose exactly there; restricting the work keeps big photos with small
-    objects fast.
+    Outside that box the background is the photo itself and nothing covers or darkens it, so the layers already
+    recompose exactly there. Reconciling is independent per pixel, so the box is done in bands of about
+    ``band_pixels`` pixels: its working memory stays the same whatever the photo's size.
     """
     support = np.any(layered.background != image, axis=2)
     for foreground, shadow in zip(layered.foregrounds, layered.shadows):
         support |= (foreground[:, :, 3] > 0) | (shadow > 0)
     box = mask_box(support)
+    del support
     if box is None:
         return layered
     left, top, right, bottom = box
-    if (right - left) * (bottom - top) > 0.8 * support.size:
-        return reconcile_with_image(layered, image)
-    window = (slice(top, bottom), slice(left, right))
-    crop = LayeredImage(
-        layered.background[window],
-        [fg[window] for fg in layered.foregrounds],
-        [s[window] for s in layered.shadows],
-        list(layered.labels),
-    )
-    fixed = reconcile_with_image(crop, image[window])
-    layered.background[window] = fixed.background  # in place: these arrays are ours, no full copy needed
-    for whole, part in zip(layered.foregrounds, fixed.foregrounds):
-        whole[window] = part
+    rows = max(1, band_pixels // max(1, right - left))
+    for start in range(top, bottom, rows):
+        window = (slice(start, min(bottom, start + rows)), slice(left, right))
+        band = LayeredImage(
+            layered.background[window],
+            [fg[window] for fg in layered.foregrounds],
+            [s[window] for s in layered.shadows],
+            list(layered.labels),
+        )
+        fixed = reconcile_with_image(band, image[window])
+        layered.background[window] = fixed.background  # in place: these arrays are ours
+        for whole, part in zip(layered.foregrounds, fixed.foregrounds):
+            whole[window] = part
     return layered
