@@ -229,6 +229,7 @@ def contact_sheet(layers: dict[str, dict[str, Any]], samples: list[Any], path: P
         photo = by_id[sample_id].image
         yy, xx = np.mgrid[: photo.shape[0], : photo.shape[1]]
         checker = np.where(((yy // 16 + xx // 16) % 2)[:, :, None] == 0, 0.85, 0.65).astype(np.float32)
+        checker = np.repeat(checker, 3, axis=2)
         tiles = [photo, layered.background]
         for fg, shadow in zip(layered.foregrounds, layered.shadows):
             tiles.append(fg[:, :, :3] * fg[:, :, 3:] + checker * (1 - fg[:, :, 3:]))
@@ -256,6 +257,7 @@ def main() -> None:
     )
     parser.add_argument("--contact-sheet", type=Path, default=None, help="PNG of eight photos and their layers")
     parser.add_argument("--sheet-row", default="full", choices=ROWS)
+    parser.add_argument("--sheet-only", action="store_true", help="decompose only the contact sheet's photos")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
         "--segmenter-cache",
@@ -287,6 +289,8 @@ def main() -> None:
         singles = [s.id for s in samples if "single" in s.groups][:3]
         multis = [s.id for s in samples if "multi" in s.groups or "pair" in s.groups][:5]
         sheet_ids = set(singles + multis)
+        if args.sheet_only:
+            samples = [s for s in samples if s.id in sheet_ids]
     result = evaluate(rows, samples, sheet_ids)
     summary = {
         row: {group: summarise(records, group) for group in ("single", "pair", "multi", None) if group != "x"}

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from PIL import Image
 
-from liwi_diffusers.layers import LayeredImage
+from liwi_diffusers.layers import LayeredImage, to_uint8
 
 __all__ = [
     "MAX_SCALE",
@@ -98,9 +98,9 @@ class EditSession:
     def from_layered(cls, layered: LayeredImage) -> EditSession:
         """Start editing ``layered`` (stored at 8 bits per channel)."""
         return cls(
-            _to_uint8(layered.background),
-            [_to_uint8(fg) for fg in layered.foregrounds],
-            [_to_uint8(shadow) for shadow in layered.shadows],
+            to_uint8(layered.background),
+            [to_uint8(fg) for fg in layered.foregrounds],
+            [to_uint8(shadow) for shadow in layered.shadows],
             list(layered.labels),
             layer_names=layered.layer_names(),
         )
@@ -238,7 +238,3 @@ def _alpha_center(alpha: np.ndarray) -> tuple[float, float]:
 def _check_index(session: EditSession, index: int) -> None:
     if not isinstance(index, (int, np.integer)) or not 0 <= index < session.num_objects:
         raise IndexError(f"no object {index!r}: this decomposition has objects 0..{session.num_objects - 1}")
-
-
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)

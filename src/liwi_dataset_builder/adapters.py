@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from liwi_diffusers.layers import to_uint8
 from liwi_diffusers.tools.proposals import ObjectProposal
 
 __all__ = ["BottomEdgeOrderer", "DiffusersInpainter", "TransformersDepthOrderer", "TransformersProposer"]
@@ -33,7 +34,7 @@ def _as_rgb(image: Any) -> np.ndarray:
 
 
 def _to_pil(rgb: np.ndarray) -> Image.Image:
-    return Image.fromarray(np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8), "RGB")
+    return Image.fromarray(to_uint8(rgb), "RGB")
 
 
 def _model_id(model: Any) -> str:

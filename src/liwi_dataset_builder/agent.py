@@ -16,7 +16,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from liwi_diffusers.layers import LayeredImage
+from liwi_diffusers.layers import LayeredImage, to_uint8
+from liwi_diffusers.tools._utils import dilate
 from liwi_diffusers.tools.proposals import ObjectProposal
 
 __all__ = [
@@ -186,7 +187,7 @@ class RulePlanner:
             if len(kept) >= self.max_objects:
                 notes.append(f"#{index} over the limit of {self.max_objects}")
                 continue
-            grown = _dilate(proposal.mask, gap)
+            grown = dilate(proposal.mask, gap)
             if (grown & kept_union).any():
                 notes.append(f"#{index} touches another object")
                 continue
@@ -202,13 +203,6 @@ class RulePlanner:
             notes.append(f"objects cover {cover:.0%} > {self.max_inpaint_cover:.0%}: not a background")
         kept.sort(key=lambda choice: choice.index)
         return PhotoPlan(kept, clean, use_background, detected, "; ".join(notes) or "ok", self.name)
-
-
-def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    import cv2
-
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
 
 
 def _union_area(proposals: Sequence[ObjectProposal], indices: Sequence[int]) -> float:
@@ -534,7 +528,7 @@ class VLMPlanner:
                 raise AgentAnswerError("a clean background cannot have objects to extract")
             return choices, clean
 
-        pil = Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8))
+        pil = Image.fromarray(to_uint8(image))
         value, errors = ask_json(self.model, pil, prompt, validate, self.retries)
         if value is None:
             rules.decided_by = f"rules (vlm fallback after {len(errors)} invalid answers: {errors[-1]})"
@@ -574,7 +568,7 @@ class VLMVerifier:
         def validate(answer: dict[str, Any]) -> tuple[bool, str]:
             return _require(answer, "accept", bool), " ".join(str(_require(answer, "reason", str)).split())[:200]
 
-        pil = Image.fromarray(np.round(np.clip(composite, 0, 1) * 255).astype(np.uint8))
+        pil = Image.fromarray(to_uint8(composite))
         value, errors = ask_json(self.model, pil, VERIFY_PROMPT, validate, self.retries)
         if value is None:
             verdict.decided_by = f"rules (vlm fallback after {len(errors)} invalid answers: {errors[-1]})"

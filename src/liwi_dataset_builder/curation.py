@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from liwi_diffusers.layers import alpha_bbox
+from liwi_diffusers.layers import alpha_bbox, to_uint8
 
 from .assets import BackgroundAsset, ForegroundAsset, PhotoAssets
 from .sources import Photo
@@ -30,10 +30,6 @@ def working_image(image: Image.Image, working_size: int) -> np.ndarray:
         rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
     # 8-bit values from here on: curation results do not depend on float noise of the resize.
     return np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.float32) / 255.0
-
-
-def _u8(array: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def plausible_cast_shadow(alpha: np.ndarray, sigma: np.ndarray, max_mass: float = 1.5) -> tuple[bool, str]:
@@ -95,8 +91,8 @@ def curate_photo(image: Image.Image, photo: Photo, tools: Any, working_size: int
         cut_bottom = bool((rgba[-max(1, height // 100) :, :, 3] > 0.5).any())
         assets.foregrounds.append(
             ForegroundAsset(
-                _u8(crop),
-                _u8(sigma[top:bottom, left:right]),
+                to_uint8(crop),
+                to_uint8(sigma[top:bottom, left:right]),
                 choice.label,
                 photo.photo_id,
                 photo.ref.describe(),
@@ -106,13 +102,13 @@ def curate_photo(image: Image.Image, photo: Photo, tools: Any, working_size: int
         )
 
     if plan.clean_background:
-        assets.background = BackgroundAsset(_u8(rgb), "clean", photo.photo_id, photo.ref.describe())
+        assets.background = BackgroundAsset(to_uint8(rgb), "clean", photo.photo_id, photo.ref.describe())
     elif plan.use_as_background:
         lift = np.clip(1.0 - np.sum(shadows, axis=0), 1e-3, 1.0) if shadows else np.ones((height, width), np.float32)
         shadow_free = np.clip(rgb / lift[:, :, None], 0.0, 1.0)
         hole = occupied > 0.01
         background = tools.inpainter(shadow_free, hole) if hole.any() else shadow_free
-        assets.background = BackgroundAsset(_u8(background), "inpainted", photo.photo_id, photo.ref.describe())
+        assets.background = BackgroundAsset(to_uint8(background), "inpainted", photo.photo_id, photo.ref.describe())
         assets.notes.append(f"background: {hole.mean():.0%} inpainted")
     else:
         assets.notes.append("not used as a background: " + plan.reason)

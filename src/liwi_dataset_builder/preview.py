@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from liwi_diffusers.layered_dataset import row_composite, row_to_layered
-from liwi_diffusers.layers import LayeredImage
+from liwi_diffusers.layers import LayeredImage, to_uint8
 
 __all__ = ["checkerboard", "contact_sheet", "over_checkerboard"]
 
@@ -62,7 +62,7 @@ def contact_sheet(rows: Iterable[dict[str, Any]], cell: int = 160, gap: int = 4)
             # The composite always goes in the last column, so lines with fewer objects stay aligned.
             position = columns - 1 if name == "composite" else column
             left = gap + position * (cell + gap)
-            tile = Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8), "RGB")
+            tile = Image.fromarray(to_uint8(image), "RGB")
             sheet.paste(tile.resize((cell, cell), Image.LANCZOS), (left, top + label_height))
             caption = f"{row_id}  {name}" if column == 0 else name
             draw.text((left + 2, top + 1), caption, fill=(0, 0, 0))

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from liwi_diffusers._extras import require
+from liwi_diffusers.layers import to_uint8
 
 from .agent import SCORE_NAMES, Verdict
 from .atomic import atomic_write_text, temporary_name
@@ -109,12 +110,8 @@ def encode_png(array: np.ndarray, level: int = 1) -> bytes:
     return encoded.tobytes()
 
 
-def _u8(array: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
 def _image(array: np.ndarray) -> dict[str, Any]:
-    return {"bytes": encode_png(_u8(array)), "path": None}
+    return {"bytes": encode_png(to_uint8(array)), "path": None}
 
 
 def sample_row(

@@ -349,7 +349,7 @@ class LayeredImage:
     # ------------------------------------------------------------------ conversions
     def to_pil(self) -> list[tuple[str, Image.Image]]:
         """Back-to-front ``(name, RGBA PIL image)`` layers (8-bit)."""
-        return [(name, Image.fromarray(_to_uint8(rgba), "RGBA")) for name, rgba in self.to_rgba_stack()]
+        return [(name, Image.fromarray(to_uint8(rgba), "RGBA")) for name, rgba in self.to_rgba_stack()]
 
     @classmethod
     def from_pil(
@@ -368,17 +368,17 @@ class LayeredImage:
         )
 
     def background_pil(self) -> Image.Image:
-        return Image.fromarray(_to_uint8(self.background), "RGB")
+        return Image.fromarray(to_uint8(self.background), "RGB")
 
     def foreground_pil(self, index: int) -> Image.Image:
-        return Image.fromarray(_to_uint8(self.foregrounds[index]), "RGBA")
+        return Image.fromarray(to_uint8(self.foregrounds[index]), "RGBA")
 
     def shadow_pil(self, index: int) -> Image.Image:
         """Shadow alpha of object ``index`` (0-based) as an L image."""
-        return Image.fromarray(_to_uint8(self.shadows[index]), "L")
+        return Image.fromarray(to_uint8(self.shadows[index]), "L")
 
     def composite_pil(self) -> Image.Image:
-        return Image.fromarray(_to_uint8(self.compose()), "RGB")
+        return Image.fromarray(to_uint8(self.compose()), "RGB")
 
     def to_tensors(self, device: Any = None, dtype: Any = None) -> dict[str, torch.Tensor]:
         """Channel-first tensors: background ``(3, H, W)``, foregrounds ``(K, 4, H, W)``, shadows ``(K, 1, H, W)``."""
@@ -414,7 +414,8 @@ class LayeredImage:
         return cls(channel_last(background), fgs, sh, None if labels is None else list(labels))
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """Float image in [0, 1] to uint8, rounding to the nearest step (what PNG/PSD/ORA files hold)."""
     return np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 

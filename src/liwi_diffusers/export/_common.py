@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..layers import LayeredImage, LayeredImageError, alpha_bbox, parse_layer_name, to_float_image
+from ..layers import LayeredImage, LayeredImageError, alpha_bbox, parse_layer_name, to_float_image, to_uint8
 
 # PIL's decompression-bomb threshold: larger canvases are refused before anything is allocated.
 MAX_CANVAS_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
@@ -52,11 +52,6 @@ class FileLayer:
     @property
     def role(self) -> str:
         return parse_layer_name(self.name)[0]
-
-
-def to_uint8(array: np.ndarray) -> np.ndarray:
-    """Float image in [0, 1] to uint8, rounding to the nearest step (as `LayeredImage.quantized`)."""
-    return np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def file_layers(layered: LayeredImage, crop: bool = True) -> list[FileLayer]:

@@ -34,6 +34,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..layers import to_uint8
+
 __all__ = [
     "DEFAULT_MAX_EDITS",
     "MIN_LAYERS",
@@ -784,7 +786,7 @@ def layered_to_stack(layered: Any, include_shadows: bool = False) -> list[np.nda
     for name, rgba in layered.to_rgba_stack():
         if name.startswith("shadow") and (not include_shadows or not float(rgba[:, :, 3].max()) > 0):
             continue
-        stack.append(np.round(np.clip(rgba, 0.0, 1.0) * 255.0).astype(np.uint8))
+        stack.append(to_uint8(rgba))
     return stack
 
 

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..layered_dataset import decode_image, load_layered_dataset, read_shard, row_to_layered
-from ..layers import LayeredImage, LayeredImageError
+from ..layers import LayeredImage, LayeredImageError, to_uint8
 from .core import (
     DEFAULT_MAX_EDITS,
     MIN_LAYERS,
@@ -288,15 +288,11 @@ def dataset_samples(
         except LayeredImageError as error:
             raise EvaluationError(f"dataset sample {sample_id}: {error}") from error
         if composite is None:
-            composite = _to_uint8(layered.compose())
+            composite = to_uint8(layered.compose())
         count += 1
         yield Sample(sample_id, layered_to_stack(layered, include_shadows), layered, composite)
     if count == 0:
         raise EvaluationError(f"{name} has no rows: nothing to evaluate")
-
-
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------- resizing
@@ -321,9 +317,9 @@ def resize_layered(layered: LayeredImage, size: tuple[int, int]) -> LayeredImage
     if layered.size == size:
         return layered
     return LayeredImage(
-        resize_array(_to_uint8(layered.background), size),
-        [resize_array(_to_uint8(fg), size) for fg in layered.foregrounds],
-        [resize_array(_to_uint8(shadow), size) for shadow in layered.shadows],
+        resize_array(to_uint8(layered.background), size),
+        [resize_array(to_uint8(fg), size) for fg in layered.foregrounds],
+        [resize_array(to_uint8(shadow), size) for shadow in layered.shadows],
         list(layered.labels),
     )
 

@@ -7,7 +7,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..layers import LayeredImageError, to_float_image
+from ..layers import LayeredImageError, alpha_bbox, to_float_image
 
 
 def as_rgb(image: Any, what: str = "image") -> np.ndarray:
@@ -81,11 +81,7 @@ def erode(mask: np.ndarray, radius: int) -> np.ndarray:
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """Box ``(left, top, right, bottom)`` (exclusive) of the True pixels, None when there are none."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+    return alpha_bbox(mask)
 
 
 def padded_box(box: tuple[int, int, int, int], pad: int, shape: tuple[int, ...]) -> tuple[int, int, int, int]:

@@ -11,6 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from ..layers import to_uint8
 from ._utils import as_mask, as_rgb, dilate, mask_box, padded_box, push_pull_fill, resize, scale_for
 
 __all__ = ["INPAINT_METHODS", "Inpainter", "OpenCVInpainter"]
@@ -94,7 +95,7 @@ class OpenCVInpainter:
             return inpaint_biharmonic(image, hole, channel_axis=-1).astype(np.float32)
         # cv2.xphoto.inpaint: 8-bit input (FSR returns zeros for float), mask non-zero = VALID pixel;
         # shift-map expects a Lab-like image (intensity first), FSR a BGR one.
-        bgr = cv2.cvtColor(np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8), cv2.COLOR_RGB2BGR)
+        bgr = cv2.cvtColor(to_uint8(image), cv2.COLOR_RGB2BGR)
         source = cv2.cvtColor(bgr, cv2.COLOR_BGR2Lab) if method == "shiftmap" else bgr
         flag = {
             "shiftmap": cv2.xphoto.INPAINT_SHIFTMAP,
