@@ -120,7 +120,7 @@ class MemoisedSegmenter:
 
 
 def build_rows(names: list[str], cache_dir: Path | None = None) -> dict[str, Any]:
-    from liwi_diffusers.tools import ToolChainDecomposer
+    from liwi_diffusers import load_decomposer
     from liwi_diffusers.tools.segmenter import OnnxSegmenter
 
     rows: dict[str, Any] = {}
@@ -129,11 +129,11 @@ def build_rows(names: list[str], cache_dir: Path | None = None) -> dict[str, Any
         learned = MemoisedSegmenter(OnnxSegmenter.from_cache(), cache_dir)
     for name in names:
         if name == "weight-free":
-            rows[name] = ToolChainDecomposer(segmenter=None)
+            rows[name] = load_decomposer("weight-free")
         elif name == "segmenter":
-            rows[name] = ToolChainDecomposer(segmenter=learned, max_rounds=1)
+            rows[name] = load_decomposer("tools", segmenter=learned, max_rounds=1)
         elif name == "full":
-            rows[name] = ToolChainDecomposer(segmenter=learned)
+            rows[name] = load_decomposer("tools", segmenter=learned)
     return rows
 
 
