@@ -61,7 +61,8 @@ def main() -> int:
             for engine in runs:
                 outs[engine] = Path(scratch) / f"{engine}-{attempt}" / "out"
                 print(
-                    f"{engine}: {args.samples} samples at {args.resolution} px, {args.workers} workers/CPUs, run {attempt + 1}"
+                    f"{engine}: {args.samples} samples at {args.resolution} px, "
+                    f"{args.workers} workers/CPUs, run {attempt + 1}"
                 )
                 run = run_build(
                     photos, outs[engine], args.samples, args.resolution, args.workers, args.chunk_size, engine
