@@ -543,7 +543,6 @@ CASES = [
         evaluate("--method", "oracle", "--dataset", "{c}/dataset"),
         r"needs the 'datasets' package: pip install \"liwi-diffusers\[eval\]\"",
         setup=without("datasets"),
-        owner="src/liwi_diffusers/metrics/evaluation.py (imports datasets directly; _extras.require names the extra)",
     ),
     # --------------------------------------------------------------------- liwi models
     # (cases to be added by the owner of src/liwi_diffusers/cli/models.py)

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from liwi_diffusers.layers import LayeredImage, to_uint8
-from liwi_diffusers.tools._utils import dilate
+from liwi_diffusers.tools import dilate
 from liwi_diffusers.tools.proposals import ObjectProposal
 
 __all__ = [

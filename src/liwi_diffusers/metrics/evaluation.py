@@ -224,7 +224,9 @@ def open_dataset(path: str | os.PathLike[str], split: str = "test") -> Any:
             raise EvaluationError(f"dataset folder {name} does not exist")
         if _hub_offline():
             name = _cached_hub_dataset(name)
-    import datasets
+    from .._extras import require
+
+    datasets = require("datasets", "eval", "liwi evaluate")
 
     try:
         return load_layered_dataset(name, split=split, streaming=True)

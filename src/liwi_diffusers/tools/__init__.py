@@ -11,10 +11,14 @@ Adapters for real models (``transformers`` mask-generation / detection / depth p
 ``diffusers`` inpainting pipeline) implement the same call signatures and plug into
 `ToolChainDecomposer` (and the ADD dataset builder) as constructor arguments.
 
+Mask operations shared by every tool (and the ADD builder) are public here: `dilate`, `erode`, `mask_box`
+(`liwi_diffusers.layers.alpha_bbox` for soft alphas, `liwi_diffusers.layers.to_uint8` for 8-bit conversion).
+
 Importing this package does not import pymatting (its numba compile takes about a minute the first
 time); `ClosedFormMatter` imports it when first called.
 """
 
+from ._utils import dilate, erode, mask_box
 from .decomposer import ToolChainDecomposer
 from .inpainting import Inpainter, OpenCVInpainter
 from .matting import AlphaMatter, ClosedFormMatter, Matte, make_trimap
@@ -33,8 +37,11 @@ __all__ = [
     "SaliencyProposer",
     "ShadowExtractor",
     "ToolChainDecomposer",
+    "dilate",
+    "erode",
     "focus_map",
     "make_trimap",
+    "mask_box",
     "remove_attached_shadow",
     "saliency_map",
 ]
