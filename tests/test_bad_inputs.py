@@ -545,7 +545,41 @@ CASES = [
         setup=without("datasets"),
     ),
     # --------------------------------------------------------------------- liwi models
-    # (cases to be added by the owner of src/liwi_diffusers/cli/models.py)
+    case("models-unknown-name", "liwi", lambda c, o: ["models", "download", "nope"], r"unknown model 'nope'; known"),
+    case(
+        "models-path-not-downloaded",
+        "liwi",
+        lambda c, o: ["models", "path", "isnet"],
+        r"not downloaded; run `liwi models download isnet`",
+    ),
+    case(
+        "models-verify-not-downloaded",
+        "liwi",
+        lambda c, o: ["models", "verify", "isnet"],
+        r"not downloaded .*run `liwi models download isnet`",
+    ),
+    case(
+        "models-verify-damaged-file",
+        "liwi",
+        lambda c, o: ["models", "verify", "isnet"],
+        r"corrupted or incomplete .*run `liwi models download isnet --force`",
+        setup=lambda m, o: _damaged_model(o),
+    ),
+    case(
+        "models-download-without-npm-or-hub",
+        "liwi",
+        lambda c, o: ["models", "download", "isnet", "-q"],
+        r"could not download model 'isnet' \(npm: `npm` is not installed",
+        setup=lambda m, o: (m.setenv("PATH", str(o.parent)), m.setenv("HF_HUB_OFFLINE", "1")),
+    ),
+    case(
+        "decompose-with-a-damaged-model-falls-back",
+        "liwi",
+        decompose(PHOTO, "--format", "zip"),
+        None,
+        setup=lambda m, o: _damaged_model(o),
+        writes=("d/photo.zip",),
+    ),
     # --------------------------------------------------------------------- the Space's handlers
     # (cases to be added by the owner of spaces_demo/app.py)
 ]
@@ -568,6 +602,15 @@ def _run(entry: str, argv: list[str]) -> int:
         return int(main(argv) or 0)
     except SystemExit as exit:  # argparse's usage errors
         return int(exit.code or 0)
+
+
+def _damaged_model(out: Path) -> None:
+    """A truncated default segmenter in this case's model cache (set by `_no_downloaded_models`)."""
+    from liwi_diffusers.model_zoo import model_path
+
+    path = model_path("isnet")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not a whole model")
 
 
 @pytest.fixture(autouse=True)
