@@ -21,6 +21,8 @@ import numpy as np
 
 __all__ = ["InstanceSplitter", "split_salient_matte"]
 
+_SHAPE_SIZE = 256  # the splitting works on region shapes at most this many pixels across
+
 
 @dataclass
 class InstanceSplitter:
@@ -95,8 +97,14 @@ def _split_region(region: np.ndarray, settings: InstanceSplitter) -> list[np.nda
 
     rows, cols = np.nonzero(region)
     top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    full_crop = region[top:bottom, left:right]
+    # The shape is all that matters here: work on the crop at most `_SHAPE_SIZE` pixels across (a 1024 px
+    # region would need a dilation kernel of hundreds of pixels), then scale the parts back up.
+    scale = min(1.0, _SHAPE_SIZE / max(full_crop.shape))
+    small_size = (max(1, round(full_crop.shape[1] * scale)), max(1, round(full_crop.shape[0] * scale)))
+    small = full_crop if scale == 1.0 else cv2.resize(full_crop.astype(np.uint8), small_size, cv2.INTER_AREA) > 0
     pad = 2
-    crop = np.pad(region[top:bottom, left:right], pad).astype(np.uint8)
+    crop = np.pad(small, pad).astype(np.uint8)
     distance = cv2.distanceTransform(crop, cv2.DIST_L2, 5)
     height = float(distance.max())
     if height < 4:
@@ -128,7 +136,10 @@ def _split_region(region: np.ndarray, settings: InstanceSplitter) -> list[np.nda
     # the kept parts by leaving them unlabelled (the nearest-seed pass assigns them).
     out = []
     for part in keep:
+        piece = part[pad:-pad, pad:-pad].astype(np.uint8)
+        if scale < 1.0:
+            piece = cv2.resize(piece, (full_crop.shape[1], full_crop.shape[0]), interpolation=cv2.INTER_NEAREST)
         full = np.zeros(region.shape, bool)
-        full[top:bottom, left:right] = part[pad:-pad, pad:-pad]
+        full[top:bottom, left:right] = (piece > 0) & full_crop
         out.append(full)
     return out
