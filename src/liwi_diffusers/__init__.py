@@ -13,6 +13,7 @@ from typing import Any
 from .layers import (
     LayeredImage,
     LayeredImageError,
+    LayerPart,
     RecompositionReport,
     check_decomposition,
     compose_layers,
@@ -32,6 +33,8 @@ _LAZY = {
     "save_layered": ".export",
     "load_layered": ".export",
     "ToolChainDecomposer": ".tools.decomposer",
+    "decompose_layer": ".tools.recursive",
+    "decompose_to_depth": ".tools.recursive",
     "load_decomposer": ".loading",
     "Decomposer": ".loading",
     "load_layered_dataset": ".layered_dataset",
@@ -40,6 +43,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "LayerPart",
     "LayeredImage",
     "LayeredImageError",
     "RecompositionReport",

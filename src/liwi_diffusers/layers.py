@@ -27,14 +27,18 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "LayerPart",
     "LayeredImage",
     "LayeredImageError",
     "RecompositionReport",
     "alpha_bbox",
     "check_decomposition",
     "compose_layers",
+    "flatten_parts",
     "layer_name",
     "parse_layer_name",
+    "parse_part_path",
+    "part_layer_name",
     "reconcile_with_image",
     "to_float_image",
 ]
@@ -42,6 +46,7 @@ __all__ = [
 # Values within this distance outside [0, 1] are float round-off and are clipped; further out is an error.
 _RANGE_TOLERANCE = 1e-5
 _LAYER_NAME = re.compile(r"^(shadow|object) (\d+)(?:: (.*))?$", re.DOTALL)
+_PART_NAME = re.compile(r"^part (\d+(?:\.\d+)+)(?:: (.*))?$", re.DOTALL)
 
 
 class LayeredImageError(ValueError):
@@ -71,10 +76,36 @@ def layer_name(role: str, index: int | None = None, label: str | None = None) ->
     return f"{role} {index}" + (f": {label}" if label else "")
 
 
+def part_layer_name(path: Sequence[int], label: str | None = None) -> str:
+    """Name of a part layer: ``part 2.1`` is part 1 of object 2, ``part 2.1.3: wheel`` part 3 of that part.
+
+    ``path`` starts with the 1-based object index, then one 1-based part index per level (back to front).
+    """
+    path = [int(step) for step in path]
+    if len(path) < 2 or min(path) < 1:
+        raise ValueError(f"a part path is the object index then part indices, all >= 1, got {path}")
+    return "part " + ".".join(map(str, path)) + (f": {label}" if label else "")
+
+
+def parse_part_path(name: str) -> tuple[tuple[int, ...], str | None] | None:
+    """Inverse of `part_layer_name`: ``(path, label)``, or None when ``name`` is not a part layer's."""
+    match = _PART_NAME.match(name)
+    if match is None:
+        return None
+    path, label = match.groups()
+    return tuple(int(step) for step in path.split(".")), label or None
+
+
 def parse_layer_name(name: str) -> tuple[str, int | None, str | None]:
-    """Inverse of `layer_name`: ``(role, index, label)``; unknown names give ``("other", None, name)``."""
+    """Inverse of `layer_name`: ``(role, index, label)``; unknown names give ``("other", None, name)``.
+
+    A part layer (`part_layer_name`) gives ``("part", object index, label)``.
+    """
     if name == "background":
         return "background", None, None
+    part = parse_part_path(name)
+    if part is not None:
+        return "part", part[0][0], part[1]
     match = _LAYER_NAME.match(name)
     if match is None:
         return "other", None, name
@@ -158,6 +189,72 @@ class RecompositionReport:
 
 
 @dataclass
+class LayerPart:
+    """A part of an object layer (`LayeredImage.parts`): straight RGBA on the full canvas, a label, its own parts.
+
+    Attributes:
+        rgba: ``(H, W, 4)`` float32 straight RGBA in [0, 1]. For a part with ``parts`` it may be None: it is then
+            their composite (`flatten_parts`), and when given it must equal that composite within 1/255.
+        label: a short name ("" when unknown).
+        parts: the part's own parts, back to front (empty: a leaf).
+    """
+
+    rgba: np.ndarray | None = None
+    label: str = ""
+    parts: list[LayerPart] = field(default_factory=list)
+
+    def leaves(self) -> list[tuple[tuple[int, ...], LayerPart]]:
+        """``(path below this part, leaf)`` for every leaf, back to front (``[((), self)]`` for a leaf)."""
+        if not self.parts:
+            return [((), self)]
+        return [((j, *path), leaf) for j, part in enumerate(self.parts, start=1) for path, leaf in part.leaves()]
+
+    def copy(self, transform: Any = None) -> LayerPart:
+        """A deep copy; ``transform`` (array -> array) is applied to every stored RGBA."""
+        transform = transform or np.copy
+        rgba = None if self.rgba is None else transform(self.rgba)
+        return LayerPart(rgba, self.label, [part.copy(transform) for part in self.parts])
+
+
+def flatten_parts(parts: Sequence[LayerPart]) -> np.ndarray:
+    """Straight RGBA ``(H, W, 4)`` of ``parts`` composed back to front with "over" onto transparency.
+
+    A part with its own parts contributes their composite (recursively), so the leaves decide.
+    """
+    if not parts:
+        raise LayeredImageError("flatten_parts needs at least one part")
+    premultiplied: np.ndarray | None = None
+    alpha: np.ndarray | None = None
+    for part in parts:
+        rgba = flatten_parts(part.parts) if part.parts else part.rgba
+        if rgba is None:
+            raise LayeredImageError("a part without parts needs its RGBA")
+        a = rgba[:, :, 3:4]
+        if premultiplied is None or alpha is None:
+            premultiplied, alpha = a * rgba[:, :, :3], a.copy()
+        else:
+            premultiplied = a * rgba[:, :, :3] + (1 - a) * premultiplied
+            alpha = a + (1 - a) * alpha
+    assert premultiplied is not None and alpha is not None
+    color = np.divide(premultiplied, alpha, out=np.zeros_like(premultiplied), where=alpha > 0)
+    return np.concatenate([np.clip(color, 0.0, 1.0), np.clip(alpha, 0.0, 1.0)], axis=2).astype(np.float32)
+
+
+def _premultiplied(rgba: np.ndarray) -> np.ndarray:
+    return np.concatenate([rgba[:, :, :3] * rgba[:, :, 3:4], rgba[:, :, 3:4]], axis=2)
+
+
+def _check_same_layer(parts: np.ndarray, layer: np.ndarray, what: str, target: str) -> None:
+    """Raise unless two straight RGBA layers show the same (premultiplied colour and alpha within 1/255)."""
+    error = float(np.abs(_premultiplied(parts) - _premultiplied(layer)).max())
+    if error > 1.0 / 255.0 + 1e-5:
+        raise LayeredImageError(
+            f"{what} do not recompose to {target} (max difference {error:.4f}, more than 1/255); "
+            "give parts that split the layer, e.g. from liwi_diffusers.tools.decompose_layer"
+        )
+
+
+@dataclass
 class LayeredImage:
     """A photo taken apart: background, then per object (back to front) a shadow and a foreground.
 
@@ -168,6 +265,10 @@ class LayeredImage:
         labels: per object, a short name ("" when unknown).
         metadata: what made the layers (method, tools, object count, why the search for objects stopped);
             JSON-serialisable values, kept by `copy`, `select` and `quantized`.
+        parts: optional, per object (0-based index) that was decomposed again (`liwi_diffusers.tools.decompose_layer`),
+            its parts back to front (`LayerPart`s, or RGBA images taken as unlabelled leaf parts). A part has no
+            shadow (the object's shadow stays with the object). The parts must recompose to the object's layer
+            within 1/255; `compose` (so `check`) and the flat stacks of `to_rgba_stack` use the parts.
     Inputs may be PIL images or uint8/float arrays; they are converted and checked on creation.
     """
 
@@ -176,6 +277,7 @@ class LayeredImage:
     shadows: list[np.ndarray] | None = None
     labels: list[str] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    parts: dict[int, list[LayerPart]] | None = None
 
     def __post_init__(self) -> None:
         self.background = to_float_image(self.background, 3, "background")
@@ -198,6 +300,37 @@ class LayeredImage:
         if len(self.labels) != count:
             raise LayeredImageError(f"got {len(self.labels)} labels for {count} foregrounds; need one each")
         self.labels = [str(label) for label in self.labels]
+        self.parts = self._checked_parts(self.parts or {}, height, width)
+
+    def _checked_parts(self, parts: dict[int, Any], height: int, width: int) -> dict[int, list[LayerPart]]:
+        """Parts converted and checked: known objects, full canvas, recomposing to the object layer."""
+        checked: dict[int, list[LayerPart]] = {}
+        for index in sorted(parts):
+            if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < self.num_objects:
+                raise LayeredImageError(f"parts given for object index {index!r}; there are {self.num_objects} objects")
+            what = f"parts of object {index + 1}"
+            if not parts[index]:
+                continue  # no parts: the object layer stands alone
+            tree = [
+                self._checked_part(part, f"{what}, part {j}", height, width) for j, part in enumerate(parts[index], 1)
+            ]
+            _check_same_layer(flatten_parts(tree), self.foregrounds[index], what, f"object {index + 1}'s layer")
+            checked[int(index)] = tree
+        return checked
+
+    def _checked_part(self, part: Any, what: str, height: int, width: int) -> LayerPart:
+        if not isinstance(part, LayerPart):
+            part = LayerPart(part)
+        children = [self._checked_part(p, f"{what}.{j}", height, width) for j, p in enumerate(part.parts, 1)]
+        if part.rgba is None and not children:
+            raise LayeredImageError(f"{what} has neither RGBA pixels nor parts")
+        rgba = None if part.rgba is None else self._same_size(to_float_image(part.rgba, 4, what), height, width, what)
+        if children:
+            flat = flatten_parts(children)
+            if rgba is not None:
+                _check_same_layer(flat, rgba, f"the parts of {what}", what)
+            rgba = flat
+        return LayerPart(rgba, str(part.label), children)
 
     @staticmethod
     def _same_size(array: np.ndarray, height: int, width: int, what: str) -> np.ndarray:
@@ -228,13 +361,20 @@ class LayeredImage:
 
     def __repr__(self) -> str:
         labels = ", ".join(label or "?" for label in self.labels)
-        return f"LayeredImage({self.width}x{self.height}, {self.num_objects} objects: [{labels}])"
+        split = f", {len(self.parts)} split into parts" if self.parts else ""
+        return f"LayeredImage({self.width}x{self.height}, {self.num_objects} objects: [{labels}]{split})"
+
+    def object_layer(self, index: int) -> np.ndarray:
+        """Straight RGBA of object ``index`` (0-based) as it is shown: its parts' composite when it has parts."""
+        parts = (self.parts or {}).get(index)
+        return flatten_parts(parts) if parts else self.foregrounds[index]
 
     # ------------------------------------------------------------------ maths
     def compose(self) -> np.ndarray:
-        """The image these layers show, ``(H, W, 3)`` float32."""
-        alphas = [fg[:, :, 3:4] for fg in self.foregrounds]
-        colors = [fg[:, :, :3] for fg in self.foregrounds]
+        """The image these layers show, ``(H, W, 3)`` float32 (objects with parts: from their parts)."""
+        layers = [self.object_layer(k) for k in range(self.num_objects)]
+        alphas = [fg[:, :, 3:4] for fg in layers]
+        colors = [fg[:, :, :3] for fg in layers]
         shadows = [shadow[:, :, None] for shadow in self.shadows]
         return np.asarray(compose_layers(self.background, colors, alphas, shadows), dtype=np.float32)
 
@@ -252,12 +392,16 @@ class LayeredImage:
         def q(array: np.ndarray) -> np.ndarray:
             return np.round(array * 255.0).astype(np.float32) / 255.0
 
+        # An object with parts is what its rounded parts show (rounded parts of a soft split may differ by a step).
+        parts = {k: [part.copy(q) for part in tree] for k, tree in (self.parts or {}).items()}
+        foregrounds = [flatten_parts(parts[k]) if k in parts else q(fg) for k, fg in enumerate(self.foregrounds)]
         return LayeredImage(
             q(self.background),
-            [q(fg) for fg in self.foregrounds],
+            foregrounds,
             [q(s) for s in self.shadows],
             list(self.labels),
             dict(self.metadata),
+            parts,
         )
 
     def copy(self) -> LayeredImage:
@@ -267,6 +411,7 @@ class LayeredImage:
             [s.copy() for s in self.shadows],
             list(self.labels),
             dict(self.metadata),
+            {k: [part.copy() for part in tree] for k, tree in (self.parts or {}).items()},
         )
 
     def select(self, indices: Sequence[int]) -> LayeredImage:
@@ -274,33 +419,53 @@ class LayeredImage:
         for index in indices:
             if not 0 <= index < self.num_objects:
                 raise IndexError(f"object index {index} out of range for {self.num_objects} objects")
+        parts = self.parts or {}
         return LayeredImage(
             self.background,
             [self.foregrounds[i] for i in indices],
             [self.shadows[i] for i in indices],
             [self.labels[i] for i in indices],
             dict(self.metadata),
+            {new: parts[old] for new, old in enumerate(indices) if old in parts},
         )
 
     # ------------------------------------------------------------------ flat stacks (for files)
     def layer_names(self) -> list[str]:
         """Names of `to_rgba_stack` layers, back to front."""
-        names = ["background"]
-        for k, label in enumerate(self.labels, start=1):
-            names += [layer_name("shadow", k, label), layer_name("object", k, label)]
-        return names
+        return [name for name, _ in self._named_layers()]
+
+    def _named_layers(self) -> list[tuple[str, Any]]:
+        """``(name, how to get its RGBA)`` per flat layer, back to front."""
+        layers: list[tuple[str, Any]] = [("background", None)]
+        parts = self.parts or {}
+        for k, label in enumerate(self.labels):
+            layers.append((layer_name("shadow", k + 1, label), ("shadow", k)))
+            if k not in parts:
+                layers.append((layer_name("object", k + 1, label), ("object", k)))
+                continue
+            for j, part in enumerate(parts[k], start=1):
+                for path, leaf in part.leaves():
+                    layers.append((part_layer_name((k + 1, j, *path), leaf.label), ("part", leaf)))
+        return layers
 
     def to_rgba_stack(self) -> list[tuple[str, np.ndarray]]:
         """Back-to-front ``(name, (H, W, 4) float32 RGBA)`` layers that compose with plain "over".
 
-        The background is opaque, a shadow is black with alpha sigma, an object is its RGBA.
+        The background is opaque, a shadow is black with alpha sigma, an object is its RGBA; an object with
+        parts is its leaf parts instead (``part 2.1``, ``part 2.2: wheel``, ...; `part_layer_name`), back to front.
         """
         opaque = np.ones((self.height, self.width, 1), np.float32)
-        stack = [("background", np.concatenate([self.background, opaque], axis=2))]
         black = np.zeros((self.height, self.width, 3), np.float32)
-        for k, (fg, shadow, label) in enumerate(zip(self.foregrounds, self.shadows, self.labels), start=1):
-            stack.append((layer_name("shadow", k, label), np.concatenate([black, shadow[:, :, None]], axis=2)))
-            stack.append((layer_name("object", k, label), fg))
+        stack = []
+        for name, source in self._named_layers():
+            if source is None:
+                stack.append((name, np.concatenate([self.background, opaque], axis=2)))
+            elif source[0] == "shadow":
+                stack.append((name, np.concatenate([black, self.shadows[source[1]][:, :, None]], axis=2)))
+            elif source[0] == "object":
+                stack.append((name, self.foregrounds[source[1]]))
+            else:
+                stack.append((name, source[1].rgba))
         return stack
 
     @classmethod
@@ -308,8 +473,10 @@ class LayeredImage:
         """Rebuild from named full-canvas RGBA layers, back to front (inverse of `to_rgba_stack`).
 
         The first layer must be an opaque background. ``shadow k``/``object k`` names pair shadows
-        with objects; a layer with any other name is taken as an object without a shadow, labelled
-        with its name (files made by other tools).
+        with objects; a run of ``part k.j...`` layers (`part_layer_name`) after ``shadow k`` stands for object k
+        split into parts (its label comes from the shadow's name; a part split again gets no label of its own).
+        A layer with any other name is taken as an object without a shadow, labelled with its name (files made
+        by other tools).
         """
         if not layers:
             raise LayeredImageError("empty layer stack: need at least a background layer")
@@ -322,11 +489,39 @@ class LayeredImage:
                 f"the bottom layer {first_name!r} must be opaque (alpha 1 everywhere); "
                 f"its alpha goes down to {float(first[:, :, 3].min()):.3f}"
             )
-        foregrounds, shadows, labels = [], [], []
-        pending_shadow: tuple[int, np.ndarray] | None = None
+        foregrounds: list[np.ndarray] = []
+        shadows: list[np.ndarray] = []
+        labels: list[str] = []
+        parts: dict[int, list[LayerPart]] = {}
+        pending_shadow: tuple[int, np.ndarray, str] | None = None
+        run: list[tuple[tuple[int, ...], np.ndarray, str]] = []  # the part layers of the object being read
+
+        def close_run() -> None:
+            nonlocal pending_shadow
+            if not run:
+                return
+            index = run[0][0][0]
+            tree = _part_tree([(path[1:], rgba, label) for path, rgba, label in run], f"object {index}")
+            shadow = pending_shadow[1] if pending_shadow is not None else np.zeros(first.shape[:2], np.float32)
+            parts[len(foregrounds)] = tree
+            foregrounds.append(flatten_parts(tree))
+            shadows.append(shadow)
+            labels.append(pending_shadow[2] if pending_shadow is not None else "")
+            pending_shadow = None
+            run.clear()
+
         for name, rgba in rest:
             rgba = to_float_image(rgba, 4, f"layer {name!r}")
             role, index, label = parse_layer_name(name)
+            if role == "part":
+                path = parse_part_path(name)[0]  # type: ignore[index]
+                if run and run[0][0][0] != index:
+                    close_run()
+                if not run and pending_shadow is not None and pending_shadow[0] != index:
+                    raise LayeredImageError(f"shadow {pending_shadow[0]} is followed by part layer {name!r}")
+                run.append((path, rgba, label or ""))
+                continue
+            close_run()
             if role == "background":
                 raise LayeredImageError("a stack has exactly one background layer, at the bottom")
             if role == "shadow":
@@ -334,7 +529,7 @@ class LayeredImage:
                     raise LayeredImageError(f"shadow {pending_shadow[0]} is not followed by its object layer")
                 if float(rgba[:, :, :3].max(initial=0.0)) > 1.0 / 255.0:
                     raise LayeredImageError(f"shadow layer {name!r} must be black (RGB 0); alpha carries the shadow")
-                pending_shadow = (index, rgba[:, :, 3])
+                pending_shadow = (index, rgba[:, :, 3], label or "")  # type: ignore[assignment]
                 continue
             if pending_shadow is not None and role == "object" and pending_shadow[0] != index:
                 raise LayeredImageError(f"shadow {pending_shadow[0]} is followed by object {index}")
@@ -342,9 +537,10 @@ class LayeredImage:
             pending_shadow = None
             foregrounds.append(rgba)
             labels.append(label or "")
+        close_run()
         if pending_shadow is not None:
             raise LayeredImageError(f"shadow {pending_shadow[0]} has no object layer above it")
-        return cls(first[:, :, :3], foregrounds, shadows, labels)
+        return cls(first[:, :, :3], foregrounds, shadows, labels, parts=parts)
 
     # ------------------------------------------------------------------ conversions
     def to_pil(self) -> list[tuple[str, Image.Image]]:
@@ -412,6 +608,30 @@ class LayeredImage:
         fgs = [channel_last(fg) for fg in foregrounds]
         sh = None if shadows is None else [channel_last(s)[:, :, 0] for s in shadows]
         return cls(channel_last(background), fgs, sh, None if labels is None else list(labels))
+
+
+def _part_tree(leaves: list[tuple[tuple[int, ...], np.ndarray, str]], what: str) -> list[LayerPart]:
+    """Parts from back-to-front ``(path, rgba, label)`` leaves; the parts of one part must come together."""
+    tree: list[LayerPart] = []
+    keys: list[int] = []
+    position = 0
+    while position < len(leaves):
+        path = leaves[position][0]
+        if not path:
+            raise LayeredImageError(f"{what}: a part layer cannot also hold parts")
+        key, end = path[0], position
+        while end < len(leaves) and leaves[end][0] and leaves[end][0][0] == key:
+            end += 1
+        if key in keys:
+            raise LayeredImageError(f"{what}: the layers of part {key} are not next to each other in the stack")
+        keys.append(key)
+        group = leaves[position:end]
+        if len(group) == 1 and len(group[0][0]) == 1:
+            tree.append(LayerPart(group[0][1], group[0][2]))
+        else:
+            tree.append(LayerPart(None, "", _part_tree([(p[1:], r, lab) for p, r, lab in group], f"{what}.{key}")))
+        position = end
+    return tree
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:

@@ -15,7 +15,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..layers import LayeredImage, LayeredImageError, alpha_bbox, parse_layer_name, to_float_image, to_uint8
+from ..layers import (
+    LayeredImage,
+    LayeredImageError,
+    LayerPart,
+    alpha_bbox,
+    parse_layer_name,
+    part_layer_name,
+    to_float_image,
+    to_uint8,
+)
 
 # PIL's decompression-bomb threshold: larger canvases are refused before anything is allocated.
 MAX_CANVAS_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
@@ -95,13 +104,39 @@ def group_names(labels: Sequence[str]) -> list[str]:
     return names
 
 
+# A group's members, back to front: layers, and nested groups as ``(name, members)``.
+GroupMembers = list[Any]
+
+
 def grouped_layers(
     layered: LayeredImage, layers: Sequence[FileLayer]
-) -> tuple[FileLayer, list[tuple[str, list[FileLayer]]]]:
-    """Split `file_layers` output into the background and, per object, ``(group name, [shadow, object])``."""
-    background, rest = layers[0], list(layers[1:])
-    names = group_names(layered.labels)
-    return background, [(name, rest[2 * k : 2 * k + 2]) for k, name in enumerate(names)]
+) -> tuple[FileLayer, list[tuple[str, GroupMembers]]]:
+    """Split `file_layers` output into the background and, per object, ``(group name, members)``, back to front.
+
+    The members of an object's group are ``[shadow, object]``, or for an object with parts (`LayeredImage.parts`)
+    ``[shadow, ("<group name> parts", parts)]``, where each part is its layer or, when it has parts of its own,
+    a nested ``(part layer name, its parts)`` group.
+    """
+    background, rest = layers[0], iter(layers[1:])
+    parts = layered.parts or {}
+    groups: list[tuple[str, GroupMembers]] = []
+    for k, name in enumerate(group_names(layered.labels)):
+        shadow = next(rest)
+        if k in parts:
+            groups.append((name, [shadow, (f"{name} parts", _part_members(parts[k], (k + 1,), rest))]))
+        else:
+            groups.append((name, [shadow, next(rest)]))
+    return background, groups
+
+
+def _part_members(parts: Sequence[LayerPart], path: tuple[int, ...], rest: Iterator[FileLayer]) -> GroupMembers:
+    members: GroupMembers = []
+    for j, part in enumerate(parts, start=1):
+        if part.parts:
+            members.append((part_layer_name((*path, j), part.label), _part_members(part.parts, (*path, j), rest)))
+        else:
+            members.append(next(rest))
+    return members
 
 
 def uncrop(pixels: np.ndarray, left: int, top: int, width: int, height: int) -> np.ndarray:

@@ -6,8 +6,10 @@ An ORA file is a zip archive holding, in this order:
 - ``stack.xml``: the canvas size and the layers, top layer first, each with its name, PNG file
   (``src``), offset (``x``, ``y``), ``opacity`` and ``visibility``. The background is a layer of
   the root stack; each object is a nested ``<stack>`` named from its label ("car", "person 2";
-  see `group_names`) holding its object layer above its shadow layer. Reading flattens nested
-  stacks, so flat files (older exports, other programs) read as before;
+  see `group_names`) holding its object layer above its shadow layer; an object decomposed into
+  parts holds, above its shadow, a stack "<name> parts" with its ``part k.j`` layers (a part split
+  again: a nested stack ``part k.j``). Reading flattens nested stacks (the part names carry the
+  tree), so flat files (older exports, other programs) read as before;
 - ``data/*.png``: one RGBA PNG per layer, cropped to the layer's alpha box;
 - ``Thumbnails/thumbnail.png`` (at most 256 px) and ``mergedimage.png`` (the flattened picture).
 """
@@ -81,12 +83,22 @@ def _stack_xml(layered: LayeredImage, layers: list[FileLayer], sources: dict[int
     background, groups = grouped_layers(layered, layers)
     visible = {"opacity": "1.0", "visibility": "visible", "composite-op": "svg:src-over"}
     for name, members in reversed(groups):  # ORA lists the top first
-        group = ET.SubElement(root, "stack", {"name": name, **visible})
-        for layer in reversed(members):
-            _layer_element(group, layer, sources[id(layer)], visible)
+        _stack_element(root, name, members, sources, visible)
     _layer_element(root, background, sources[id(background)], visible)
     ET.indent(image)
     return ET.tostring(image, encoding="utf-8", xml_declaration=True)
+
+
+def _stack_element(
+    parent: ET.Element, name: str, members: list[Any], sources: dict[int, str], visible: dict[str, str]
+) -> None:
+    """A nested ``<stack>``: layers and ``(name, members)`` groups (an object's parts), top first."""
+    group = ET.SubElement(parent, "stack", {"name": name, **visible})
+    for member in reversed(members):
+        if isinstance(member, tuple):
+            _stack_element(group, *member, sources, visible)
+        else:
+            _layer_element(group, member, sources[id(member)], visible)
 
 
 def _layer_element(parent: ET.Element, layer: FileLayer, source: str, visible: dict[str, str]) -> None:

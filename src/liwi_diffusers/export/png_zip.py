@@ -14,6 +14,11 @@ file name) and ``layers``, back to front, each with ``file`` (null for an empty 
 (as `liwi_diffusers.layers.layer_name` makes it), ``role`` (background, shadow or object),
 ``index`` (1-based object index, null for the background), ``label``, ``offset`` ``[left, top]``
 and ``size`` ``[width, height]`` of the PNG (cropped to the layer's alpha box unless saved full size).
+
+An object decomposed into parts (`liwi_diffusers.tools.decompose_layer`) has, after its shadow, one
+``layers/NNN-part-2.1.png`` per part instead of its object layer, with role ``part``, ``index`` its
+object's and ``path`` ``[object, part, ...]`` (1-based, as in the layer name ``part 2.1``). Such an
+archive says version 2; one without parts says version 1, as before.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..layers import LayeredImage, parse_layer_name
+from ..layers import LayeredImage, parse_layer_name, parse_part_path
 from ._common import (
     build_layered,
     check_canvas,
@@ -42,11 +47,12 @@ from ._common import (
 )
 from .atomic import atomic_write
 
-__all__ = ["MANIFEST_FORMAT", "MANIFEST_VERSION", "read_png_zip", "write_png_zip"]
+__all__ = ["MANIFEST_FORMAT", "MANIFEST_VERSION", "PARTS_MANIFEST_VERSION", "read_png_zip", "write_png_zip"]
 
 MANIFEST_FORMAT = "liwi-layered-png-zip"
-MANIFEST_VERSION = 1
-_ROLES = ("background", "shadow", "object")
+MANIFEST_VERSION = 1  # what archives without part layers say (as before parts existed)
+PARTS_MANIFEST_VERSION = 2  # archives with part layers (role "part", "path"); the newest version this reads
+_ROLES = ("background", "shadow", "object", "part")
 _MAX_MANIFEST_BYTES = 16 << 20
 
 
@@ -60,21 +66,23 @@ def write_png_zip(layered: LayeredImage, path: str | os.PathLike, *, composite: 
     entries = []
     for position, layer in enumerate(layers):
         role, index, label = parse_layer_name(layer.name)
-        stem = role if index is None else f"{role}-{index}"
-        entries.append(
-            {
-                "file": None if layer.is_empty else f"layers/{position:03d}-{stem}.png",
-                "name": layer.name,
-                "role": role,
-                "index": index,
-                "label": None if role == "background" else (label or ""),
-                "offset": [layer.left, layer.top],
-                "size": [int(layer.pixels.shape[1]), int(layer.pixels.shape[0])],
-            }
-        )
+        part = parse_part_path(layer.name)
+        stem = role if index is None else f"{role}-{index if part is None else '.'.join(map(str, part[0]))}"
+        entry = {
+            "file": None if layer.is_empty else f"layers/{position:03d}-{stem}.png",
+            "name": layer.name,
+            "role": role,
+            "index": index,
+            "label": None if role == "background" else (label or ""),
+            "offset": [layer.left, layer.top],
+            "size": [int(layer.pixels.shape[1]), int(layer.pixels.shape[0])],
+        }
+        if part is not None:
+            entry["path"] = list(part[0])
+        entries.append(entry)
     manifest = {
         "format": MANIFEST_FORMAT,
-        "version": MANIFEST_VERSION,
+        "version": PARTS_MANIFEST_VERSION if layered.parts else MANIFEST_VERSION,
         "width": layered.width,
         "height": layered.height,
         "composite": "composite.png",
@@ -119,10 +127,10 @@ def _read_manifest(archive: zipfile.ZipFile, path: str | os.PathLike) -> dict[st
     version = manifest.get("version")
     if not isinstance(version, int) or version < 1:
         raise file_error(path, f"manifest.json has an invalid version {version!r}")
-    if version > MANIFEST_VERSION:
+    if version > PARTS_MANIFEST_VERSION:
         raise file_error(
             path,
-            f"manifest.json is version {version}, newer than this liwi-diffusers reads ({MANIFEST_VERSION})",
+            f"manifest.json is version {version}, newer than this liwi-diffusers reads ({PARTS_MANIFEST_VERSION})",
             "upgrade liwi-diffusers",
         )
     return manifest

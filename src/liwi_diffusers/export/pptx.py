@@ -2,7 +2,8 @@
 
 Shapes, back to front (PowerPoint draws later shapes on top): the ``background`` picture, then per
 object a group named from its label ("car", "person 2"; see `group_names`) holding its
-``shadow k`` picture (black, the shadow in the PNG's alpha) and its ``object k`` picture (RGBA).
+``shadow k`` picture (black, the shadow in the PNG's alpha) and its ``object k`` picture (RGBA), or
+for an object decomposed into parts a nested group "<name> parts" with a ``part k.j`` picture per part.
 Each picture is cropped to its alpha box and placed at its offset; a layer with nothing visible
 has no picture. One pixel is 9525 EMU (96 dpi), so the slide is the photo's size.
 
@@ -93,14 +94,24 @@ def write_pptx(layered: LayeredImage, path: str | os.PathLike, *, composite: Any
 
     if not background.is_empty:
         add_picture(slide.shapes, background, opaque=bool((background.pixels[:, :, 3] == 255).all()))
-    for name, members in groups:
-        visible = [layer for layer in members if not layer.is_empty]
-        if not visible:
-            continue
-        group = slide.shapes.add_group_shape()
+
+    def has_pixels(member: Any) -> bool:
+        return any(has_pixels(m) for m in member[1]) if isinstance(member, tuple) else not member.is_empty
+
+    def add_group(shapes: Any, name: str, members: list[Any]) -> None:
+        group = shapes.add_group_shape()
         group.name = name
-        for layer in visible:
-            add_picture(group.shapes, layer)
+        for member in members:
+            if not has_pixels(member):
+                continue
+            if isinstance(member, tuple):  # an object's parts (or a part's parts): a nested group
+                add_group(group.shapes, *member)
+            else:
+                add_picture(group.shapes, member)
+
+    for name, members in groups:
+        if has_pixels((name, members)):
+            add_group(slide.shapes, name, members)
     with atomic_write(path) as file:
         presentation.save(file)
     if scale != 1.0:

@@ -4,7 +4,10 @@ The document is 8-bit RGB with transparency, so a layer's alpha is real transpar
 in Photoshop, GIMP, Krita and Photopea. Layers, back to front: ``background`` at the top level,
 then per object a group named from its label ("car", "person 2"; see `group_names`) holding
 ``shadow k[: label]`` (black, alpha sigma) and above it ``object k[: label]``, each cropped to its
-alpha box and placed with its top/left offset. Groups pass through (normal blending), so they
+alpha box and placed with its top/left offset. An object decomposed into parts
+(`liwi_diffusers.tools.decompose_layer`) holds, above its shadow, a group "<name> parts" with its
+part layers ``part k.1``, ``part k.2: label``, ... instead of its object layer; a part split again is a
+nested group named ``part k.j`` holding ``part k.j.1``, ... Groups pass through (normal blending), so they
 change nothing in the picture; moving a group moves an object with its shadow. psd-tools renders
 the merged image (what viewers and file browsers show) from those layers when saving.
 
@@ -58,10 +61,20 @@ def write_psd(layered: LayeredImage, path: str | os.PathLike, *, composite: Any 
     document = PSDImage.new("RGBA", layered.size)
     _add_pixel_layer(document, background)
     for name, members in groups:
-        group = document.create_group([_add_pixel_layer(document, layer) for layer in members], name="group")
-        group.name = name[:MAX_NAME_LENGTH]
+        _add_group(document, name, members)
     with atomic_write(path) as file:
         document.save(file)
+
+
+def _add_group(document: PSDImage, name: str, members: list[Any]) -> Any:
+    """A group of pixel layers and nested ``(name, members)`` groups (an object's parts), back to front."""
+    children = [
+        _add_group(document, *member) if isinstance(member, tuple) else _add_pixel_layer(document, member)
+        for member in members
+    ]
+    group = document.create_group(children, name="group")
+    group.name = name[:MAX_NAME_LENGTH]
+    return group
 
 
 def _add_pixel_layer(document: PSDImage, layer: FileLayer) -> Any:

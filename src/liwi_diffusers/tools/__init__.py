@@ -9,7 +9,8 @@ Each tool is an interface (a `typing.Protocol`) with a CPU default that needs no
 
 Adapters for real models (``transformers`` mask-generation / detection / depth pipelines, a
 ``diffusers`` inpainting pipeline) implement the same call signatures and plug into
-`ToolChainDecomposer` (and the ADD dataset builder) as constructor arguments.
+`ToolChainDecomposer` (and the ADD dataset builder) as constructor arguments. `decompose_layer` splits an
+object layer into its parts with the same peeling (a tree: `LayeredImage.parts`).
 
 Mask operations shared by every tool (and the ADD builder) are public here: `dilate`, `erode`, `mask_box`
 (`liwi_diffusers.layers.alpha_bbox` for soft alphas, `liwi_diffusers.layers.to_uint8` for 8-bit conversion).
@@ -23,6 +24,7 @@ from .decomposer import ToolChainDecomposer
 from .inpainting import Inpainter, OpenCVInpainter
 from .matting import AlphaMatter, ClosedFormMatter, Matte, make_trimap
 from .proposals import ObjectProposal, ObjectProposer, SaliencyProposer, focus_map, saliency_map
+from .recursive import decompose_layer, decompose_to_depth
 from .shadows import DarkeningShadowExtractor, ShadowExtractor, remove_attached_shadow
 
 __all__ = [
@@ -37,6 +39,8 @@ __all__ = [
     "SaliencyProposer",
     "ShadowExtractor",
     "ToolChainDecomposer",
+    "decompose_layer",
+    "decompose_to_depth",
     "dilate",
     "erode",
     "focus_map",
