@@ -22,6 +22,7 @@ from . import CLIError
 
 METHODS = ("auto", "tools", "weight-free", "pipeline")
 MAX_LAYERS = 8
+MAX_DEPTH = 3  # = liwi_diffusers.tools.recursive.MAX_DEPTH (not imported here: the CLI starts fast)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif"}
 DEFAULT_METHOD_NOTE = (
     "Default method: 'tools', the tool-chain decomposer: the learned ISNet segmenter (download it once with "
@@ -82,6 +83,13 @@ def add_parser(subparsers: Any) -> None:
         f"(tools: until nothing object-like is left, up to {MAX_LAYERS}; pipeline: non-empty layers)",
     )
     parser.add_argument(
+        "--depth",
+        default="1",
+        metavar="K",
+        help=f"levels of layers, 1..{MAX_DEPTH}: 1 = objects (the default); 2 = every object layer is decomposed "
+        "again into its parts (a group per object holding its parts); 3 = the parts too",
+    )
+    parser.add_argument(
         "--method", choices=METHODS, default="auto", help="auto: 'pipeline' when --model is given, else 'tools'"
     )
     parser.add_argument(
@@ -130,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     if method == "pipeline" and not args.model:
         raise CLIError("--method pipeline needs --model PATH_OR_ID (a LiWiDecompositionPipeline folder or Hub id)")
     layers = _layer_count(args.layers)
+    args.depth = _depth(args.depth)
     if args.steps < 1:
         raise CLIError(f"--steps must be at least 1, got {args.steps}")
     if args.max_pixels < 1:
@@ -195,6 +204,7 @@ def _decompose_all(
             _say(
                 f"{item.name} -> {target} ({count} object{'' if count == 1 else 's'}"
                 + (f", {why}" if why else "")
+                + _parts_summary(layered)
                 + f"; recomposition error mean {report.mean_abs_error:.4f} max {report.max_abs_error:.4f}, "
                 f"{time.perf_counter() - start:.1f} s)",
                 args.quiet,
@@ -269,7 +279,41 @@ def _load_method(method: str, args: argparse.Namespace, layers: int | None) -> C
         if message.startswith(("resolution ", "steps ")):  # the loader's option is this command's --option
             message = f"--{message}"
         raise CLIError(message) from None
-    return lambda image: decomposer(image, num_layers=layers)
+    return _with_depth(lambda image: decomposer(image, num_layers=layers), decomposer, args.depth)
+
+
+def _depth(text: str) -> int:
+    """``--depth`` value: 1 (objects only) to MAX_DEPTH."""
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise CLIError(f"--depth must be a number between 1 and {MAX_DEPTH}, got {text!r}") from None
+    if not 1 <= value <= MAX_DEPTH:
+        raise CLIError(
+            f"--depth must be between 1 (objects, the default) and {MAX_DEPTH} (parts of parts), got {value}"
+        )
+    return value
+
+
+def _parts_summary(layered: LayeredImage) -> str:
+    """``", 2 of 3 objects split into 5 parts"`` for the result line (--depth above 1), else ""."""
+    if "parts" not in layered.metadata:
+        return ""
+    trees = (layered.parts or {}).values()
+    count = sum(len(part.leaves()) for tree in trees for part in tree)
+    objects = f"{layered.num_objects} object{'' if layered.num_objects == 1 else 's'}"
+    return f", {len(layered.parts or {})} of {objects} split into {count} parts"
+
+
+def _with_depth(
+    decompose: Callable[[Image.Image], LayeredImage], decomposer: Any, depth: int
+) -> Callable[[Image.Image], LayeredImage]:
+    """``decompose``, then every object layer split into parts ``depth - 1`` times with ``decomposer`` (--depth)."""
+    if depth == 1:
+        return decompose
+    from ..tools.recursive import decompose_to_depth
+
+    return lambda image: decompose_to_depth(decompose(image), depth, decomposer)
 
 
 def _progress(total: int, disable: bool) -> Any:

@@ -19,6 +19,7 @@ object. A split is kept only with at least two parts; otherwise the object stays
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -53,7 +54,7 @@ def decompose_layer(
         index: the object to split.
         decomposer: ``decomposer(image, num_layers=...) -> LayeredImage`` run on the object's crop; default
             ``ToolChainDecomposer(extract_shadows=False)`` (the learned segmenter when downloaded, else the
-            weight-free tools).
+            weight-free tools). A `ToolChainDecomposer` is used with its shadow search off (a shallow copy).
         num_layers: parts at most per split, besides the rest (None or 0: automatic).
     Returns:
         The new layered image; ``metadata["parts"][str(index + 1)]`` records per split how many parts were found
@@ -68,10 +69,7 @@ def decompose_layer(
             f"object index {index} out of range for {layered.num_objects} object"
             f"{'' if layered.num_objects == 1 else 's'} (indices are 0-based)"
         )
-    if decomposer is None:
-        from .decomposer import ToolChainDecomposer
-
-        decomposer = ToolChainDecomposer(extract_shadows=False)
+    decomposer = _for_parts(decomposer)
     parts = dict(layered.parts or {})
     notes: list[dict[str, Any]] = []
     if index in parts:
@@ -105,14 +103,25 @@ def decompose_to_depth(
         raise TypeError(f"depth must be an int, got {type(depth).__name__}")
     if not 1 <= depth <= MAX_DEPTH:
         raise ValueError(f"depth must be between 1 (objects only) and {MAX_DEPTH}, got {depth}")
-    if depth > 1 and decomposer is None:
-        from .decomposer import ToolChainDecomposer
-
-        decomposer = ToolChainDecomposer(extract_shadows=False)
+    if depth > 1:
+        decomposer = _for_parts(decomposer)
     for _ in range(depth - 1):
         for index in range(layered.num_objects):
             layered = decompose_layer(layered, index, decomposer, num_layers)
     return layered
+
+
+def _for_parts(decomposer: Callable[..., LayeredImage] | None) -> Callable[..., LayeredImage]:
+    """The decomposer for parts: a tool chain looks for no shadows there (parts have none), sharing its tools."""
+    from .decomposer import ToolChainDecomposer
+
+    if decomposer is None:
+        return ToolChainDecomposer(extract_shadows=False)
+    if isinstance(decomposer, ToolChainDecomposer) and decomposer.extract_shadows:
+        _ = decomposer.segmenter  # resolve (load) it once, so that the copy shares the loaded model
+        decomposer = copy.copy(decomposer)
+        decomposer.extract_shadows = False
+    return decomposer
 
 
 def _split_leaves(
