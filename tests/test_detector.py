@@ -248,3 +248,76 @@ def test_loading_errors_are_one_line(tmp_path: Path, models: dict[str, Path]) ->
         with pytest.raises(DetectorError, match=message) as caught:
             TextPromptDetector.from_pretrained(name)
         assert "\n" not in str(caught.value), str(caught.value)
+
+
+class _FixedDetector:
+    """Detections given in advance (the wrapper's logic without a model)."""
+
+    name = "fixed"
+
+    def __init__(self, detections: list[Detection]) -> None:
+        self.detections = detections
+        self.calls: list[list[str]] = []
+
+    def __call__(self, image, prompts, threshold=0.1, max_per_prompt=1):
+        self.calls.append(list(prompts))
+        found = [d for d in self.detections if d.label in prompts and d.score >= threshold]
+        return [d for p in prompts for d in [d for d in found if d.label == p][:max_per_prompt]]
+
+
+class _RecordingDecomposer:
+    """Three object layers; prompt k is object layer 2 - k (front to back), as a decomposer reports it."""
+
+    def __init__(self) -> None:
+        self.kwargs: dict = {}
+
+    def __call__(self, image, num_layers=None, **kwargs):
+        from liwi_diffusers import LayeredImage
+
+        self.kwargs = {"num_layers": num_layers, **kwargs}
+        count = len(kwargs.get("boxes") or []) + len(kwargs.get("points") or [])
+        background = np.zeros((HEIGHT, WIDTH, 3), np.float32)
+        layers = [np.zeros((HEIGHT, WIDTH, 4), np.float32) for _ in range(3)]
+        layered = LayeredImage(background, layers, labels=["", "", "cup"])
+        layered.metadata["prompt_layers"] = [2 - k if k < 3 else None for k in range(count)]
+        return layered
+
+
+def test_text_prompted_decomposer_labels_the_prompted_layers() -> None:
+    import warnings
+
+    from liwi_diffusers.tools.detector import TextPrompted, TextPromptNote
+
+    detector = _FixedDetector(
+        [Detection((10.2, 5.0, 40.0, 30.5), "red car", 0.8), Detection((50.0, 20.0, 70.0, 50.0), "dog", 0.05)]
+    )
+    decomposer = _RecordingDecomposer()
+    wrapped = TextPrompted(decomposer, detector, threshold=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        layered = wrapped(_photo(), 4, prompts=["red car", "dog"], boxes=[(0, 0, 5, 5)], points=[(3, 3)])
+    assert [str(w.message) for w in caught if w.category is TextPromptNote] == [
+        "text prompt 'dog': nothing found with a score of at least 0.1 (a lower threshold finds more, and more "
+        "wrong things)"
+    ]
+    # The caller's box first, then the detection; the caller's points and limit pass through.
+    assert decomposer.kwargs["boxes"] == [(0, 0, 5, 5), (10, 5, 40, 31)]
+    assert decomposer.kwargs["points"] == [(3, 3)] and decomposer.kwargs["num_layers"] == 4
+    assert layered.labels == ["", "red car", "cup"]  # prompt 1 (the detection) is object layer 1
+    assert layered.metadata["text_prompts"] == [
+        {"prompt": "red car", "box": [10.2, 5.0, 40.0, 30.5], "score": 0.8, "object_index": 1}
+    ]
+    # Lower threshold: both found, one layer each, labelled; no prompt found and only prompts asked: one line.
+    both = TextPrompted(decomposer, detector, threshold=0.0)(_photo(), prompts=["red car", "dog"])
+    assert decomposer.kwargs["boxes"] == [(10, 5, 40, 31), (50, 20, 70, 50)]
+    assert both.labels == ["", "dog", "red car"]
+    only_dog = "no object found for the text prompt 'dog', and only prompted"
+    with pytest.raises(DetectorError, match=only_dog), pytest.warns(TextPromptNote, match="nothing found"):
+        wrapped(_photo(), prompts=["dog"], only_prompts=True)
+    with pytest.raises(DetectorError, match="empty text prompt"):
+        wrapped(_photo(), prompts=["  "])
+    # No detection: the caller's boxes go through untouched (the decomposer's own checks then apply).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TextPromptNote)
+        wrapped(_photo(), prompts=["dog"], boxes="not boxes")
+    assert decomposer.kwargs["boxes"] == "not boxes"

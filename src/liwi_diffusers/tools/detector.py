@@ -7,7 +7,9 @@ tool-chain decomposer takes.
 
 Weights are the user's (for example ``google/owlv2-base-patch16-ensemble`` or ``IDEA-Research/grounding-dino-tiny``
 from the Hugging Face Hub, or a local folder saved with ``save_pretrained``); nothing is bundled or downloaded by
-this module beyond what ``from_pretrained`` does for a Hub id.
+this module beyond what ``from_pretrained`` does for a Hub id. `TextPrompted` wraps a decomposer that takes box
+prompts (`ToolChainDecomposer`) so that its calls take text prompts too, and labels each prompted layer with its
+text.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..layers import LayeredImage
 from ._utils import as_rgb
 
 __all__ = [
@@ -27,6 +30,9 @@ __all__ = [
     "Detection",
     "DetectorError",
     "TextPromptDetector",
+    "TextPromptNote",
+    "TextPrompted",
+    "check_prompts",
     "detections_to_prompts",
     "non_max_suppression",
 ]
@@ -43,6 +49,10 @@ DETECTOR_HELP = (
 
 class DetectorError(RuntimeError):
     """A detector that cannot be loaded or run, or a bad prompt; one line naming the fix."""
+
+
+class TextPromptNote(UserWarning):
+    """Something the user should know about a text prompt (e.g. nothing found for it); the layers are still made."""
 
 
 @dataclass(frozen=True)
@@ -307,3 +317,89 @@ class TextPromptDetector:
                 "shorter prompts"
             )
         return spans
+
+
+class TextPrompted:
+    """A decomposer that takes box prompts, called with text prompts as well.
+
+    Each text prompt is detected (`TextPromptDetector`); its best ``max_per_prompt`` boxes become box prompts,
+    after the caller's own boxes, and the object layers they give are labelled with the prompt's text. A prompt
+    with nothing above ``threshold`` gives no layer and a `TextPromptNote`. ``metadata["text_prompts"]`` lists,
+    per detection, its prompt, box, score and object layer.
+
+    Args:
+        decomposer: called as ``decomposer(image, num_layers, boxes=..., points=..., negative_points=...,
+            only_prompts=...)`` (`ToolChainDecomposer`); it must report ``metadata["prompt_layers"]``.
+        detector: a `TextPromptDetector` (or any callable with its signature).
+        threshold: detection score to accept a box (0..1).
+        max_per_prompt: boxes (objects) per prompt at most.
+    """
+
+    def __init__(self, decomposer: Any, detector: Any, threshold: float = 0.1, max_per_prompt: int = 1) -> None:
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise DetectorError(f"detection threshold must lie in [0, 1], got {threshold}")
+        if int(max_per_prompt) < 1:
+            raise DetectorError(f"max_per_prompt must be at least 1, got {max_per_prompt}")
+        self.decomposer = decomposer
+        self.detector = detector
+        self.threshold = float(threshold)
+        self.max_per_prompt = int(max_per_prompt)
+
+    def __call__(
+        self,
+        image: Any,
+        num_layers: int | None = None,
+        *,
+        prompts: Sequence[str] | str | None = None,
+        boxes: Any = None,
+        points: Any = None,
+        negative_points: Any = None,
+        only_prompts: bool = False,
+    ) -> LayeredImage:
+        """Layers of ``image`` with an object per detected text prompt (labelled with it), besides the rest."""
+        import warnings
+
+        if isinstance(image, (str, os.PathLike)):
+            from ..image_io import load_image
+
+            image = load_image(image)
+        texts = check_prompts(prompts) if prompts is not None else []
+        detections = self.detector(image, texts, threshold=self.threshold, max_per_prompt=self.max_per_prompt)
+        for text in texts:
+            if not any(d.label == text for d in detections):
+                warnings.warn(
+                    f"text prompt {text!r}: nothing found with a score of at least {self.threshold:g} (a lower "
+                    "threshold finds more, and more wrong things)",
+                    TextPromptNote,
+                    stacklevel=2,
+                )
+        detected_boxes, labels = detections_to_prompts(detections)
+        own = len(list(boxes)) if boxes is not None and detected_boxes else 0
+        if detected_boxes:  # after the caller's boxes (left as given when nothing was detected)
+            boxes = [*(boxes if boxes is not None else []), *detected_boxes]
+        if only_prompts and not (boxes or points):
+            raise DetectorError(
+                f"no object found for the text prompt{'s' if len(texts) != 1 else ''} "
+                f"{', '.join(repr(t) for t in texts)}, and only prompted objects were asked for: lower the detection "
+                "threshold, reword the prompt, or give a box or point"
+            )
+        layered = self.decomposer(
+            image,
+            num_layers,
+            boxes=boxes,
+            points=points,
+            negative_points=negative_points,
+            only_prompts=only_prompts,
+        )
+        where = list(layered.metadata.get("prompt_layers") or [])
+        records = []
+        for number, (detection, label) in enumerate(zip(detections, labels)):
+            index = where[own + number] if own + number < len(where) else None
+            if index is not None:
+                layered.labels[index] = label
+            records.append(
+                {"prompt": label, "box": list(detection.box), "score": detection.score, "object_index": index}
+            )
+        layered.metadata["text_prompts"] = records
+        layered.metadata["detector"] = str(getattr(self.detector, "name", type(self.detector).__name__))
+        return layered
