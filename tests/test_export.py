@@ -991,3 +991,151 @@ def test_builder_write_removes_its_hosts_dead_temporaries_and_cleans_up_on_error
     monkeypatch.undo()
     assert target.read_bytes() == b"new"
     assert [p.name for p in tmp_path.iterdir()] == ["shard.parquet"]
+
+
+# ---------------------------------------------------------------------- objects decomposed into parts (trees)
+def make_tree(intermediate_label: str = "") -> LayeredImage:
+    """`GROUPED` with object 1 ("car") split in two, its second part split again, and object 4 split in two."""
+    from liwi_diffusers import LayerPart
+
+    layered = make_layered(**GROUPED)
+    height, width = layered.height, layered.width
+    columns, rows = np.mgrid[:height, :width][1], np.mgrid[:height, :width][0]
+
+    def piece(k: int, mask: np.ndarray) -> np.ndarray:
+        out = np.zeros_like(layered.foregrounds[k])
+        out[mask] = layered.foregrounds[k][mask]
+        return out
+
+    left, top = columns < 10, rows < 15
+    car = [
+        LayerPart(piece(0, ~left), "rest"),
+        LayerPart(
+            None, intermediate_label, [LayerPart(piece(0, left & top), "wheel"), LayerPart(piece(0, left & ~top))]
+        ),
+    ]
+    last = [LayerPart(piece(3, columns < 30)), LayerPart(piece(3, columns >= 30), "lamp")]
+    return LayeredImage(
+        layered.background, layered.foregrounds, layered.shadows, layered.labels, parts={0: car, 3: last}
+    )
+
+
+TREE_NAMES = [
+    "background",
+    ("car", ["shadow 1: car", ("car parts", ["part 1.1: rest", ("part 1.2", ["part 1.2.1: wheel", "part 1.2.2"])])]),
+    ("person 1", ["shadow 2: person", "object 2: person"]),
+    ("person 2", ["shadow 3: person", "object 3: person"]),
+    ("object 4", ["shadow 4", ("object 4 parts", ["part 4.1", "part 4.2: lamp"])]),
+]
+
+
+def assert_same_tree(expected: LayeredImage, actual: LayeredImage) -> None:
+    """Same layers bit for bit (`assert_same_layers`) and the same parts, as trees."""
+    assert_same_layers(expected, actual)
+
+    def shape(parts: list) -> list:
+        return [(part.label, shape(part.parts)) for part in parts]
+
+    assert {k: shape(tree) for k, tree in actual.parts.items()} == {
+        k: shape(tree) for k, tree in expected.parts.items()
+    }
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_tree_of_parts_round_trips_bit_exact_and_recomposes(tmp_path: Path, fmt: str) -> None:
+    layered = make_tree()
+    photo = layered.compose()
+    first = save_layered(layered, tmp_path / f"a.{fmt}")
+    again = load_layered(first)
+    assert_same_tree(layered, again)
+    assert again.check(photo).ok()
+    np.testing.assert_array_equal(
+        np.round(again.foregrounds[0] * 255)[..., 3], np.round(layered.foregrounds[0] * 255)[..., 3]
+    )
+    second = save_layered(again, tmp_path / f"b.{fmt}")
+    if fmt == "psd":
+        assert first.read_bytes() == second.read_bytes()
+    else:
+        with zipfile.ZipFile(first) as one, zipfile.ZipFile(second) as two:
+            listing = "stack.xml" if fmt == "ora" else "manifest.json"
+            assert one.read(listing) == two.read(listing)
+
+
+def test_psd_nests_the_parts_in_the_objects_group_by_psd_tools_and_by_an_independent_reader(tmp_path: Path) -> None:
+    layered = make_tree(intermediate_label="arm")
+    path = save_layered(layered, tmp_path / "x.psd")
+
+    def tree(layer) -> object:
+        return (layer.name, [tree(child) for child in layer]) if layer.is_group() else layer.name
+
+    expected = [*TREE_NAMES]
+    expected[1] = (
+        "car",
+        ["shadow 1: car", ("car parts", ["part 1.1: rest", ("part 1.2: arm", ["part 1.2.1: wheel", "part 1.2.2"])])],
+    )
+    assert [tree(layer) for layer in PSDImage.open(path)] == expected
+    size, records = read_psd_records(path)
+    assert size == layered.size and psd_tree(records) == expected
+    canvas = np.zeros((layered.height, layered.width, 3))
+    for record in records:
+        if record["section"] != 0 or record["pixels"] is None:
+            continue
+        left, top, right, bottom = record["box"]
+        rgba = record["pixels"].astype(np.float64) / 255
+        region = canvas[top:bottom, left:right]
+        region[:] = rgba[:, :, :3] * rgba[:, :, 3:] + region * (1 - rgba[:, :, 3:])
+    assert np.abs(canvas - layered.compose()).max() <= 1 / 255
+    back = load_layered(path)
+    assert (
+        back.parts[0][1].label == "" and back.parts[0][1].parts[0].label == "wheel"
+    )  # a split part's label: in the group name only
+
+
+def test_ora_and_png_zip_store_the_parts(tmp_path: Path) -> None:
+    layered = make_tree()
+    with zipfile.ZipFile(save_layered(layered, tmp_path / "x.ora")) as archive:
+        root = ET.fromstring(archive.read("stack.xml"))
+
+    def tree(element: ET.Element) -> object:
+        children = [tree(child) for child in reversed(list(element))]  # ORA lists the top first
+        return (element.get("name"), children) if element.tag == "stack" else element.get("name")
+
+    assert tree(root.find("stack"))[1] == TREE_NAMES
+    with zipfile.ZipFile(save_layered(layered, tmp_path / "x.zip")) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+        names = set(archive.namelist())
+    from liwi_diffusers.export import png_zip
+
+    assert manifest["version"] == png_zip.PARTS_MANIFEST_VERSION
+    parts = [entry for entry in manifest["layers"] if entry["role"] == "part"]
+    assert [(entry["name"], entry["index"], entry["path"]) for entry in parts] == [
+        ("part 1.1: rest", 1, [1, 1]), ("part 1.2.1: wheel", 1, [1, 2, 1]), ("part 1.2.2", 1, [1, 2, 2]),
+        ("part 4.1", 4, [4, 1]), ("part 4.2: lamp", 4, [4, 2]),
+    ]  # fmt: skip
+    assert all(entry["file"] in names for entry in parts) and "layers/003-part-1.2.1.png" in names
+
+
+def test_pptx_nests_the_parts_and_its_pictures_recompose(tmp_path: Path) -> None:
+    layered = make_tree()
+    path = save_layered(layered, tmp_path / "x.pptx")
+    presentation = pptx.Presentation(str(path))
+    canvas = np.zeros((layered.height, layered.width, 3))
+
+    def walk(shapes) -> list:
+        out = []
+        for shape in shapes:
+            if shape.shape_type == MSO_SHAPE_TYPE.GROUP:
+                out.append((shape.name, walk(shape.shapes)))
+                continue
+            with Image.open(io.BytesIO(shape.image.blob)) as image:
+                rgba = np.asarray(image.convert("RGBA")).astype(np.float64) / 255
+            scale = presentation.slide_width / layered.width
+            left, top = round(shape.left / scale), round(shape.top / scale)
+            region = canvas[top : top + rgba.shape[0], left : left + rgba.shape[1]]
+            region[:] = rgba[:, :, :3] * rgba[:, :, 3:] + region * (1 - rgba[:, :, 3:])
+            out.append(shape.name)
+        return out
+
+    shapes = walk(presentation.slides[0].shapes)
+    assert shapes[1] == TREE_NAMES[1] and shapes[-1] == TREE_NAMES[-1]
+    assert np.abs(canvas - layered.compose()).max() <= 1 / 255
