@@ -925,3 +925,55 @@ def test_parallel_scan_matches_the_serial_one(tmp_path: Path) -> None:
     photos, skipped, found = results[0]
     assert found == build._PARALLEL_SCAN + 4 and len(photos) == build._PARALLEL_SCAN + 2
     assert [Path(s["source"]).name for s in skipped] == ["zz-bad.jpg", "zz-dup.png"]
+
+
+def _session_processes(session: int) -> list[str]:
+    """Processes of session ``session`` still running (Linux /proc): a build's workers that outlived it."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[3]) == session and fields[0] != "Z":  # fields[3]: session id (field 6 of stat)
+            found.append(stat.parent.name)
+    return found
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_sigterm_mid_build_stops_workers_cleans_up_and_a_rerun_completes(
+    engine: str, built: Path, photos: Path, tmp_path: Path
+) -> None:
+    """SIGTERM to liwi-build alone (as `kill PID` sends it): status 143, one line, no worker, no temporary.
+
+    With Ray, every process of its local cluster goes too; the rerun (local engine) gives the same rows.
+    """
+    out = tmp_path / "terminated"
+    command = [sys.executable, "-m", "liwi_dataset_builder", str(photos), "-o", str(out), *CLI_LAYOUT]
+    command += ["--workers", "2", "--proposer", "saliency", "-q"]  # saliency: the reference's, and no note
+    process = subprocess.Popen(
+        [*command, "--engine", engine], start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 180
+    while not list((out / ".build" / "assets").glob("*.npz")):  # the workers are curating
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no asset appeared"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)  # the main process only: it must stop its workers itself
+    stderr = process.communicate(timeout=90)[1]
+    assert process.returncode == 143, stderr
+    assert stderr.decode().splitlines() == ["liwi-build: terminated; rerun the same command to resume"]
+    assert not (out / "README.md").exists()
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    deadline = time.monotonic() + 10  # multiprocessing's resource tracker leaves when its pipe closes
+    while _session_processes(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _session_processes(process.pid)
+    for path in (out / "data").glob("*.parquet"):  # what was written is whole
+        assert read_shard(path)
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "complete" in resumed.stdout
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    assert_same_rows(built, out)  # terminated and resumed == uninterrupted
+    assert assert_loads_in_every_split(out, tmp_path) == {"train": 14, "test": 4}

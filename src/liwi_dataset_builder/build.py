@@ -18,7 +18,9 @@ any row is an error, not a dataset.
 
 Every file is written to a temporary name and renamed, so a build killed at any moment (SIGKILL
 included) leaves only whole files; rerunning the same command redoes the missing pieces and gives
-the same rows as an uninterrupted run. ``num_shards``/``shard_index`` give each machine a
+the same rows as an uninterrupted run. A build stopped by an exception in this process (Ctrl-C, or
+SIGTERM raised as `liwi_diffusers.cli.Terminated` by ``liwi-build``) stops its worker processes and
+removes the temporary files they were writing. ``num_shards``/``shard_index`` give each machine a
 contiguous range of chunks (and so mostly its own pools of photos to curate).
 """
 
@@ -32,6 +34,8 @@ import multiprocessing
 import os
 import shlex
 import shutil
+import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -353,6 +357,26 @@ def _single_threaded_children() -> Iterator[None]:
                 os.environ[name] = value
 
 
+@contextlib.contextmanager
+def _sigterm_deferred() -> Iterator[None]:
+    """A SIGTERM that arrives inside is handled on leaving, once a pool being started exists.
+
+    `multiprocessing.pool.Pool` stops the workers it started only when an `Exception` interrupts
+    its start-up; a `Terminated` raised there would leave them running, unknown to the caller.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        if received:
+            signal.raise_signal(signal.SIGTERM)  # the previous handler's turn (liwi-build: Terminated)
+
+
 def _asset_path(assets_dir: Path, photo_id: str) -> Path:
     return assets_dir / f"{photo_id}.npz"
 
@@ -563,7 +587,7 @@ def _scan(config: BuildConfig, state_dir: Path, context: Any) -> tuple[list[Phot
     scan = _ScanCall(config.max_pixels, config.min_side)
     pool = None
     if config.workers > 1 and len(refs) >= _PARALLEL_SCAN:
-        with _single_threaded_children():
+        with _single_threaded_children(), _sigterm_deferred():
             pool = context.Pool(config.workers, _limit_threads)
     try:
         results = list(
@@ -575,10 +599,14 @@ def _scan(config: BuildConfig, state_dir: Path, context: Any) -> tuple[list[Phot
                 "photo",
             )
         )
-    finally:
-        if pool is not None:
-            pool.close()
+    except BaseException:
+        if pool is not None:  # stopped (an error, Ctrl-C, SIGTERM): the workers stop now, not after the scan
+            pool.terminate()
             pool.join()
+        raise
+    if pool is not None:
+        pool.close()
+        pool.join()
     for ref, (photo, reason) in zip(refs, results):
         if photo is None:
             skipped.append({"source": ref.describe(), "reason": reason})
@@ -709,9 +737,9 @@ def build_dataset(config: BuildConfig) -> BuildResult:
     fresh = not out.exists()
     try:
         return _build(config, out, start)
-    except Exception:
-        # A new build that failed before any work product (a missing source, no usable photo)
-        # leaves nothing: a rerun with other sources must not find "a build with different settings".
+    except BaseException:
+        # A new build that failed (or was stopped) before any work product (a missing source, no usable
+        # photo) leaves nothing: a rerun with other sources must not find "a build with different settings".
         # (Not with several machines: another one may be starting in the same folder.)
         if fresh and config.num_shards == 1 and not _has_work(out):
             shutil.rmtree(out, ignore_errors=True)
@@ -777,7 +805,7 @@ def _build(config: BuildConfig, out: Path, start: float) -> BuildResult:
                 # Workers are single-threaded processes even when there is one: BLAS and OpenMP
                 # reductions then run in the same order on every machine, so rows never depend on
                 # the number of workers or cores.
-                with _single_threaded_children():
+                with _single_threaded_children(), _sigterm_deferred():
                     pool = context.Pool(config.workers, _init_worker, (state,))
             for _ in _progress(_map(pool, _curate_task, to_curate), len(to_curate), "curate", config.progress, "photo"):
                 pass
@@ -789,8 +817,12 @@ def _build(config: BuildConfig, out: Path, start: float) -> BuildResult:
                 bar.close()
         finally:
             if pool is not None:
-                pool.terminate()
+                pool.terminate()  # SIGTERM to each worker, then wait for them: none is left running
                 pool.join()
+                # A worker stopped mid-write leaves its temporary file: its process is gone now.
+                for folder in (state_dir, data_dir, assets_dir, empty_dir, state_dir / "timings"):
+                    if folder.is_dir():
+                        remove_stale_temporaries(folder)
             _restore_threads(old_threads)
         complete = _finalize(config, out, state_dir, chunks, photos, skipped, found)
         return _result(out, complete, chunks, len(todo), len(photos), len(skipped), start)

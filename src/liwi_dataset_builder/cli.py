@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -19,6 +20,7 @@ examples:
 Rerun the same command after an interruption (even kill -9) to finish the build: finished shards
 are kept and the result is the same as an uninterrupted run. The build is complete when
 OUT/README.md exists; OUT/build_report.json lists skipped photos and rejected samples.
+Ctrl-C (exit status 130) and SIGTERM (143) stop the workers and remove temporary files first.
 """
 
 
@@ -120,9 +122,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``liwi-build``; returns the exit status (0 done, 2 usage error, 130 interrupted)."""
+    """Run ``liwi-build``; returns the exit status (0 done, 2 usage error, 130 interrupted, 143 terminated).
+
+    SIGTERM is handled like Ctrl-C, with `liwi decompose`'s mechanism: it raises `Terminated` in
+    this (main) thread, so the build unwinds: worker processes are stopped, temporary files removed,
+    and every finished asset and shard is kept for a rerun to resume from.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    from liwi_diffusers.cli import Terminated, _sigterm_raises
+
+    try:
+        with _sigterm_raises():
+            return _run(args)
+    except KeyboardInterrupt:
+        print("liwi-build: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("liwi-build: terminated; rerun the same command to resume", file=sys.stderr)
+        return 128 + signal.SIGTERM
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The build ``args`` asks for, with its summary printed; returns the exit status."""
     from liwi_diffusers._extras import MissingExtraError
 
     try:
@@ -193,9 +215,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, SourceError, BuildError, MissingExtraError) as error:
         print(f"liwi-build: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("liwi-build: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
     rows = ", ".join(f"{split} {count}" for split, count in result.rows.items()) or "none"
     status = "complete" if result.complete else "partial (other shards still to build)"
     print(

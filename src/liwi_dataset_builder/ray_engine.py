@@ -27,7 +27,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from types import ModuleType
@@ -191,6 +193,10 @@ def _session(config: BuildConfig) -> Iterator[ModuleType]:
     saved = {name: os.environ.get(name) for name in (*_THREAD_VARIABLES, *_NO_TELEMETRY)}
     # No usage-stats reporting (unless asked for): on 2 cores its extra actor costs seconds of start-up.
     os.environ.update({name: os.environ.get(name, value) for name, value in _NO_TELEMETRY.items()})
+    # ray.init replaces the SIGTERM handler with one that exits (status 15, no clean-up message):
+    # the caller's (liwi-build: raise Terminated) is put back as soon as Ray has started.
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
     try:
         try:
             if address is None:  # a new local Ray: its workers inherit one-thread settings from here
@@ -198,13 +204,24 @@ def _session(config: BuildConfig) -> Iterator[ModuleType]:
                 ray.init(address="local", num_cpus=config.workers, **options)
             else:
                 ray.init(address=address, runtime_env={"env_vars": single}, **options)
+        except SystemExit as stop:  # Ray's SIGTERM handler, while Ray started: stop Ray, then as the caller would
+            if stop.code != signal.SIGTERM:
+                raise
+            ray.shutdown()
+            if main_thread and callable(sigterm):
+                signal.signal(signal.SIGTERM, sigterm)
+                signal.raise_signal(signal.SIGTERM)  # liwi-build: raises Terminated here
+            raise
         except Exception as error:  # Ray's own errors span lines; keep the first
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise BuildError(f"could not start Ray ({address or 'local'}): {message}") from None
+        finally:  # the caller's handler back (unless it already ran and ignores further SIGTERMs)
+            if main_thread and sigterm is not None and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+                signal.signal(signal.SIGTERM, sigterm)
         try:
             yield ray
         finally:
-            ray.shutdown()
+            ray.shutdown()  # a local Ray's processes (workers included) are stopped
     finally:
         for name, value in saved.items():
             if value is None:
@@ -253,21 +270,27 @@ def run_on_ray(state: _WorkerState, to_curate: list[str], todo: list[Chunk]) -> 
     if not to_curate and not todo:
         return
     config = state.config
-    with _session(config) as ray:
-        import ray.data
+    try:
+        with _session(config) as ray:
+            import ray.data
 
-        context = ray.data.DataContext.get_current()
-        logger = logging.getLogger("ray.data")
-        saved = (context.enable_progress_bars, context.memory_usage_poll_interval_s, logger.level)
-        context.enable_progress_bars = False  # ours (per stage) instead
-        context.memory_usage_poll_interval_s = None  # no per-second polling of every task's memory
-        logger.setLevel(logging.ERROR)
-        try:
-            _run_stages(ray, state, to_curate, todo)
-        finally:
-            context.enable_progress_bars, context.memory_usage_poll_interval_s = saved[:2]
-            logger.setLevel(saved[2])
-    # Workers that died (and were retried) may have left temporaries of their own.
+            context = ray.data.DataContext.get_current()
+            logger = logging.getLogger("ray.data")
+            saved = (context.enable_progress_bars, context.memory_usage_poll_interval_s, logger.level)
+            context.enable_progress_bars = False  # ours (per stage) instead
+            context.memory_usage_poll_interval_s = None  # no per-second polling of every task's memory
+            logger.setLevel(logging.ERROR)
+            try:
+                _run_stages(ray, state, to_curate, todo)
+            finally:
+                context.enable_progress_bars, context.memory_usage_poll_interval_s = saved[:2]
+                logger.setLevel(saved[2])
+    finally:  # after ray.shutdown, which stops a local Ray's workers; also when the build was stopped
+        _remove_temporaries(state)
+
+
+def _remove_temporaries(state: _WorkerState) -> None:
+    """Temporaries of workers that died (retried, or stopped with the build): their processes are gone."""
     for folder in (state.assets_dir, state.data_dir, state.empty_dir, state.data_dir.parent / ".build" / "timings"):
         if folder.exists():
             remove_stale_temporaries(folder)
