@@ -72,7 +72,7 @@ def _save_owl(folder: Path, kind: str) -> Path:
     return target
 
 
-def _save_grounding_dino(folder: Path) -> Path:
+def _save_grounding_dino(folder: Path, kind: str) -> Path:
     import torch
     from transformers import (
         BertConfig,
@@ -80,6 +80,8 @@ def _save_grounding_dino(folder: Path) -> Path:
         GroundingDinoConfig,
         GroundingDinoForObjectDetection,
         GroundingDinoProcessor,
+        MMGroundingDinoConfig,
+        MMGroundingDinoForObjectDetection,
         SwinConfig,
     )
     from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
@@ -94,7 +96,11 @@ def _save_grounding_dino(folder: Path) -> Path:
     text = BertConfig(
         vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
     )
-    config = GroundingDinoConfig(
+    config_class, model_class = {
+        "grounding-dino": (GroundingDinoConfig, GroundingDinoForObjectDetection),
+        "mm-grounding-dino": (MMGroundingDinoConfig, MMGroundingDinoForObjectDetection),
+    }[kind]
+    config = config_class(
         backbone_config=backbone,
         text_config=text,
         num_queries=10,
@@ -111,9 +117,9 @@ def _save_grounding_dino(folder: Path) -> Path:
         max_text_len=32,
     )
     torch.manual_seed(0)
-    model = GroundingDinoForObjectDetection(config)
+    model = model_class(config)
     image_processor = GroundingDinoImageProcessorPil(size={"shortest_edge": 32, "longest_edge": 48})
-    target = folder / "grounding-dino"
+    target = folder / kind
     model.save_pretrained(target)
     GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(target)
     return target
@@ -125,7 +131,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "owlv2": _save_owl(folder, "owlv2"),
         "owlvit": _save_owl(folder, "owlvit"),
-        "grounding-dino": _save_grounding_dino(folder),
+        "grounding-dino": _save_grounding_dino(folder, "grounding-dino"),
+        "mm-grounding-dino": _save_grounding_dino(folder, "mm-grounding-dino"),
     }
 
 
@@ -180,8 +187,10 @@ def test_owl_detector_boxes_threshold_and_nms(models: dict[str, Path], kind: str
     assert again == suppressed
 
 
-def test_grounding_dino_scores_each_prompt_on_its_own_tokens(models: dict[str, Path]) -> None:
-    detector = TextPromptDetector.from_pretrained(models["grounding-dino"])
+@pytest.mark.parametrize("kind", ["grounding-dino", "mm-grounding-dino"])
+def test_grounding_dino_scores_each_prompt_on_its_own_tokens(models: dict[str, Path], kind: str) -> None:
+    detector = TextPromptDetector.from_pretrained(models[kind])
+    assert detector.model_type == kind
     prompts = ["red car", "dog"]
     detections = detector(_photo(), prompts, threshold=0.0, max_per_prompt=3)
     _check_boxes(detections, prompts)
