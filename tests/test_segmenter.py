@@ -267,3 +267,31 @@ def test_reconciling_in_bands_gives_the_same_layers_as_at_once():
     for a, b in zip(banded.foregrounds, whole.foregrounds):
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert banded.check(image).ok()
+
+
+class FixedMatte:
+    """A segmenter that always answers the same matte (a learned model's answer, made up for the test)."""
+
+    name = "fixed"
+
+    def __init__(self, matte: np.ndarray) -> None:
+        self.matte = matte
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self.matte.copy() if image.shape[:2] == self.matte.shape else np.zeros(image.shape[:2], np.float32)
+
+
+def test_a_learned_matte_keeps_the_dark_lower_half_of_an_object():
+    """A grey object's dark lower half looks like a swallowed shadow; a learned matte is not trimmed by default."""
+    image = np.full((96, 96, 3), 0.6, np.float32)
+    image[20:50, 30:66] = (0.8, 0.2, 0.2)  # red top
+    image[50:80, 30:66] = 0.3  # dark grey bottom: a darker copy of the ground, like a shadow
+    matte = np.zeros((96, 96), np.float32)
+    matte[20:80, 30:66] = 1.0
+    kept = ToolChainDecomposer(segmenter=FixedMatte(matte), max_rounds=1)(image)
+    assert kept.num_objects == 1
+    assert (kept.foregrounds[0][50:80, 30:66, 3] >= 0.5).mean() > 0.95
+    # Asked to trim (the weight-free proposer's default), the same matte loses its dark half to the shadow.
+    trimmed = ToolChainDecomposer(segmenter=FixedMatte(matte), max_rounds=1, trim_shadows=True)(image)
+    assert (trimmed.foregrounds[0][50:80, 30:66, 3] >= 0.5).mean() < 0.5
+    assert kept.check(image).ok() and trimmed.check(image).ok()

@@ -335,3 +335,19 @@ def test_bad_arguments_give_clear_errors():
         DarkeningShadowExtractor()(image, np.ones((64, 64, 2)))
     with pytest.raises(ValueError, match="method"):
         OpenCVInpainter(method="magic")
+
+
+def test_closed_form_alpha_keeps_pymattings_performance_print_off_stdout(monkeypatch, capsys):
+    import pymatting
+
+    from liwi_diffusers.tools.matting import closed_form_alpha
+
+    def noisy(image, trimap, **kwargs):
+        print("PERFORMANCE WARNING:")
+        return trimap.copy()
+
+    monkeypatch.setattr(pymatting, "estimate_alpha_cf", noisy)
+    trimap = np.array([[0.0, 0.5, 1.0]])
+    alpha = closed_form_alpha(np.zeros((1, 3, 3)), trimap)
+    assert np.array_equal(alpha, trimap)
+    assert capsys.readouterr().out == ""

@@ -25,6 +25,7 @@ from ._utils import as_rgb, dilate, mask_box, resize, scale_for
 from .inpainting import Inpainter, OpenCVInpainter
 from .instances import InstanceSplitter
 from .matting import AlphaMatter, BandMatter, ClosedFormMatter, Matte
+from .prompts import Prompts, PromptSegmenter, RememberingSegmenter, parse_prompts
 from .proposals import ObjectProposer, SaliencyProposer
 from .segmenter import Segmenter
 from .shadows import DarkeningShadowExtractor, ShadowExtractor, remove_attached_shadow
@@ -59,8 +60,13 @@ class ToolChainDecomposer:
             the input's full resolution.
         extract_shadows: whether to look for cast shadows at all.
         trim_shadows: cut a swallowed cast shadow out of each object's mask before matting (see
-            `remove_attached_shadow`), so that it becomes the object's shadow layer instead.
+            `remove_attached_shadow`), so that it becomes the object's shadow layer instead. None (default):
+            only on the weight-free proposer's masks, which swallow shadows; a learned segmenter's mattes leave
+            cast shadows out already, and trimming them cuts dark parts off objects (dark fur, clothes: on
+            the real-photo benchmark's single-subject photos, mean IoU 0.816 untrimmed against 0.765 trimmed).
         device: where the learned segmenter runs ("cpu", "cuda", "auto").
+        refiner: cleans each object's coverage at working resolution before matting: a `MatteRefiner`, the name
+            of shipped refiner weights ("restoration", see `liwi_diffusers.tools.refiner`), or None (default).
 
     Default tools are built on first use, so constructing the decomposer is cheap; pymatting (and its
     one-off numba compile) loads on the first call.
@@ -86,8 +92,9 @@ class ToolChainDecomposer:
         max_rounds: int = 2,
         max_resolution: int = 1024,
         extract_shadows: bool = True,
-        trim_shadows: bool = True,
+        trim_shadows: bool | None = None,
         device: str = "cpu",
+        refiner: Any = None,
     ) -> None:
         if max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {max_objects}")
@@ -109,6 +116,11 @@ class ToolChainDecomposer:
         self.extract_shadows = extract_shadows
         self.trim_shadows = trim_shadows
         self.device = device
+        if isinstance(refiner, str):
+            from .refiner import MatteRefiner
+
+            refiner = MatteRefiner.from_pretrained(refiner)
+        self.refiner = refiner
         self._fallback_note: str | None = None
 
     # ------------------------------------------------------------------ tools (built lazily)
@@ -176,12 +188,27 @@ class ToolChainDecomposer:
         }
 
     # ------------------------------------------------------------------ the decomposition
-    def __call__(self, image: Any, num_layers: int | None = None) -> LayeredImage:
+    def __call__(
+        self,
+        image: Any,
+        num_layers: int | None = None,
+        *,
+        boxes: Any = None,
+        points: Any = None,
+        negative_points: Any = None,
+        only_prompts: bool = False,
+    ) -> LayeredImage:
         """Layers of ``image`` (PIL RGB, ``(H, W, 3)`` array in [0, 1], or a file path), objects back to front.
 
         ``num_layers`` is an upper bound on the object layers (``None`` or ``0``: automatic, at most
         ``max_objects``). Peeling stops earlier when nothing object-like is left; ``metadata`` says how many
         objects were found and why it stopped. The result recomposes to ``image`` (see `LayeredImage.check`).
+
+        Prompts choose objects (see `liwi_diffusers.tools.prompts` for the coordinate rule): each box
+        ``(x0, y0, x1, y1)`` and each point ``(x, y)`` gives one object layer; ``negative_points`` are cut out of
+        every prompted object, and automatic objects covering one are left out. Objects found automatically are
+        added unless ``only_prompts``; one that mostly overlaps a prompted object is dropped. Prompts count
+        against the layer limit; ``metadata["prompt_layers"]`` gives each prompt's object index (boxes first).
         """
         if isinstance(image, (str, os.PathLike)):
             from ..image_io import load_image
@@ -193,32 +220,49 @@ class ToolChainDecomposer:
         if num_layers is not None and num_layers < 0:
             raise ValueError(f"num_layers must be >= 0 (0 or None: automatic), got {num_layers}")
         limit = min(int(num_layers), self.max_objects) if num_layers else self.max_objects
+        height, width = rgb.shape[:2]
+        prompts = parse_prompts(boxes, points, negative_points, (width, height))
+        if len(prompts) > limit:
+            raise ValueError(
+                f"{len(prompts)} prompted objects but the layer limit is {limit}: give at most {limit} boxes and "
+                f"points, or raise num_layers (at most {self.max_objects})"
+            )
+        if only_prompts and not len(prompts):
+            raise ValueError("only_prompts=True needs at least one box or point prompt")
         segmenter = self.segmenter
         if self._fallback_note is not None:
             warnings.warn(self._fallback_note, DecomposerNote, stacklevel=2)
             self._fallback_note = None
-        height, width = rgb.shape[:2]
         scale = scale_for(rgb.shape, self.max_resolution)
         work = resize(rgb, (max(1, round(height * scale)), max(1, round(width * scale)))) if scale < 1 else rgb
+        if prompts and segmenter is not None:
+            segmenter = RememberingSegmenter(segmenter)  # the whole-photo pass serves peeling and point prompts
 
-        if min(height, width) < 16:  # too small to hold an object worth a layer: no segmenter pass at all
+        if only_prompts:
+            found, rounds, reason = [], 0, "only the prompted objects"
+        elif min(height, width) < 16:  # too small to hold an object worth a layer: no segmenter pass at all
             found, rounds, reason = [], 0, "image too small to look for objects (under 16 px)"
         elif segmenter is not None:
             found, rounds, reason = self._peel(work, segmenter, limit)
         else:
             found, rounds, reason = self._propose(work, limit)
-        mattes: list[tuple[Matte, str, int]] = []
-        for coverage, label, round_index in found:
+        tags: list[int | None] = [None] * len(found)
+        if prompts:
+            found, tags, reason = self._with_prompts(work, prompts.scaled(scale), segmenter, found, limit, reason)
+        mattes: list[tuple[Matte, str, int, int | None]] = []
+        for (coverage, label, round_index), tag in zip(found, tags):
+            if self.refiner is not None:  # the segmenter's outline, moved to the photo's edges
+                coverage = self.refiner(work, coverage)
             mask = coverage
-            if self.extract_shadows and self.trim_shadows:
+            if self.extract_shadows and self._trims_shadows(segmenter):
                 trimmed = remove_attached_shadow(work, coverage >= 0.5)
                 mask = coverage * (trimmed | (coverage < 0.5))
             matte = self.matter(work, mask)
             if float(matte.alpha.max()) >= 0.5:
-                mattes.append((matte, label, round_index))
+                mattes.append((matte, label, round_index, tag))
         # Back to front: later peeling rounds are further back; within a round, lower in the frame is nearer.
         mattes.sort(key=lambda item: (-item[2], *_depth_key(item[0].alpha)))
-        layered = self._assemble(rgb, work, [(m, label) for m, label, _ in mattes])
+        layered = self._assemble(rgb, work, [(m, label) for m, label, _, _ in mattes])
         layered.metadata.update(
             {
                 "method": "tools",
@@ -229,7 +273,64 @@ class ToolChainDecomposer:
                 "layer_limit": limit,
             }
         )
+        if prompts:
+            where = {tag: index for index, (_, _, _, tag) in enumerate(mattes) if tag is not None}
+            layered.metadata["prompts"] = prompts.describe()
+            layered.metadata["prompt_layers"] = [where.get(index) for index in range(len(prompts))]
         return layered
+
+    def _with_prompts(
+        self,
+        work: np.ndarray,
+        prompts: Prompts,
+        segmenter: Segmenter | None,
+        found: list[_Found],
+        limit: int,
+        reason: str,
+    ) -> tuple[list[_Found], list[int | None], str]:
+        """The prompted objects (tagged with their prompt's index) and the automatic ones that are not them.
+
+        An automatic object is dropped when a prompted object covers most of it (IoU >= 0.5, or 60 % of its
+        area), or when it holds a negative point; the others lose the pixels that prompted objects took and
+        fill the slots left under ``limit``.
+        """
+        prompted = self.prompt_segmenter(work, prompts, segmenter)
+        negatives = [p.pixel(work.shape) for p in prompts.negative_points]
+        taken = np.max(prompted, axis=0) >= 0.5 if prompted else np.zeros(work.shape[:2], bool)
+        kept: list[_Found] = []
+        for coverage, label, round_index in found:
+            solid = coverage >= 0.5
+            area = int(solid.sum())
+            overlap = int((solid & taken).sum())
+            union = area + int(taken.sum()) - overlap
+            duplicate = [((solid & (p >= 0.5)).sum() / max(1, (solid | (p >= 0.5)).sum())) >= 0.5 for p in prompted]
+            if any(duplicate) or overlap >= 0.6 * max(1, area) or union == 0:
+                continue
+            if any(solid[y, x] for x, y in negatives):
+                continue
+            kept.append((np.where(dilate(taken, 1), 0.0, coverage).astype(np.float32), label, round_index))
+        room = limit - len(prompted)
+        if len(kept) > room:
+            kept, reason = kept[:room], f"layer limit {limit} reached"
+        objects = [(coverage, "", 0) for coverage in prompted] + kept
+        tags = list(range(len(prompted))) + [None] * len(kept)
+        count = len(prompted)
+        reason = f"{count} prompted object{'s' if count != 1 else ''}; {reason}" if count else reason
+        return objects, tags, reason
+
+    @property
+    def prompt_segmenter(self) -> PromptSegmenter:
+        """How box and point prompts become masks (a `liwi_diffusers.tools.prompts.PromptSegmenter`; assignable)."""
+        if getattr(self, "_prompt_segmenter", None) is None:
+            self._prompt_segmenter = PromptSegmenter()
+        return self._prompt_segmenter
+
+    @prompt_segmenter.setter
+    def prompt_segmenter(self, value: PromptSegmenter) -> None:
+        self._prompt_segmenter = value
+
+    def _trims_shadows(self, segmenter: Segmenter | None) -> bool:
+        return segmenter is None if self.trim_shadows is None else self.trim_shadows
 
     def _peel(
         self, work: np.ndarray, segmenter: Segmenter, limit: int

@@ -10,6 +10,8 @@ is imported only inside `ClosedFormMatter.__call__`.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -122,9 +124,7 @@ class ClosedFormMatter:
         unknown = trimap == 0.5
         if not unknown.any() or not (trimap == 1.0).any() or not (trimap == 0.0).any():
             return mask.astype(np.float32)
-        from pymatting import estimate_alpha_cf  # lazy: numba compile on first import
-
-        alpha = estimate_alpha_cf(
+        alpha = closed_form_alpha(
             image.astype(np.float64),
             trimap,
             laplacian_kwargs={"epsilon": self.epsilon},
@@ -194,8 +194,6 @@ class BandMatter:
         return Matte(alpha, foreground)
 
     def _solve_band(self, crop: np.ndarray, cover: np.ndarray, sure_in: np.ndarray, sure_out: np.ndarray) -> np.ndarray:
-        from pymatting import estimate_alpha_cf  # lazy: numba compile on first import
-
         scale = scale_for(crop.shape, self.working_size)
         small_size = (max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale)))
         small = np.clip(resize(crop, small_size), 0.0, 1.0)
@@ -204,7 +202,7 @@ class BandMatter:
         trimap[resize(sure_out.astype(np.float32), small_size) >= 0.999] = 0.0
         if not (trimap == 1.0).any() or not (trimap == 0.0).any():
             return cover.copy()
-        solved = estimate_alpha_cf(
+        solved = closed_form_alpha(
             small.astype(np.float64),
             trimap,
             laplacian_kwargs={"epsilon": self.epsilon},
@@ -215,6 +213,18 @@ class BandMatter:
             solved = guided_upsample(luminance(small), solved, luminance(crop), radius=2, eps=1e-3)
         band = ~sure_in & ~sure_out
         return np.clip(np.where(band, solved, cover), 0.0, 1.0).astype(np.float32)
+
+
+def closed_form_alpha(image: np.ndarray, trimap: np.ndarray, **kwargs: Any) -> np.ndarray:
+    """pymatting's ``estimate_alpha_cf``, without the "PERFORMANCE WARNING" it prints to stdout.
+
+    That message (its preconditioner retrying with a larger shift) is about speed only, and it would land in
+    the middle of the CLI's output and of files that users pipe stdout into.
+    """
+    from pymatting import estimate_alpha_cf  # lazy: numba compile on first import
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return estimate_alpha_cf(image, trimap, **kwargs)
 
 
 def blur_fusion_foreground(image: np.ndarray, alpha: np.ndarray, radii: tuple[int, ...] = (90, 6)) -> np.ndarray:
