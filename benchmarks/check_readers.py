@@ -8,8 +8,10 @@
   compared with the photo; also for a photo above PowerPoint's 56-inch slide limit (scaled).
 
 Scenes: a layered image built from bundled sample photos (3 objects with soft edges and shadows;
-its photo is its composite, as a decomposition recomposes to its photo) and the tool chain's
-decomposition of a real photo (compared with the photo itself). Errors are in 8-bit steps (1 = 1/255).
+its photo is its composite, as a decomposition recomposes to its photo), the same with every object
+decomposed again into parts (depth 2: `decompose_to_depth`, weight-free tools; the PSD nests a parts
+group in each object's group) and the tool chain's decomposition of a real photo (compared with the
+photo itself). Errors are in 8-bit steps (1 = 1/255).
 
 Needs Debian's ImageMagick and LibreOffice (``apt-get install -y imagemagick libreoffice-impress``).
 
@@ -77,6 +79,15 @@ def sample_scene(scale: float = 1.0) -> tuple[np.ndarray, LayeredImage]:
     layered = LayeredImage(background, foregrounds, shadows, labels).quantized()
     photo = np.round(layered.compose() * 255).astype(np.uint8)
     return photo, layered
+
+
+def depth_two_scene(photo: np.ndarray, layered: LayeredImage) -> LayeredImage:
+    """``layered`` with every object split into parts once (weight-free tool chain, so it runs anywhere)."""
+    from liwi_diffusers import ToolChainDecomposer, decompose_to_depth
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return decompose_to_depth(layered, 2, ToolChainDecomposer(segmenter=None))
 
 
 def tool_chain_scene() -> tuple[np.ndarray, LayeredImage]:
@@ -307,13 +318,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         photo, layered = sample_scene()
+        tree = depth_two_scene(photo, layered)
         chain_photo, chain = tool_chain_scene()
         report["psd"] = {
             "sample": check_psd(photo, layered, folder, "sample"),
+            "sample_depth2": check_psd(photo, tree, folder, "sample-depth2"),
             "tool_chain_coffee": check_psd(chain_photo, chain, folder, "coffee"),
         }
+        report["psd"]["sample_depth2"]["parts"] = {str(k + 1): len(parts) for k, parts in tree.parts.items()}
         report["pptx"] = {
             "sample": check_pptx(photo, layered, folder, "sample"),
+            "sample_depth2": check_pptx(photo, tree, folder, "sample-depth2"),
             "tool_chain_coffee": check_pptx(chain_photo, chain, folder, "coffee"),
         }
         big_photo, big = sample_scene(scale=args.large / max(photo.shape[:2]))
