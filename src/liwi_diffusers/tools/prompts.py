@@ -1,0 +1,527 @@
+"""Box and point prompts: tell the decomposer which objects to take out.
+
+A prompt names one object; each gives one object layer (with its shadow) inside the same decomposition:
+
+- a **box** ``(x0, y0, x1, y1)``: the object lies inside it (left, top, right, bottom; right and bottom are
+  exclusive, so ``(0, 0, width, height)`` is the whole photo);
+- a **point** ``(x, y)``: a pixel on the object (column, row);
+- a **negative point** ``(x, y)``: a pixel that belongs to none of the prompted objects. It is cut out of every
+  prompted object, and an automatically found object that covers it is left out.
+
+Coordinates are pixels of the photo as given, or fractions of its width and height. The rule, per prompt: it is
+in fractions when every coordinate lies in [0, 1] and at least one of them is a float (in the CLI: written with a
+decimal point), e.g. ``(0.1, 0.2, 0.6, 0.9)`` or ``(0.5, 0.5)``; otherwise it is in pixels, e.g. ``(12, 40, 200,
+310)`` or ``(0, 0, 1, 1)`` (a one-pixel box). Bad prompts (outside the photo, empty, inverted, not numbers) raise
+a `ValueError` with a one-line message.
+
+How a prompt becomes a mask (`PromptSegmenter`): the learned segmenter runs on a crop around the prompt (a box
+plus a margin; for a point, squares of a few sizes centred on it), and the connected regions inside the box, or
+the region that holds the point, are kept. Where the segmenter finds nothing there, or there is no segmenter
+(weight-free), GrabCut seeded by the prompt (the box as its rectangle, a disc around the point as sure
+foreground) draws the mask instead. The decomposer then mattes it, finds its shadow and fills the background as
+for any object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ._utils import dilate, disk, resize, scale_for
+
+__all__ = [
+    "BoxPrompt",
+    "PointPrompt",
+    "PromptSegmenter",
+    "Prompts",
+    "parse_box",
+    "parse_numbers",
+    "parse_point",
+    "parse_prompts",
+]
+
+
+# ---------------------------------------------------------------------------------------------- prompts
+@dataclass(frozen=True)
+class BoxPrompt:
+    """A box around one object, in pixels of the photo: ``x0 <= x < x1``, ``y0 <= y < y1``."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    what: str = "box"  # what messages call it
+
+    def scaled(self, factor: float) -> BoxPrompt:
+        """The same box on the photo resized by ``factor``."""
+        return BoxPrompt(self.x0 * factor, self.y0 * factor, self.x1 * factor, self.y1 * factor, self.what)
+
+    def pixels(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        """``(left, top, right, bottom)`` whole pixels (right/bottom exclusive, at least one pixel) in ``shape``."""
+        height, width = shape[:2]
+        left = min(max(0, math.floor(self.x0 + 1e-6)), width - 1)
+        top = min(max(0, math.floor(self.y0 + 1e-6)), height - 1)
+        right = max(left + 1, min(width, math.ceil(self.x1 - 1e-6)))
+        bottom = max(top + 1, min(height, math.ceil(self.y1 - 1e-6)))
+        return left, top, right, bottom
+
+
+@dataclass(frozen=True)
+class PointPrompt:
+    """A pixel on one object (``positive``) or on none of the prompted objects, in pixels of the photo."""
+
+    x: float
+    y: float
+    positive: bool = True
+    what: str = "point"
+
+    def scaled(self, factor: float) -> PointPrompt:
+        """The same point on the photo resized by ``factor``."""
+        return PointPrompt(self.x * factor, self.y * factor, self.positive, self.what)
+
+    def pixel(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        """``(column, row)`` of the pixel the point falls on, inside ``shape``."""
+        height, width = shape[:2]
+        return min(max(0, math.floor(self.x)), width - 1), min(max(0, math.floor(self.y)), height - 1)
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """The prompts of one decomposition, in pixels of its photo. Objects: the boxes, then the points."""
+
+    boxes: tuple[BoxPrompt, ...] = ()
+    points: tuple[PointPrompt, ...] = ()
+    negative_points: tuple[PointPrompt, ...] = ()
+
+    @property
+    def objects(self) -> tuple[BoxPrompt | PointPrompt, ...]:
+        """One entry per prompted object: boxes first, then positive points."""
+        return (*self.boxes, *self.points)
+
+    def __len__(self) -> int:
+        return len(self.boxes) + len(self.points)
+
+    def __bool__(self) -> bool:
+        return bool(self.boxes or self.points or self.negative_points)
+
+    def scaled(self, factor: float) -> Prompts:
+        """The same prompts on the photo resized by ``factor`` (the decomposer's working resolution)."""
+        if factor == 1.0:
+            return self
+        return Prompts(
+            tuple(b.scaled(factor) for b in self.boxes),
+            tuple(p.scaled(factor) for p in self.points),
+            tuple(p.scaled(factor) for p in self.negative_points),
+        )
+
+    def describe(self) -> list[dict[str, Any]]:
+        """JSON-friendly list of the object prompts (for ``LayeredImage.metadata``)."""
+        out: list[dict[str, Any]] = []
+        for prompt in self.objects:
+            if isinstance(prompt, BoxPrompt):
+                out.append({"kind": "box", "box": [prompt.x0, prompt.y0, prompt.x1, prompt.y1]})
+            else:
+                out.append({"kind": "point", "point": [prompt.x, prompt.y]})
+        return out
+
+
+def parse_numbers(text: str, count: int, what: str) -> tuple[int | float, ...]:
+    """``"10,20"`` -> ``(10, 20)``; ``"0.5,0.25"`` -> ``(0.5, 0.25)`` (written with a point: a float).
+
+    Raises ``ValueError`` naming ``what`` when there are not ``count`` numbers.
+    """
+    parts = [part.strip() for part in str(text).replace(" ", "").split(",")]
+    shape = "x0,y0,x1,y1" if count == 4 else "x,y"
+    if len(parts) != count or not all(parts):
+        raise ValueError(f"{what}: expected {count} numbers {shape} separated by commas, got {text!r}")
+    values: list[int | float] = []
+    for part in parts:
+        try:
+            values.append(int(part) if part.lstrip("+-").isdigit() else float(part))
+        except ValueError:
+            raise ValueError(f"{what}: {part!r} is not a number (expected {shape}, e.g. 10,20 or 0.5,0.5)") from None
+    return tuple(values)
+
+
+def _numbers(value: Any, count: int, what: str) -> tuple[int | float, ...]:
+    if isinstance(value, str):
+        return parse_numbers(value, count, what)
+    try:
+        values = tuple(value)
+    except TypeError:
+        raise ValueError(f"{what}: expected {count} numbers, got {type(value).__name__}") from None
+    if len(values) != count:
+        raise ValueError(f"{what}: expected {count} numbers, got {len(values)}")
+    out: list[int | float] = []
+    for item in values:
+        if isinstance(item, bool) or not isinstance(item, numbers.Real):
+            raise ValueError(f"{what}: {item!r} is not a number")
+        number = int(item) if isinstance(item, numbers.Integral) else float(item)
+        if not math.isfinite(number):
+            raise ValueError(f"{what}: coordinates must be finite numbers, got {item!r}")
+        out.append(number)
+    return tuple(out)
+
+
+def _in_fractions(values: Sequence[int | float]) -> bool:
+    """The coordinate rule: fractions when every value is in [0, 1] and at least one is a float."""
+    return all(0.0 <= v <= 1.0 for v in values) and any(isinstance(v, float) for v in values)
+
+
+def _show(values: Sequence[int | float]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+def parse_box(value: Any, size: tuple[int, int], what: str = "box") -> BoxPrompt:
+    """A `BoxPrompt` in pixels from ``(x0, y0, x1, y1)`` (pixels or fractions) on a photo of ``size = (w, h)``."""
+    x0, y0, x1, y1 = values = _numbers(value, 4, what)
+    width, height = size
+    if _in_fractions(values):
+        x0, y0, x1, y1 = x0 * width, y0 * height, x1 * width, y1 * height
+    if x1 < x0 or y1 < y0:
+        raise ValueError(
+            f"{what} {_show(values)} is inverted: give x0,y0,x1,y1 with x0 < x1 (left, right) and y0 < y1 (top, bottom)"
+        )
+    if min(x0, y0) < 0 or x1 > width or y1 > height:
+        raise ValueError(
+            f"{what} {_show(values)} reaches outside the {width}x{height} image: keep 0 <= x0 < x1 <= {width} "
+            f"and 0 <= y0 < y1 <= {height} (or give fractions in [0, 1])"
+        )
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        raise ValueError(f"{what} {_show(values)} is empty: a box must be at least one pixel wide and high")
+    return BoxPrompt(float(x0), float(y0), float(x1), float(y1), what)
+
+
+def parse_point(value: Any, size: tuple[int, int], what: str = "point", positive: bool = True) -> PointPrompt:
+    """A `PointPrompt` in pixels from ``(x, y)`` (pixels or fractions) on a photo of ``size = (w, h)``."""
+    x, y = values = _numbers(value, 2, what)
+    width, height = size
+    if _in_fractions(values):
+        x, y = min(x * width, width - 0.5), min(y * height, height - 0.5)  # 1.0 is the last pixel, not past it
+    if not (0 <= x < width and 0 <= y < height):
+        raise ValueError(
+            f"{what} {_show(values)} is outside the {width}x{height} image: keep 0 <= x < {width} and "
+            f"0 <= y < {height} (or give fractions in [0, 1])"
+        )
+    return PointPrompt(float(x), float(y), positive, what)
+
+
+def parse_prompts(
+    boxes: Any = None,
+    points: Any = None,
+    negative_points: Any = None,
+    size: tuple[int, int] = (1, 1),
+) -> Prompts:
+    """`Prompts` in pixels of a photo of ``size = (width, height)``.
+
+    ``boxes`` is a list of ``(x0, y0, x1, y1)``, ``points`` and ``negative_points`` lists of ``(x, y)``; each
+    may also be a `BoxPrompt` / `PointPrompt` (taken as given, in pixels) or a string ``"x0,y0,x1,y1"``.
+    """
+
+    def listed(value: Any, what: str) -> list[Any]:
+        if value is None:
+            return []
+        if isinstance(value, (str, BoxPrompt, PointPrompt)) or (
+            isinstance(value, (tuple, list)) and value and isinstance(value[0], numbers.Real)
+        ):
+            raise ValueError(f"{what} must be a list of prompts, e.g. {what}=[(10, 20, 110, 220)]; got one prompt")
+        try:
+            return list(value)
+        except TypeError:
+            raise ValueError(f"{what} must be a list of prompts, got {type(value).__name__}") from None
+
+    parsed_boxes = []
+    for index, box in enumerate(listed(boxes, "boxes"), start=1):
+        parsed_boxes.append(box if isinstance(box, BoxPrompt) else parse_box(box, size, f"box {index}"))
+    parsed_points = []
+    for index, point in enumerate(listed(points, "points"), start=1):
+        parsed_points.append(point if isinstance(point, PointPrompt) else parse_point(point, size, f"point {index}"))
+    negatives = []
+    for index, point in enumerate(listed(negative_points, "negative_points"), start=1):
+        if isinstance(point, PointPrompt):
+            negatives.append(PointPrompt(point.x, point.y, False, point.what))
+        else:
+            negatives.append(parse_point(point, size, f"negative point {index}", positive=False))
+    return Prompts(tuple(parsed_boxes), tuple(parsed_points), tuple(negatives))
+
+
+# ---------------------------------------------------------------------------------------------- segmentation
+class RememberingSegmenter:
+    """A segmenter that keeps its last few answers by image content (the decomposer's first pass on the whole
+    photo then serves both the automatic objects and the point prompts)."""
+
+    def __init__(self, segmenter: Any, size: int = 4) -> None:
+        self.segmenter = segmenter
+        self.name = getattr(segmenter, "name", type(segmenter).__name__)
+        self.size = size
+        self._answers: dict[str, np.ndarray] = {}
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        array = np.ascontiguousarray(image, np.float32)
+        key = hashlib.sha1(array.tobytes()).hexdigest() + str(array.shape)
+        if key not in self._answers:
+            if len(self._answers) >= self.size:
+                self._answers.pop(next(iter(self._answers)))
+            self._answers[key] = np.asarray(self.segmenter(array), np.float32)
+        return self._answers[key].copy()
+
+
+@dataclass
+class PromptSegmenter:
+    """Masks of prompted objects: the segmenter on a crop around each prompt, GrabCut where it finds nothing.
+
+    Attributes:
+        box_margin: the crop around a box is the box grown by this share of its longer side on each side.
+        point_crops: for a point, squares of these shares of the photo's longer side, centred on the point, are
+            segmented from small to large; the first whose region holding the point does not run into the
+            crop's edge (inside the photo) is taken, else the largest's.
+        min_fill: a box's segmented regions must cover at least this share of the box, else GrabCut is used.
+        grabcut_size: GrabCut runs on the crop at most this many pixels on its long side.
+        grabcut_iterations: GrabCut iterations.
+    """
+
+    box_margin: float = 0.1
+    point_crops: tuple[float, ...] = (0.35, 0.65, 1.0)
+    min_fill: float = 0.15
+    grabcut_size: int = 320
+    grabcut_iterations: int = 5
+
+    def __call__(self, image: np.ndarray, prompts: Prompts, segmenter: Any = None) -> list[np.ndarray]:
+        """One ``(H, W)`` float32 coverage per object prompt of ``prompts`` (in pixels of ``image``)."""
+        negatives = [p.pixel(image.shape) for p in prompts.negative_points]
+        masks = []
+        for prompt in prompts.objects:
+            if isinstance(prompt, BoxPrompt):
+                coverage = self.segment_box(image, prompt, segmenter, negatives)
+            else:
+                coverage = self.segment_point(image, prompt, segmenter, negatives)
+            masks.append(coverage.astype(np.float32))
+        return masks
+
+    # -------------------------------------------------------------- boxes
+    def segment_box(
+        self, image: np.ndarray, box: BoxPrompt, segmenter: Any = None, negatives: Sequence[tuple[int, int]] = ()
+    ) -> np.ndarray:
+        """Coverage of the object inside ``box``: nothing outside the box."""
+        height, width = image.shape[:2]
+        left, top, right, bottom = box.pixels(image.shape)
+        pad = round(self.box_margin * max(right - left, bottom - top)) + 2
+        crop = (max(0, left - pad), max(0, top - pad), min(width, right + pad), min(height, bottom + pad))
+        cl, ct, cr, cb = crop
+        patch = image[ct:cb, cl:cr]
+        inside = np.zeros(patch.shape[:2], bool)
+        inside[top - ct : bottom - ct, left - cl : right - cl] = True
+        seeds_out = _negative_mask(patch.shape[:2], negatives, crop)
+        coverage = None
+        if segmenter is not None:
+            matte = _segment(segmenter, patch) * inside
+            solid = matte >= 0.5
+            enough = self.min_fill * inside.sum()
+            kept = _box_regions(_without_regions_at(solid, seeds_out))
+            if kept.sum() >= enough:
+                coverage = np.where(dilate(kept, 2), matte, 0.0)
+            elif seeds_out.any() and _box_regions(solid).sum() >= enough:  # a negative point on the object: cut it
+                refined = self._grabcut(patch, _labels_from(_box_regions(solid), inside, seeds_out))
+                kept = _box_regions(_without_regions_at(refined & dilate(solid, 2), seeds_out))
+                if kept.sum() >= enough:
+                    coverage = np.where(kept, np.maximum(matte, 0.5), 0.0)
+        if coverage is None or not (coverage >= 0.5).any():
+            labels = np.full(patch.shape[:2], cv2.GC_BGD, np.uint8)
+            labels[inside] = cv2.GC_PR_FGD
+            labels[seeds_out] = cv2.GC_BGD
+            coverage = self._grabcut(patch, labels, around=inside).astype(np.float32)
+            if not coverage.any():  # nothing GrabCut can separate: the box itself
+                coverage = (inside & ~seeds_out).astype(np.float32)
+        out = np.zeros((height, width), np.float32)
+        out[ct:cb, cl:cr] = coverage * inside
+        return out
+
+    # -------------------------------------------------------------- points
+    def segment_point(
+        self, image: np.ndarray, point: PointPrompt, segmenter: Any = None, negatives: Sequence[tuple[int, int]] = ()
+    ) -> np.ndarray:
+        """Coverage of the object under ``point``."""
+        height, width = image.shape[:2]
+        x, y = point.pixel(image.shape)
+        best = None
+        if segmenter is not None:
+            for share in sorted(self.point_crops):
+                crop = _square_around(x, y, share * max(height, width), (height, width))
+                cl, ct, cr, cb = crop
+                patch = image[ct:cb, cl:cr]
+                seeds_out = _negative_mask(patch.shape[:2], negatives, crop)
+                matte = _segment(segmenter, patch)
+                region = _region_at(matte >= 0.5, x - cl, y - ct)
+                if region is None:
+                    continue
+                if (region & seeds_out).any():  # a negative point on the same region: let GrabCut cut between them
+                    region = self._cut_point(patch, region, (x - cl, y - ct), seeds_out)
+                    if region is None:
+                        continue
+                    matte = np.maximum(matte, 0.5 * region)
+                coverage = np.where(dilate(region, 2), matte, 0.0)
+                best = (crop, coverage)
+                if not _runs_into_edge(region, crop, (height, width)):
+                    break
+        if best is None:
+            crop = _square_around(x, y, min(self.point_crops) * max(height, width), (height, width))
+            cl, ct, cr, cb = crop
+            patch = image[ct:cb, cl:cr]
+            seeds_out = _negative_mask(patch.shape[:2], negatives, crop)
+            labels = np.full(patch.shape[:2], cv2.GC_PR_BGD, np.uint8)
+            radius = max(2, round(0.04 * max(patch.shape[:2])))
+            cv2.circle(labels, (x - cl, y - ct), radius * 3, int(cv2.GC_PR_FGD), -1)
+            cv2.circle(labels, (x - cl, y - ct), radius, int(cv2.GC_FGD), -1)
+            labels[seeds_out] = cv2.GC_BGD
+            grown = self._grabcut(patch, labels)
+            region = _region_at(grown, x - cl, y - ct)
+            if region is None:
+                region = np.zeros(patch.shape[:2], bool)
+                cv2.circle(region.view(np.uint8), (x - cl, y - ct), radius, 1, -1)
+            best = (crop, region.astype(np.float32))
+        (cl, ct, cr, cb), coverage = best
+        out = np.zeros((height, width), np.float32)
+        out[ct:cb, cl:cr] = coverage
+        return out
+
+    def _cut_point(
+        self, patch: np.ndarray, region: np.ndarray, at: tuple[int, int], seeds_out: np.ndarray
+    ) -> np.ndarray | None:
+        """The part of ``region`` on the positive point's side of the negative points (GrabCut between them)."""
+        labels = np.full(region.shape, cv2.GC_PR_BGD, np.uint8)
+        labels[region] = cv2.GC_PR_FGD
+        cv2.circle(labels, at, max(2, round(0.02 * max(region.shape))), int(cv2.GC_FGD), -1)
+        labels[dilate(seeds_out, 2)] = cv2.GC_BGD
+        cut = self._grabcut(patch, labels) & region & ~dilate(seeds_out, 1)
+        return _region_at(cut, *at)
+
+    # -------------------------------------------------------------- GrabCut
+    def _grabcut(self, patch: np.ndarray, labels: np.ndarray, around: np.ndarray | None = None) -> np.ndarray:
+        """GrabCut's foreground from the starting ``labels`` (cv2.GC_*), on the patch at most ``grabcut_size``."""
+        from .proposals import _dither
+
+        scale = scale_for(patch.shape, self.grabcut_size)
+        size = (max(1, round(patch.shape[0] * scale)), max(1, round(patch.shape[1] * scale)))
+        small = np.clip(resize(patch, size), 0.0, 1.0)
+        small_labels = cv2.resize(labels, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+        is_fg = np.isin(small_labels, (cv2.GC_FGD, cv2.GC_PR_FGD))
+        is_bg = ~is_fg
+        if not is_fg.any():
+            return np.zeros(patch.shape[:2], bool)
+        if not is_bg.any():  # the box is the whole crop (the whole photo): its frame is the background model
+            small_labels[[0, -1], :] = cv2.GC_PR_BGD
+            small_labels[:, [0, -1]] = cv2.GC_PR_BGD
+        image8 = _dither(np.round(small * 255).astype(np.uint8)[:, :, ::-1])
+        bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        cv2.setRNGSeed(0)
+        try:
+            cv2.grabCut(image8, small_labels, None, bgd, fgd, self.grabcut_iterations, cv2.GC_INIT_WITH_MASK)
+        except cv2.error:  # degenerate colour models (a flat crop)
+            return np.zeros(patch.shape[:2], bool)
+        foreground = np.isin(small_labels, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.float32)
+        return resize(foreground, patch.shape[:2], cv2.INTER_LINEAR) >= 0.5
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _segment(segmenter: Any, patch: np.ndarray) -> np.ndarray:
+    matte = np.asarray(segmenter(np.ascontiguousarray(patch)), np.float32)
+    if matte.shape != patch.shape[:2]:
+        raise ValueError(f"segmenter returned a {matte.shape} matte for a {patch.shape[:2]} crop")
+    return matte
+
+
+def _square_around(x: int, y: int, side: float, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A square crop ``(left, top, right, bottom)`` of about ``side`` pixels centred on ``(x, y)``, inside
+    ``shape`` (moved, not cut, where it would leave the photo)."""
+    height, width = shape
+    crop_w, crop_h = min(width, max(16, round(side))), min(height, max(16, round(side)))
+    left = int(np.clip(x - crop_w // 2, 0, width - crop_w))
+    top = int(np.clip(y - crop_h // 2, 0, height - crop_h))
+    return left, top, left + crop_w, top + crop_h
+
+
+def _negative_mask(
+    shape: tuple[int, int], negatives: Sequence[tuple[int, int]], crop: tuple[int, int, int, int]
+) -> np.ndarray:
+    """Small discs around the negative points that fall in ``crop``, in crop coordinates."""
+    mask = np.zeros(shape, np.uint8)
+    radius = max(1, round(0.01 * max(shape)))
+    for x, y in negatives:
+        if crop[0] <= x < crop[2] and crop[1] <= y < crop[3]:
+            cv2.circle(mask, (x - crop[0], y - crop[1]), radius, 1, -1)
+    return mask.astype(bool)
+
+
+def _components(solid: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(solid.astype(np.uint8), connectivity=8)
+    return count, labels, stats[:, cv2.CC_STAT_AREA]
+
+
+def _without_regions_at(solid: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """``solid`` without its connected regions that touch ``seeds`` (the negative points)."""
+    if not seeds.any():
+        return solid
+    _, labels, _ = _components(solid)
+    touched = np.unique(labels[seeds & solid])
+    return solid & ~np.isin(labels, touched[touched > 0])
+
+
+def _box_regions(solid: np.ndarray, min_share: float = 0.1) -> np.ndarray:
+    """The regions of ``solid`` that make up the boxed object: the largest and any at least ``min_share`` of it."""
+    count, labels, areas = _components(solid)
+    if count <= 1:
+        return np.zeros(solid.shape, bool)
+    largest = int(areas[1:].max())
+    keep = [index for index in range(1, count) if areas[index] >= min_share * largest]
+    return np.isin(labels, keep)
+
+
+def _region_at(solid: np.ndarray, x: int, y: int) -> np.ndarray | None:
+    """The connected region of ``solid`` under ``(x, y)``, or the nearest one within a few pixels; None if none."""
+    count, labels, _ = _components(solid)
+    if count <= 1:
+        return None
+    label = int(labels[y, x])
+    if label == 0:
+        radius = max(2, round(0.015 * max(solid.shape)))
+        window = labels[max(0, y - radius) : y + radius + 1, max(0, x - radius) : x + radius + 1]
+        near = window[window > 0]
+        if near.size == 0:
+            return None
+        label = int(np.bincount(near).argmax())
+    return labels == label
+
+
+def _runs_into_edge(region: np.ndarray, crop: tuple[int, int, int, int], shape: tuple[int, int]) -> bool:
+    """Whether ``region`` touches a side of ``crop`` that is not also the photo's edge (it may go on outside)."""
+    left, top, right, bottom = crop
+    height, width = shape
+    sides = []
+    if left > 0:
+        sides.append(region[:, 0])
+    if right < width:
+        sides.append(region[:, -1])
+    if top > 0:
+        sides.append(region[0, :])
+    if bottom < height:
+        sides.append(region[-1, :])
+    return any(side.any() for side in sides)
+
+
+def _labels_from(kept: np.ndarray, inside: np.ndarray, seeds_out: np.ndarray) -> np.ndarray:
+    """GrabCut labels from a segmented mask: its core sure, its rim probable, the outside of the box sure
+    background, the negative points sure background."""
+    labels = np.full(kept.shape, cv2.GC_BGD, np.uint8)
+    labels[inside] = cv2.GC_PR_BGD
+    labels[kept] = cv2.GC_PR_FGD
+    core = cv2.erode(kept.astype(np.uint8), disk(max(2, round(0.05 * math.sqrt(max(1, kept.sum())))))).astype(bool)
+    labels[core & ~dilate(seeds_out, max(3, round(0.05 * max(kept.shape))))] = cv2.GC_FGD
+    labels[seeds_out] = cv2.GC_BGD
+    return labels
