@@ -195,7 +195,12 @@ def parse_box(value: Any, size: tuple[int, int], what: str = "box") -> BoxPrompt
             f"and 0 <= y0 < y1 <= {height} (or give fractions in [0, 1])"
         )
     if x1 - x0 < 1 or y1 - y0 < 1:
-        raise ValueError(f"{what} {_show(values)} is empty: a box must be at least one pixel wide and high")
+        hint = (
+            " (read as pixels: fractions need every value in [0, 1])"
+            if any(isinstance(v, float) for v in values)
+            else ""
+        )
+        raise ValueError(f"{what} {_show(values)} is empty{hint}: a box must be at least one pixel wide and high")
     return BoxPrompt(float(x0), float(y0), float(x1), float(y1), what)
 
 
@@ -324,13 +329,14 @@ class PromptSegmenter:
             matte = _segment(segmenter, patch) * inside
             solid = matte >= 0.5
             enough = self.min_fill * inside.sum()
+            whole = _box_regions(solid)
             kept = _box_regions(_without_regions_at(solid, seeds_out))
-            if kept.sum() >= enough:
+            if whole.sum() >= enough and kept.any():  # regions under a negative point are left out
                 coverage = np.where(dilate(kept, 2), matte, 0.0)
-            elif seeds_out.any() and _box_regions(solid).sum() >= enough:  # a negative point on the object: cut it
-                refined = self._grabcut(patch, _labels_from(_box_regions(solid), inside, seeds_out))
+            elif whole.sum() >= enough and seeds_out.any():  # a negative point on the object itself: cut it
+                refined = self._grabcut(patch, _labels_from(whole, inside, seeds_out))
                 kept = _box_regions(_without_regions_at(refined & dilate(solid, 2), seeds_out))
-                if kept.sum() >= enough:
+                if kept.any():
                     coverage = np.where(kept, np.maximum(matte, 0.5), 0.0)
         if coverage is None or not (coverage >= 0.5).any():
             labels = np.full(patch.shape[:2], cv2.GC_BGD, np.uint8)

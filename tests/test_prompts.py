@@ -1,0 +1,237 @@
+"""Box and point prompts (`liwi_diffusers.tools.prompts`) in the tool chain and the CLI, on tiny scenes.
+
+- The coordinate rule: fractions when every value is in [0, 1] and one is a float; pixels otherwise.
+- Bad prompts (inverted, empty, outside the photo, not numbers, more than the layer limit) are one-line errors.
+- Weight-free (GrabCut seeded by the prompt) and with a tiny ONNX segmenter built here: a box or a point gives
+  back its object as one layer with a shadow slot, automatic objects are added without duplicates, negative
+  points cut objects out, and the layers still recompose to the photo.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_segmenter import SPEC, red_salience_model
+
+from liwi_diffusers.cli import main as liwi
+from liwi_diffusers.export import load_layered
+from liwi_diffusers.tools import ToolChainDecomposer
+from liwi_diffusers.tools.prompts import (
+    BoxPrompt,
+    PointPrompt,
+    PromptSegmenter,
+    RememberingSegmenter,
+    parse_numbers,
+    parse_prompts,
+)
+from liwi_diffusers.tools.segmenter import OnnxSegmenter
+
+
+def two_things(size: int = 96) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Textured grey-green ground, a red disc (left, lower) and a red square (right, higher); their masks."""
+    rng = np.random.default_rng(0)
+    image = np.empty((size, size, 3), np.float32)
+    image[:] = (0.45, 0.55, 0.45)
+    image += rng.normal(0, 0.02, image.shape).astype(np.float32)
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - 62) ** 2 + (xx - 28) ** 2 <= 16**2
+    square = np.zeros((size, size), bool)
+    square[14:38, 58:82] = True
+    image[disc] = (0.9, 0.1, 0.1)
+    image[square] = (0.85, 0.15, 0.1)
+    return np.clip(image, 0, 1), disc, square
+
+
+def iou(alpha: np.ndarray, mask: np.ndarray) -> float:
+    solid = alpha >= 0.5
+    return float((solid & mask).sum() / max(1, (solid | mask).sum()))
+
+
+@pytest.fixture(scope="module")
+def onnx_segmenter(tmp_path_factory: pytest.TempPathFactory) -> OnnxSegmenter:
+    path = tmp_path_factory.mktemp("model") / "red.onnx"
+    red_salience_model(path)
+    return OnnxSegmenter(path, SPEC, name="red")
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+def test_coordinates_are_fractions_only_when_all_lie_in_0_1_and_one_is_a_float():
+    prompts = parse_prompts(
+        boxes=[(0.25, 0.5, 0.75, 1.0), (0, 0, 1, 1), (10, 20, 30, 40)],
+        points=[(0.5, 0.5), (1, 1), "3,4"],
+        negative_points=["0.0,1.0"],
+        size=(200, 100),
+    )
+    assert prompts.boxes[0] == BoxPrompt(50.0, 50.0, 150.0, 100.0, "box 1")
+    assert (prompts.boxes[1].x1, prompts.boxes[1].y1) == (1.0, 1.0)  # integers: pixels (a one-pixel box)
+    assert prompts.boxes[2].pixels((100, 200)) == (10, 20, 30, 40)
+    assert (prompts.points[0].x, prompts.points[0].y) == (100.0, 50.0)
+    assert (prompts.points[1].x, prompts.points[1].y) == (1.0, 1.0)
+    assert prompts.points[2].pixel((100, 200)) == (3, 4)
+    negative = prompts.negative_points[0]
+    assert not negative.positive and negative.pixel((100, 200)) == (0, 99)  # 1.0 is the last row, inside
+    assert len(prompts) == 6 and prompts.objects[3] == prompts.points[0]
+    assert parse_numbers("0.5, 2", 2, "--point") == (0.5, 2)
+    assert isinstance(parse_numbers("0.5,2", 2, "p")[1], int)
+    scaled = prompts.scaled(0.5)
+    assert scaled.boxes[0] == BoxPrompt(25.0, 25.0, 75.0, 50.0, "box 1") and scaled.points[2].x == 1.5
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"boxes": [(30, 10, 20, 40)]}, r"box 1 \(30, 10, 20, 40\) is inverted: give x0,y0,x1,y1 with x0 < x1"),
+        ({"boxes": [(10, 10, 10, 40)]}, r"box 1 \(10, 10, 10, 40\) is empty: a box must be at least one pixel"),
+        ({"boxes": [(10, 10, 250, 40)]}, r"box 1 \(10, 10, 250, 40\) reaches outside the 200x100 image"),
+        ({"boxes": [(-1, 0, 5, 5)]}, r"reaches outside the 200x100 image"),
+        ({"boxes": [(0.2, 0.2, 1.5, 0.5)]}, r"is empty \(read as pixels: fractions need every value in \[0, 1\]\)"),
+        ({"boxes": [(1, 2, 3)]}, r"box 1: expected 4 numbers, got 3"),
+        ({"boxes": [(1, 2, "x", 4)]}, r"box 1: 'x' is not a number"),
+        ({"boxes": [(1, 2, float("nan"), 4)]}, r"box 1: coordinates must be finite numbers"),
+        ({"boxes": (1, 2, 3, 4)}, r"boxes must be a list of prompts"),
+        ({"points": [(200, 5)]}, r"point 1 \(200, 5\) is outside the 200x100 image: keep 0 <= x < 200"),
+        ({"points": [(5, -1)]}, r"point 1 \(5, -1\) is outside"),
+        ({"negative_points": [(5, 100)]}, r"negative point 1 \(5, 100\) is outside"),
+        ({"points": ["1;2"]}, r"point 1: expected 2 numbers x,y separated by commas"),
+    ],
+)
+def test_bad_prompts_are_one_line_errors(options, message):
+    with pytest.raises(ValueError, match=message) as caught:
+        parse_prompts(size=(200, 100), **options)
+    assert "\n" not in str(caught.value)
+
+
+def test_more_prompts_than_the_layer_limit_is_an_error():
+    image, _, _ = two_things(48)
+    decomposer = ToolChainDecomposer(segmenter=None, extract_shadows=False)
+    with pytest.raises(ValueError, match=r"3 prompted objects but the layer limit is 2: give at most 2"):
+        decomposer(image, 2, boxes=[(0, 0, 10, 10), (10, 10, 20, 20)], points=[(30, 30)])
+    with pytest.raises(ValueError, match=r"only_prompts=True needs at least one box or point"):
+        decomposer(image, only_prompts=True)
+
+
+# ---------------------------------------------------------------------------------------------- weight-free
+def test_a_box_gives_its_object_weight_free():
+    image, disc, square = two_things()
+    decomposer = ToolChainDecomposer(segmenter=None)
+    layered = decomposer(image, boxes=[(6, 40, 50, 84)], only_prompts=True)
+    assert layered.num_objects == 1 and len(layered.shadows) == 1
+    assert layered.metadata["prompt_layers"] == [0]
+    assert layered.metadata["prompts"] == [{"kind": "box", "box": [6.0, 40.0, 50.0, 84.0]}]
+    assert layered.metadata["stop_reason"] == "1 prompted object; only the prompted objects"
+    alpha = layered.foregrounds[0][:, :, 3]
+    assert iou(alpha, disc) > 0.85
+    assert alpha[square].max() == 0.0  # nothing outside the box
+    assert layered.check(image).ok()
+
+
+def test_a_point_gives_its_object_weight_free_and_fractions_work():
+    image, _, square = two_things()
+    layered = ToolChainDecomposer(segmenter=None)(image, points=[(70 / 96, 26 / 96)], only_prompts=True)
+    assert layered.num_objects == 1
+    assert iou(layered.foregrounds[0][:, :, 3], square) > 0.8
+    assert layered.check(image).ok()
+
+
+# ---------------------------------------------------------------------------------------------- learned segmenter
+def test_box_and_point_with_a_segmenter_each_give_one_object(onnx_segmenter):
+    image, disc, square = two_things()
+    decomposer = ToolChainDecomposer(segmenter=onnx_segmenter, extract_shadows=False)
+    # A box that also catches a corner of the square keeps only the boxed object's region... and not the square.
+    layered = decomposer(image, boxes=[(8, 40, 62, 84)], points=[(70, 26)], only_prompts=True)
+    assert layered.num_objects == 2
+    box_layer, point_layer = layered.metadata["prompt_layers"]
+    assert {box_layer, point_layer} == {0, 1}
+    assert iou(layered.foregrounds[box_layer][:, :, 3], disc) > 0.9
+    assert iou(layered.foregrounds[point_layer][:, :, 3], square) > 0.9
+    assert layered.check(image).ok()
+
+
+def test_automatic_objects_are_added_without_duplicating_a_prompted_one(onnx_segmenter):
+    image, disc, square = two_things()
+    decomposer = ToolChainDecomposer(segmenter=onnx_segmenter, extract_shadows=False)
+    layered = decomposer(image, boxes=[(8, 40, 50, 84)])
+    assert layered.num_objects == 2  # the boxed disc once, the square found automatically
+    prompted = layered.metadata["prompt_layers"][0]
+    other = 1 - prompted
+    assert iou(layered.foregrounds[prompted][:, :, 3], disc) > 0.9
+    assert iou(layered.foregrounds[other][:, :, 3], square) > 0.9
+    # A layer limit of 1 leaves room for the prompt only.
+    limited = decomposer(image, 1, boxes=[(8, 40, 50, 84)])
+    assert limited.num_objects == 1 and "layer limit 1 reached" in limited.metadata["stop_reason"]
+    assert iou(limited.foregrounds[0][:, :, 3], disc) > 0.9
+
+
+def test_a_negative_point_cuts_an_object_out_of_a_box_and_drops_an_automatic_one(onnx_segmenter):
+    image, disc, square = two_things()
+    decomposer = ToolChainDecomposer(segmenter=onnx_segmenter, extract_shadows=False)
+    both = (4, 8, 90, 84)
+    layered = decomposer(image, boxes=[both], only_prompts=True)
+    assert iou(layered.foregrounds[0][:, :, 3], disc | square) > 0.9  # a box around both takes both
+    cut = decomposer(image, boxes=[both], negative_points=[(70, 26)], only_prompts=True)
+    alpha = cut.foregrounds[0][:, :, 3]
+    assert iou(alpha, disc) > 0.9 and alpha[square].max() < 0.5
+    # Without prompted objects, a negative point leaves out the automatic object under it.
+    auto = decomposer(image, negative_points=[(70, 26)])
+    assert auto.num_objects == 1 and iou(auto.foregrounds[0][:, :, 3], disc) > 0.9
+    assert auto.metadata["prompt_layers"] == []
+
+
+def test_several_points_give_one_object_each(onnx_segmenter):
+    image, disc, square = two_things()
+    layered = ToolChainDecomposer(segmenter=onnx_segmenter, extract_shadows=False)(
+        image, points=[(28, 62), (60, 30)], only_prompts=True
+    )
+    assert layered.num_objects == 2
+    first, second = layered.metadata["prompt_layers"]
+    assert iou(layered.foregrounds[first][:, :, 3], disc) > 0.9
+    assert iou(layered.foregrounds[second][:, :, 3], square) > 0.9
+
+
+def test_a_point_where_the_segmenter_sees_nothing_falls_back_to_grabcut(onnx_segmenter):
+    image, _, _ = two_things()
+    image[40:60, 40:60] = (0.1, 0.2, 0.8)  # blue: not salient to the red segmenter
+    blue = np.zeros(image.shape[:2], bool)
+    blue[40:60, 40:60] = True
+    masks = PromptSegmenter()(image, parse_prompts(points=[(50, 50)], size=(96, 96)), onnx_segmenter)
+    assert iou(masks[0], blue) > 0.8
+
+
+def test_the_whole_photo_pass_is_shared_by_peeling_and_prompts():
+    calls = []
+
+    class Counting:
+        name = "counting"
+
+        def __call__(self, image: np.ndarray) -> np.ndarray:
+            calls.append(image.shape)
+            return np.zeros(image.shape[:2], np.float32)
+
+    remembering = RememberingSegmenter(Counting())
+    image, _, _ = two_things(32)
+    remembering(image)
+    remembering(image.copy())
+    assert len(calls) == 1
+    remembering(image[:16])
+    assert len(calls) == 2
+
+
+def test_prompt_dataclasses_take_pixels_as_given():
+    prompts = parse_prompts(boxes=[BoxPrompt(1.5, 2, 10, 12)], points=[PointPrompt(3, 4)], size=(20, 20))
+    assert prompts.boxes[0].pixels((20, 20)) == (1, 2, 10, 12)
+    assert prompts.points[0].pixel((20, 20)) == (3, 4)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def test_cli_box_point_and_only_prompts(tmp_path, capsys):
+    from PIL import Image
+
+    image, _, _ = two_things()
+    Image.fromarray(np.round(image * 255).astype(np.uint8)).save(tmp_path / "photo.png")
+    out = tmp_path / "out"
+    argv = ["decompose", str(tmp_path / "photo.png"), "-o", str(out), "-f", "zip", "-q"]
+    assert (
+        liwi([*argv, "--box", "6,40,50,84", "--point", "0.73,0.27", "--negative-point", "2,2", "--only-prompts"]) == 0
+    )
+    layered = load_layered(out / "photo.zip")
+    assert layered.num_objects == 2
