@@ -544,6 +544,38 @@ CASES = [
         r"needs the 'datasets' package: pip install \"liwi-diffusers\[eval\]\"",
         setup=without("datasets"),
     ),
+    # --------------------------------------------------------------------- liwi decompose: text prompts
+    case(
+        "decompose-prompt-without-detector",
+        "liwi",
+        decompose(PHOTO, "--prompt", "red car"),
+        r"--prompt needs a detector: download a zero-shot object detector .* --detector NAME_OR_PATH",
+    ),
+    case(
+        "decompose-detector-not-a-model",
+        "liwi",
+        decompose(PHOTO, "--prompt", "red car", "--detector", "{c}/no-images"),
+        r"--detector: detector .*no-images is not a model folder \(no config\.json\); download",
+    ),
+    case(
+        "decompose-detector-missing-folder",
+        "liwi",
+        decompose(PHOTO, "--prompt", "red car", "--detector", "{c}/nope/owlv2"),
+        r"--detector: detector folder .*nope/owlv2 does not exist",
+    ),
+    case("decompose-empty-prompt", "liwi", decompose(PHOTO, "--prompt", "  "), r"--prompt: empty text prompt"),
+    case(
+        "decompose-detector-without-prompt",
+        "liwi",
+        decompose(PHOTO, "--detector", "{c}/no-images"),
+        r"--detector is used by --prompt TEXT only",
+    ),
+    case(
+        "decompose-prompt-with-the-pipeline",
+        "liwi",
+        decompose(PHOTO, "--prompt", "red car", "--detector", "{c}/no-images", "--model", "liwi-small"),
+        r"--prompt works with the tool chain",
+    ),
     # --------------------------------------------------------------------- liwi models
     case("models-unknown-name", "liwi", lambda c, o: ["models", "download", "nope"], r"unknown model 'nope'; known"),
     case(

@@ -34,8 +34,9 @@ def _clip_tokenizer(folder: Path):
     )
 
 
-def _save_owl(folder: Path, kind: str) -> Path:
-    """A tiny random OWLv2 / OWL-ViT (4x4 patches) saved with its processor; boxes widened so that they overlap."""
+def _save_owl(folder: Path, kind: str, widen: float = 1.5) -> Path:
+    """A tiny random OWLv2 / OWL-ViT (4x4 patches) saved with its processor; boxes widened (a patch's box is 60 %
+    of the image across with ``widen=1.5``) so that they overlap."""
     import torch
     from transformers import (
         Owlv2Config,
@@ -65,8 +66,8 @@ def _save_owl(folder: Path, kind: str) -> Path:
         processor = OwlViTProcessor(image_processor=image_processor, tokenizer=tokenizer)
     with torch.no_grad():  # random box heads give degenerate boxes: each patch's box, 60 % of the image across
         model.box_head.dense2.weight.zero_()
-        model.box_head.dense2.bias.copy_(torch.tensor([0.0, 0.0, 1.5, 1.5]))
-    target = folder / kind
+        model.box_head.dense2.bias.copy_(torch.tensor([0.0, 0.0, widen, widen]))
+    target = folder / (kind if widen == 1.5 else f"{kind}-{widen:g}")
     model.save_pretrained(target)
     processor.save_pretrained(target)
     return target
@@ -330,3 +331,32 @@ def test_text_prompted_decomposer_labels_the_prompted_layers() -> None:
         warnings.simplefilter("ignore", TextPromptNote)
         wrapped(_photo(), prompts=["dog"], boxes="not boxes")
     assert decomposer.kwargs["boxes"] == "not boxes"
+
+
+def test_liwi_decompose_with_text_prompts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--prompt`` end to end: a tiny OWLv2 whose boxes span the photo; its best box for 'red car' becomes a
+    box prompt, the layer it gives is named 'red car'; a prompt scoring below the threshold gets a note."""
+    from PIL import Image
+
+    from liwi_diffusers.cli import main
+    from liwi_diffusers.export import load_layered
+
+    model = _save_owl(tmp_path / "models", "owlv2", widen=3.0)
+    photo = np.full((HEIGHT, WIDTH, 3), 150, np.uint8)
+    photo[18:42, 28:52] = (200, 30, 30)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    scores = {
+        d.label: d.score for d in TextPromptDetector.from_pretrained(model)(photo, ["red car", "dog"], threshold=0.0)
+    }
+    assert scores["red car"] != scores["dog"]
+    found, missed = sorted(scores, key=scores.get, reverse=True)
+    threshold = (scores[found] + scores[missed]) / 2
+    args = ["decompose", str(tmp_path / "photo.png"), "-o", str(tmp_path / "out"), "--format", "zip"]
+    args += ["--method", "weight-free", "--prompt", found, "--prompt", missed, "--detector", str(model)]
+    assert main([*args, "--prompt-threshold", f"{threshold:.6f}"]) == 0
+    captured = capsys.readouterr()
+    assert f"liwi: note: {tmp_path / 'photo.png'}: text prompt {missed!r}: nothing found" in captured.err
+    assert "1 prompted object" in captured.out
+    layered = load_layered(tmp_path / "out" / "photo.zip")
+    assert layered.labels.count(found) == 1 and missed not in layered.labels
+    assert layered.foregrounds[layered.labels.index(found)][30, 40, 3] > 0.5  # the red square is in its layer

@@ -115,6 +115,28 @@ def add_parser(subparsers: Any) -> None:
         help="model precision (method 'pipeline')",
     )
     parser.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="an object to take out, in words (e.g. 'red car'); repeatable. A zero-shot detector (--detector) finds "
+        "its best box, which becomes a box prompt; the layer is named after the text (method tools or weight-free)",
+    )
+    parser.add_argument(
+        "--detector",
+        default=None,
+        metavar="NAME_OR_PATH",
+        help="zero-shot object detector for --prompt (OWLv2, OWL-ViT or Grounding DINO): a folder saved with "
+        "save_pretrained, or a Hub id already in the Hugging Face cache (e.g. google/owlv2-base-patch16-ensemble)",
+    )
+    parser.add_argument(
+        "--prompt-threshold",
+        type=float,
+        default=0.1,
+        metavar="SCORE",
+        help="detection score (0..1) a --prompt's box needs; a prompt with nothing above it gives no layer (a note)",
+    )
+    parser.add_argument(
         "--max-pixels",
         type=int,
         default=DEFAULT_MAX_PIXELS,
@@ -138,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     if method == "pipeline" and not args.model:
         raise CLIError("--method pipeline needs --model PATH_OR_ID (a LiWiDecompositionPipeline folder or Hub id)")
     layers = _layer_count(args.layers)
+    _check_text_prompts(args, method)
     args.depth = _depth(args.depth)
     if args.steps < 1:
         raise CLIError(f"--steps must be at least 1, got {args.steps}")
@@ -279,7 +302,50 @@ def _load_method(method: str, args: argparse.Namespace, layers: int | None) -> C
         if message.startswith(("resolution ", "steps ")):  # the loader's option is this command's --option
             message = f"--{message}"
         raise CLIError(message) from None
-    return _with_depth(lambda image: decomposer(image, num_layers=layers), decomposer, args.depth)
+    prompted = _with_text_prompts(decomposer, args)
+    return _with_depth(lambda image: prompted(image, num_layers=layers), decomposer, args.depth)
+
+
+def _check_text_prompts(args: argparse.Namespace, method: str) -> None:
+    """``--prompt`` / ``--detector`` / ``--prompt-threshold``, checked before anything is loaded or written."""
+    if not args.prompt:
+        if args.detector is not None:
+            raise CLIError("--detector is used by --prompt TEXT only; add --prompt 'what to take out'")
+        return
+    from ..tools.detector import DETECTOR_HELP, DetectorError, check_prompts
+
+    try:
+        args.prompt = check_prompts(args.prompt)
+    except DetectorError as error:
+        raise CLIError(f"--prompt: {error}") from None
+    if method == "pipeline":
+        raise CLIError("--prompt works with the tool chain (--method tools or weight-free), not with --model")
+    if args.detector is None:
+        raise CLIError(f"--prompt needs a detector: {DETECTOR_HELP}")
+    if not 0.0 <= args.prompt_threshold <= 1.0:
+        raise CLIError(f"--prompt-threshold must lie in [0, 1], got {args.prompt_threshold}")
+
+
+def _with_text_prompts(decomposer: Any, args: argparse.Namespace) -> Any:
+    """``decomposer``, or with ``--prompt``: one that detects each prompt first (`TextPrompted`)."""
+    if not args.prompt:
+        return decomposer
+    from ..tools.detector import DetectorError, TextPromptDetector, TextPrompted
+
+    try:
+        detector = TextPromptDetector.from_pretrained(args.detector, device=args.device)
+        detector.validate_prompts(args.prompt)
+    except DetectorError as error:
+        raise CLIError(f"--detector: {error}") from None
+    prompted = TextPrompted(decomposer, detector, threshold=args.prompt_threshold)
+
+    def decompose(image: Any, **options: Any) -> LayeredImage:
+        try:
+            return prompted(image, prompts=args.prompt, **options)
+        except DetectorError as error:
+            raise CLIError(str(error)) from None
+
+    return decompose
 
 
 def _depth(text: str) -> int:

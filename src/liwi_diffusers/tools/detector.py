@@ -208,6 +208,13 @@ class TextPromptDetector:
             raise DetectorError(f"detector {name!r}: its processor has no tokenizer, so it cannot read text prompts")
         return cls(model, processor, device=device, name=name)
 
+    def validate_prompts(self, prompts: Sequence[str] | str) -> list[str]:
+        """The prompts as the detector reads them (see `check_prompts`); `DetectorError` for one it cannot read."""
+        prompts = check_prompts(prompts)
+        if self.model_type in GROUNDING_TYPES and any("." in prompt for prompt in prompts):
+            raise DetectorError("Grounding DINO prompts cannot contain '.' (it separates prompts); reword the prompt")
+        return prompts
+
     def __call__(
         self,
         image: Any,
@@ -228,7 +235,7 @@ class TextPromptDetector:
         import torch
         from PIL import Image
 
-        prompts = check_prompts(prompts)
+        prompts = self.validate_prompts(prompts)
         if not 0.0 <= float(threshold) <= 1.0:
             raise DetectorError(f"detection threshold must lie in [0, 1], got {threshold}")
         if int(max_per_prompt) < 1:
@@ -274,8 +281,6 @@ class TextPromptDetector:
         """Grounding DINO: logits per text token; a prompt scores its best token. Prompts are joined by '.'."""
         import torch
 
-        if any("." in prompt for prompt in prompts):
-            raise DetectorError("Grounding DINO prompts cannot contain '.' (it separates prompts); reword the prompt")
         text = " . ".join(prompt.lower() for prompt in prompts) + " ."
         inputs = self._inputs(text=text, images=pil)
         outputs = self.model(**inputs)
