@@ -365,10 +365,12 @@ def _parts_summary(layered: LayeredImage) -> str:
     """``", 2 of 3 objects split into 5 parts"`` for the result line (--depth above 1), else ""."""
     if "parts" not in layered.metadata:
         return ""
-    trees = (layered.parts or {}).values()
-    count = sum(len(part.leaves()) for tree in trees for part in tree)
+    if not layered.parts:
+        reasons = sorted({note["stop_reason"] for notes in layered.metadata["parts"].values() for note in notes})
+        return ", no object split into parts" + (f" ({'; '.join(reasons)})" if len(reasons) == 1 else "")
+    count = sum(len(part.leaves()) for tree in layered.parts.values() for part in tree)
     objects = f"{layered.num_objects} object{'' if layered.num_objects == 1 else 's'}"
-    return f", {len(layered.parts or {})} of {objects} split into {count} parts"
+    return f", {len(layered.parts)} of {objects} split into {count} parts"
 
 
 def _with_depth(
