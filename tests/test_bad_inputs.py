@@ -33,6 +33,7 @@ from liwi_diffusers.export import OutputPathError, save_layered
 from liwi_diffusers.image_io import ImageLoadError, load_image
 from liwi_diffusers.layered_dataset import load_layered_dataset
 from liwi_diffusers.layers import LayeredImageError
+from liwi_diffusers.tools import decompose_layer, decompose_to_depth
 from liwi_diffusers.tools.decomposer import ToolChainDecomposer
 
 
@@ -575,6 +576,31 @@ CASES = [
         "liwi",
         decompose(PHOTO, "--prompt", "red car", "--detector", "{c}/no-images", "--model", "liwi-small"),
         r"--prompt works with the tool chain",
+    ),
+    # --------------------------------------------------------------------- recursive decomposition (--depth)
+    case("decompose-depth-0", "liwi", decompose(PHOTO, "--depth", "0"), r"--depth must be between 1 .* and 3 .*got 0$"),
+    case("decompose-depth-4", "liwi", decompose(PHOTO, "--depth", "4"), r"--depth must be between 1 .* and 3 .*got 4$"),
+    case("decompose-depth-word", "liwi", decompose(PHOTO, "--depth", "two"), r"--depth must be a number .*'two'"),
+    case(
+        "api-decompose-layer-bad-index",
+        "api",
+        lambda c, o: lambda: decompose_layer(_layered(), 1),
+        r"object index 1 out of range for 1 object \(indices are 0-based\)",
+        raises=IndexError,
+    ),
+    case(
+        "api-decompose-to-depth-0",
+        "api",
+        lambda c, o: lambda: decompose_to_depth(_layered(), 0),
+        r"depth must be between 1 \(objects only\) and 3, got 0",
+        raises=ValueError,
+    ),
+    case(
+        "api-layered-parts-that-are-not-the-object",
+        "api",
+        lambda c, o: lambda: LayeredImage(np.zeros((8, 8, 3)), [np.ones((8, 8, 4))], parts={0: [np.zeros((8, 8, 4))]}),
+        r"parts of object 1 do not recompose to object 1's layer \(max difference 1\.0000",
+        raises=LayeredImageError,
     ),
     # --------------------------------------------------------------------- liwi models
     case("models-unknown-name", "liwi", lambda c, o: ["models", "download", "nope"], r"unknown model 'nope'; known"),
