@@ -193,16 +193,18 @@ class TextPromptDetector:
         try:
             model = AutoModelForZeroShotObjectDetection.from_pretrained(source, config=config, **options)
         except Exception as error:
+            where = "the folder needs" if is_local else "download the whole repository, with"
             raise DetectorError(
-                f"detector {name!r}: cannot load its weights ({_first_line(error)}); the folder needs "
+                f"detector {name!r}: cannot load its weights ({_first_line(error)}); {where} "
                 "model.safetensors (or pytorch_model.bin) next to config.json"
             ) from None
         try:
             processor = AutoProcessor.from_pretrained(source, **options)
         except Exception as error:
+            where = "the folder needs" if is_local else "download the whole repository, with"
             raise DetectorError(
-                f"detector {name!r}: cannot load its processor ({_first_line(error)}); the folder needs the "
-                "processor's files (preprocessor_config.json and the tokenizer's), as save_pretrained writes them"
+                f"detector {name!r}: cannot load its processor ({_first_line(error)}); {where} the processor's "
+                "files (preprocessor_config.json and the tokenizer's), as save_pretrained writes them"
             ) from None
         if not hasattr(processor, "tokenizer"):
             raise DetectorError(f"detector {name!r}: its processor has no tokenizer, so it cannot read text prompts")
