@@ -661,7 +661,8 @@ def reconcile_with_image(layered: LayeredImage, image: Any, iterations: int | No
     ``dC_k = w_k r / sum_j w_j^2``, so the most visible layer takes most of it; colours that would
     leave [0, 1] are clipped and the rest of the residual goes to the layers still free to move.
     What cannot be removed (e.g. a pixel brighter than its shadow allows) stays; measure it with
-    `check_decomposition`.
+    `check_decomposition`. The result has no parts (`LayeredImage.parts`): reconcile first, then split
+    objects with `liwi_diffusers.tools.decompose_layer` (its parts are the reconciled colours).
     """
     target = to_float_image(image, 3, "image")
     if target.shape[:2] != (layered.height, layered.width):

@@ -150,6 +150,11 @@ def _split(
     window = (slice(top, bottom), slice(left, right))
     crop_alpha = alpha[window]
     inner = decomposer(_object_on_fill(rgba[window], decomposer), num_layers=num_layers)
+    if inner.size != (right - left, bottom - top):
+        raise ValueError(
+            f"the decomposer returned {inner.width}x{inner.height} layers for a {right - left}x{bottom - top} crop; "
+            "decompose_layer needs layers the size of the image it was given"
+        )
     reason = str(inner.metadata.get("stop_reason", ""))
 
     # Visible weight of each inner layer (the inner background, the "rest", first); shadows are not parts.
