@@ -144,6 +144,7 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-image lines")
+    _add_prompt_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -160,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
     if method == "pipeline" and not args.model:
         raise CLIError("--method pipeline needs --model PATH_OR_ID (a LiWiDecompositionPipeline folder or Hub id)")
     layers = _layer_count(args.layers)
+    _check_box_point_prompts(args, inputs, method, layers)
     _check_text_prompts(args, method)
     args.depth = _depth(args.depth)
     if args.steps < 1:
@@ -303,7 +305,8 @@ def _load_method(method: str, args: argparse.Namespace, layers: int | None) -> C
             message = f"--{message}"
         raise CLIError(message) from None
     prompted = _with_text_prompts(decomposer, args)
-    return _with_depth(lambda image: prompted(image, num_layers=layers), decomposer, args.depth)
+    chosen = _box_point_prompts(args)
+    return _with_depth(lambda image: prompted(image, num_layers=layers, **chosen), decomposer, args.depth)
 
 
 def _check_text_prompts(args: argparse.Namespace, method: str) -> None:
@@ -401,3 +404,105 @@ def _say(message: str, quiet: bool, progress: Any, stream: Any = None) -> None:
         progress.write(message, file=stream)
     else:
         print(message, file=stream)
+
+
+# ---------------------------------------------------------------------------------------------- box and point prompts
+def _add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
+    coordinates = (
+        "pixels of the photo, or fractions of its width and height when every value lies in [0, 1] and one is "
+        "written with a decimal point"
+    )
+    parser.add_argument(
+        "--box",
+        action="append",
+        default=[],
+        metavar="X0,Y0,X1,Y1",
+        help=f"take out the object inside this box (left, top, right, bottom; {coordinates}); repeatable, one "
+        "object layer each (method tools or weight-free)",
+    )
+    parser.add_argument(
+        "--point",
+        action="append",
+        default=[],
+        metavar="X,Y",
+        help=f"take out the object under this point ({coordinates}); repeatable, one object layer each",
+    )
+    parser.add_argument(
+        "--negative-point",
+        action="append",
+        default=[],
+        metavar="X,Y",
+        help="a point that belongs to none of the prompted objects: cut out of them, and an automatically found "
+        "object under it is left out; repeatable",
+    )
+    parser.add_argument(
+        "--only-prompts",
+        action="store_true",
+        help="take out only the prompted objects (default: objects found automatically are added, up to --layers)",
+    )
+
+
+def _box_point_prompts(args: argparse.Namespace) -> dict[str, Any]:
+    """The decomposer's keyword arguments for ``--box``, ``--point``, ``--negative-point``, ``--only-prompts``."""
+    options: dict[str, Any] = {}
+    if args.box:
+        options["boxes"] = list(args.box)
+    if args.point:
+        options["points"] = list(args.point)
+    if args.negative_point:
+        options["negative_points"] = list(args.negative_point)
+    if args.only_prompts:
+        options["only_prompts"] = True
+    return options
+
+
+def _check_box_point_prompts(args: argparse.Namespace, inputs: list[_Input], method: str, layers: int | None) -> None:
+    """Box and point prompts checked against every input before anything is loaded or written."""
+    given = [f"--{name}" for name in ("box", "point", "negative-point") if getattr(args, name.replace("-", "_"))]
+    if not given and not args.only_prompts:
+        return
+    if method == "pipeline":
+        raise CLIError(
+            f"prompts ({'/'.join(given) or '--only-prompts'}) work with the tool chain (--method tools or "
+            "weight-free); the LiWi pipeline (--model) takes no prompts"
+        )
+    from ..tools.prompts import parse_numbers
+
+    try:
+        for flag, values, count in (("--box", args.box, 4), ("--point", args.point, 2)):
+            for text in values:
+                parse_numbers(text, count, flag)
+        for text in args.negative_point:
+            parse_numbers(text, 2, "--negative-point")
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+    objects = len(args.box) + len(args.point) + len(getattr(args, "prompt", None) or [])
+    if args.only_prompts and objects == 0:
+        raise CLIError("--only-prompts needs at least one --box or --point (or --prompt) to take out")
+    limit = layers or MAX_LAYERS
+    if objects > limit:
+        what = "--layers is" if layers else f"at most {MAX_LAYERS} objects are taken out, so the limit is"
+        raise CLIError(
+            f"{objects} prompted objects but {what} {limit}: give at most {limit} --box/--point prompts"
+            + (", or raise --layers" if layers and layers < MAX_LAYERS else "")
+        )
+    for item in inputs:  # coordinates against each photo's size: no file is written if one prompt is off
+        try:
+            width, height = item.open().size
+        except ImageLoadError:
+            continue  # reported as usual when its turn comes
+        _check_prompt_coordinates(args, item.name, (width, height))
+
+
+def _check_prompt_coordinates(args: argparse.Namespace, name: str, size: tuple[int, int]) -> None:
+    from ..tools.prompts import parse_box, parse_point
+
+    try:
+        for text in args.box:
+            parse_box(text, size, "--box")
+        for text in args.point:
+            parse_point(text, size, "--point")
+        for text in args.negative_point:
+            parse_point(text, size, "--negative-point", positive=False)
+    except ValueError as error:
+        raise CLIError(f"{name}: {error}") from None

@@ -284,17 +284,22 @@ class PromptSegmenter:
 
     Attributes:
         box_margin: the crop around a box is the box grown by this share of its longer side on each side.
-        point_crops: for a point, squares of these shares of the photo's longer side, centred on the point, are
-            segmented from small to large; the first whose region holding the point does not run into the
-            crop's edge (inside the photo) is taken, else the largest's.
-        min_fill: a box's segmented regions must cover at least this share of the box, else GrabCut is used.
+        point_crops: for a point, squares of these shares of the photo's longer side (1.0: the whole photo, the
+            pass the automatic objects use too), centred on the point, are segmented from large to small; the
+            first with a region under the point gives the object (a small crop finds what the whole photo's
+            pass misses; more context keeps a part from passing for the object).
+        grabcut_margin: GrabCut works on the box grown by this share of its longer side (background to learn).
+        min_box_fit: a box candidate is taken when its bounding box has at least this IoU with the prompt's.
+        split_instances: cut a point's region into instances (`split_salient_matte`) and keep the one under it.
         grabcut_size: GrabCut runs on the crop at most this many pixels on its long side.
         grabcut_iterations: GrabCut iterations.
     """
 
     box_margin: float = 0.1
-    point_crops: tuple[float, ...] = (0.35, 0.65, 1.0)
-    min_fill: float = 0.15
+    grabcut_margin: float = 0.3
+    min_box_fit: float = 0.8
+    point_crops: tuple[float, ...] = (1.0, 0.4)
+    split_instances: bool = True
     grabcut_size: int = 320
     grabcut_iterations: int = 5
 
@@ -314,37 +319,58 @@ class PromptSegmenter:
     def segment_box(
         self, image: np.ndarray, box: BoxPrompt, segmenter: Any = None, negatives: Sequence[tuple[int, int]] = ()
     ) -> np.ndarray:
-        """Coverage of the object inside ``box``: nothing outside the box."""
+        """Coverage of the object inside ``box``: nothing outside the box.
+
+        Candidates: the segmenter's regions in the box (at its own threshold, then at half its peak there when
+        it is unsure), GrabCut started from the segmenter's matte, and GrabCut started from the box alone. An
+        object touches every side of its box, so the first candidate in that order whose bounding box fits the
+        prompt's (IoU >= ``min_box_fit``) is taken, else the one that fits best (with a negative point in the box,
+        the first that found anything).
+        """
         height, width = image.shape[:2]
         left, top, right, bottom = box.pixels(image.shape)
-        pad = round(self.box_margin * max(right - left, bottom - top)) + 2
+        size = max(right - left, bottom - top)
+        pad = round(self.grabcut_margin * size) + 4  # GrabCut needs background around the box to learn from
         crop = (max(0, left - pad), max(0, top - pad), min(width, right + pad), min(height, bottom + pad))
         cl, ct, cr, cb = crop
         patch = image[ct:cb, cl:cr]
         inside = np.zeros(patch.shape[:2], bool)
         inside[top - ct : bottom - ct, left - cl : right - cl] = True
         seeds_out = _negative_mask(patch.shape[:2], negatives, crop)
-        coverage = None
+        target = (left - cl, top - ct, right - cl, bottom - ct)
+        candidates: list[np.ndarray] = []  # soft coverages in the crop, in order of preference
         if segmenter is not None:
-            matte = _segment(segmenter, patch) * inside
-            solid = matte >= 0.5
-            enough = self.min_fill * inside.sum()
-            whole = _box_regions(solid)
-            kept = _box_regions(_without_regions_at(solid, seeds_out))
-            if whole.sum() >= enough and kept.any():  # regions under a negative point are left out
-                coverage = np.where(dilate(kept, 2), matte, 0.0)
-            elif whole.sum() >= enough and seeds_out.any():  # a negative point on the object itself: cut it
-                refined = self._grabcut(patch, _labels_from(whole, inside, seeds_out))
-                kept = _box_regions(_without_regions_at(refined & dilate(solid, 2), seeds_out))
+            margin = round(self.box_margin * size) + 2
+            sl, st = max(0, left - margin), max(0, top - margin)
+            sr, sb = min(width, right + margin), min(height, bottom + margin)
+            matte = np.zeros(patch.shape[:2], np.float32)
+            matte[st - ct : sb - ct, sl - cl : sr - cl] = _segment(segmenter, image[st:sb, sl:sr])
+            matte *= inside
+            peak = float(matte.max())
+            for threshold in (0.5, 0.5 * peak) if 0.1 <= peak < 0.9 else (0.5,):
+                solid = matte >= threshold
+                kept = _box_regions(_without_regions_at(solid, seeds_out))
                 if kept.any():
-                    coverage = np.where(kept, np.maximum(matte, 0.5), 0.0)
-        if coverage is None or not (coverage >= 0.5).any():
-            labels = np.full(patch.shape[:2], cv2.GC_BGD, np.uint8)
-            labels[inside] = cv2.GC_PR_FGD
-            labels[seeds_out] = cv2.GC_BGD
-            coverage = self._grabcut(patch, labels, around=inside).astype(np.float32)
-            if not coverage.any():  # nothing GrabCut can separate: the box itself
-                coverage = (inside & ~seeds_out).astype(np.float32)
+                    candidates.append(np.where(dilate(kept, 2), np.clip(matte / max(threshold * 2, 1e-3), 0, 1), 0.0))
+            if peak >= 0.1:
+                seeded = self._grabcut(patch, _labels_from(matte >= min(0.5, 0.5 * peak), inside, seeds_out))
+                candidates.append(_box_regions(_without_regions_at(seeded & inside, seeds_out)).astype(np.float32))
+        labels = np.full(patch.shape[:2], cv2.GC_BGD, np.uint8)
+        labels[inside] = cv2.GC_PR_FGD
+        labels[seeds_out] = cv2.GC_BGD
+        plain = self._grabcut(patch, labels) & inside
+        candidates.append(_box_regions(_without_regions_at(plain, seeds_out)).astype(np.float32))
+        fits = [_box_fit(c >= 0.5, target) for c in candidates]
+        good = [c for c, fit in zip(candidates, fits) if fit >= self.min_box_fit]
+        if (seeds_out & inside).any():  # the user cut part of the box away: it no longer bounds the object
+            good = [c for c, fit in zip(candidates, fits) if fit > 0.0]
+        coverage = good[0] if good else candidates[int(np.argmax(fits))]
+        if max(fits) == 0.0:  # nothing found at all: the ellipse the box holds
+            coverage = np.zeros(patch.shape[:2], np.uint8)
+            cx, cy = (target[0] + target[2] - 1) / 2, (target[1] + target[3] - 1) / 2
+            axes = (max(1, round((target[2] - target[0]) / 2)), max(1, round((target[3] - target[1]) / 2)))
+            cv2.ellipse(coverage, (round(cx), round(cy)), axes, 0, 0, 360, 1, -1)
+            coverage = (coverage.astype(bool) & ~seeds_out).astype(np.float32)
         out = np.zeros((height, width), np.float32)
         out[ct:cb, cl:cr] = coverage * inside
         return out
@@ -358,7 +384,7 @@ class PromptSegmenter:
         x, y = point.pixel(image.shape)
         best = None
         if segmenter is not None:
-            for share in sorted(self.point_crops):
+            for share in sorted(self.point_crops, reverse=True):
                 crop = _square_around(x, y, share * max(height, width), (height, width))
                 cl, ct, cr, cb = crop
                 patch = image[ct:cb, cl:cr]
@@ -367,15 +393,15 @@ class PromptSegmenter:
                 region = _region_at(matte >= 0.5, x - cl, y - ct)
                 if region is None:
                     continue
+                if self.split_instances:  # touching things (a boat by a seaplane) come apart at their neck
+                    region = _instance_at(np.where(region, matte, 0.0), x - cl, y - ct, region)
                 if (region & seeds_out).any():  # a negative point on the same region: let GrabCut cut between them
                     region = self._cut_point(patch, region, (x - cl, y - ct), seeds_out)
                     if region is None:
                         continue
                     matte = np.maximum(matte, 0.5 * region)
-                coverage = np.where(dilate(region, 2), matte, 0.0)
-                best = (crop, coverage)
-                if not _runs_into_edge(region, crop, (height, width)):
-                    break
+                best = (crop, np.where(dilate(region, 2), matte, 0.0))
+                break
         if best is None:
             crop = _square_around(x, y, min(self.point_crops) * max(height, width), (height, width))
             cl, ct, cr, cb = crop
@@ -479,6 +505,19 @@ def _without_regions_at(solid: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     return solid & ~np.isin(labels, touched[touched > 0])
 
 
+def _box_fit(mask: np.ndarray, box: tuple[int, int, int, int]) -> float:
+    """IoU of the bounding box of ``mask`` (specks under 1 % of it ignored) with ``box``; 0 for an empty mask."""
+    count, labels, areas = _components(mask)
+    if count <= 1:
+        return 0.0
+    keep = np.isin(labels, [i for i in range(1, count) if areas[i] >= 0.01 * areas[1:].sum()])
+    rows, cols = np.flatnonzero(keep.any(axis=1)), np.flatnonzero(keep.any(axis=0))
+    x0, y0, x1, y1 = cols[0], rows[0], cols[-1] + 1, rows[-1] + 1
+    inter = max(0, min(x1, box[2]) - max(x0, box[0])) * max(0, min(y1, box[3]) - max(y0, box[1]))
+    union = (x1 - x0) * (y1 - y0) + (box[2] - box[0]) * (box[3] - box[1]) - inter
+    return float(inter / union) if union else 0.0
+
+
 def _box_regions(solid: np.ndarray, min_share: float = 0.1) -> np.ndarray:
     """The regions of ``solid`` that make up the boxed object: the largest and any at least ``min_share`` of it."""
     count, labels, areas = _components(solid)
@@ -503,6 +542,17 @@ def _region_at(solid: np.ndarray, x: int, y: int) -> np.ndarray | None:
             return None
         label = int(np.bincount(near).argmax())
     return labels == label
+
+
+def _instance_at(matte: np.ndarray, x: int, y: int, region: np.ndarray) -> np.ndarray:
+    """The instance of ``matte`` (`split_salient_matte`) under ``(x, y)``; ``region`` when it does not split."""
+    from .instances import split_salient_matte
+
+    parts = split_salient_matte(matte)
+    if len(parts) < 2:
+        return region
+    best = max(parts, key=lambda part: float(part[y, x]))
+    return best >= 0.5 if best[y, x] >= 0.5 else region
 
 
 def _runs_into_edge(region: np.ndarray, crop: tuple[int, int, int, int], shape: tuple[int, int]) -> bool:
