@@ -799,3 +799,68 @@ def test_zip_export_is_a_plain_zip_of_pngs(config):
         assert pngs
         with Image.open(io.BytesIO(archive.read(pngs[0]))) as image:
             image.verify()
+
+
+def test_worker_pool_divides_the_cores_among_its_workers():
+    expected = max(1, len(os.sched_getaffinity(0)) // 2)
+    pool = worker_pool.WorkerPool(2)
+    try:
+        assert pool.threads == expected
+        assert pool.run(os.getenv, ("OMP_NUM_THREADS",), time_limit_s=60) == str(expected)
+        assert pool.run(worker_pool.worker_threads, (), time_limit_s=60) == expected
+    finally:
+        pool.close()
+    assert worker_pool.worker_threads() is None  # the server itself is not limited
+    with pytest.raises(ValueError, match="at least 1 thread"):
+        worker_pool.WorkerPool(1, threads=0)
+
+
+# ---------------------------------------------------------------------------------------------- click prompts
+prompt_clicks = importlib.import_module("prompt_clicks")
+
+
+def test_clicks_become_point_prompts_in_fractions_and_are_checked(photos, tmp_path):
+    width, height = _size(photos["coffee"])
+    clicks = prompt_clicks.add_click(None, str(photos["coffee"]), (width // 2, height // 4))
+    clicks = prompt_clicks.add_click(clicks, str(photos["coffee"]), [0, 0], negative=True)
+    assert clicks["points"] == [((width // 2 + 0.5) / width, (height // 4 + 0.5) / height)]
+    assert prompt_clicks.prompt_options(clicks) == {
+        "points": [clicks["points"][0]],
+        "negative_points": [(0.5 / width, 0.5 / height)],
+    }
+    assert prompt_clicks.prompt_options({**clicks, "only_prompts": True})["only_prompts"] is True
+    assert prompt_clicks.prompt_options(prompt_clicks.empty_prompts(True)) == {}
+    assert "1 object chosen, 1 background point" in prompt_clicks.prompt_summary(clicks)
+    assert "click on the photo" in prompt_clicks.prompt_summary(None)
+    preview = prompt_clicks.prompt_preview(str(photos["coffee"]), clicks, tmp_path / "clicks.png")
+    assert _size(preview) == (width, height)  # already under the preview's size
+    assert (
+        prompt_clicks.prompt_preview(str(photos["coffee"]), prompt_clicks.empty_prompts(), tmp_path / "x.png") is None
+    )
+    with pytest.raises(ValueError, match=rf"outside the {width}x{height} photo"):
+        prompt_clicks.add_click(clicks, str(photos["coffee"]), (width, 3))
+    with pytest.raises(ValueError, match="Upload a photo first"):
+        prompt_clicks.add_click(None, None, (1, 1))
+    full = prompt_clicks.empty_prompts()
+    for k in range(prompt_clicks.MAX_PROMPT_POINTS):
+        full = prompt_clicks.add_click(full, str(photos["coffee"]), (k, k))
+    with pytest.raises(ValueError, match="At most 16 clicks"):
+        prompt_clicks.add_click(full, str(photos["coffee"]), (1, 1))
+
+
+def test_decompose_handler_takes_out_the_clicked_object(config, photos):
+    width, height = _size(photos["coffee"])
+    clicks = prompt_clicks.add_click(None, str(photos["coffee"]), (width // 2, height // 2))
+    clicks["only_prompts"] = True
+    gallery, _, report, _, session = space.decompose(
+        str(photos["coffee"]), space.TOOLS, 0, 20, 0, config, prompts=clicks
+    )
+    assert session.num_objects == 1 and len(gallery) == 3
+    alpha = session.foregrounds[0][:, :, 3]
+    assert alpha[height // 2, width // 2] > 0  # the clicked pixel is on the object taken out
+    assert "Your clicks: 1 object chosen (only these are taken out)." in report
+    with pytest.raises(gr.Error, match="taken out by the tool chain only"):
+        space.decompose(str(photos["coffee"]), space.TINY, 0, 2, 0, config, prompts=clicks)
+    too_many = prompt_clicks.add_click(clicks, str(photos["coffee"]), (3, 3))
+    with pytest.raises(gr.Error, match="2 prompted objects but the layer limit is 1"):
+        space.decompose(str(photos["coffee"]), space.TOOLS, 1, 20, 0, config, prompts=too_many)
