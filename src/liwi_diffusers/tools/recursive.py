@@ -5,8 +5,8 @@
     crop the object's box -> show its straight colour over a fill made from its own colours (so its outline does
     not stand out and the segmenter looks inside it) -> run the decomposer (segment, peel) on that crop -> give
     every pixel of the object to the inner layer that shows most there ("rest" where the inner background
-    shows most) -> parts smaller than `MIN_PART_SHARE` of the object, or covering most of it, go to their
-    nearest neighbour
+    shows most) -> parts smaller than `MIN_PART_SHARE` of the object, or covering most of it, and specks cut
+    off from a part go to their nearest neighbour
 
 Each part holds the object's own straight colour and alpha on its pixels and nothing elsewhere, so the parts
 partition the object: composed with "over" they give the object layer exactly (in 8 bits too), and the whole
@@ -23,6 +23,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -32,6 +33,7 @@ __all__ = ["MAX_DEPTH", "MIN_PART_SHARE", "WHOLE_OBJECT_SHARE", "decompose_layer
 
 MAX_DEPTH = 3  # levels of the tree at most: objects, their parts, the parts' parts
 MIN_PART_SHARE = 0.02  # a part has at least this share of its object's pixels
+MIN_SPECK_SHARE, MIN_SPECK_PIXELS = 0.002, 16  # smaller pieces cut off from a part go to their neighbour
 WHOLE_OBJECT_SHARE = 0.85  # an inner layer with this share of the object or more is the object itself, not a part
 REST_LABEL = "rest"  # the part of an object that no inner layer took
 MARGIN = 4  # pixels of fill around the object's box in the crop the decomposer sees
@@ -168,10 +170,13 @@ def _split(
     if len(kept) < 2:
         why = "no part found inside the object" if not alphas else "the parts found do not split the object"
         return [], {"parts_found": 0, "stop_reason": f"{why} ({reason})" if reason else why}
-    if not np.isin(owner[support], kept).all():  # pixels of dropped layers go to the nearest kept part
-        keep = support & np.isin(owner, kept)
-        _, (rows, cols) = ndimage.distance_transform_edt(~keep, return_indices=True)
-        owner = owner[rows, cols]
+    # Pixels of dropped layers, and specks cut off from the main body of a part, go to the nearest other part.
+    moved = support & ~np.isin(owner, kept)
+    for layer in kept:
+        moved |= _specks(support & (owner == layer), max(MIN_SPECK_PIXELS, round(MIN_SPECK_SHARE * support.sum())))
+    if moved.any():
+        _, (rows, cols) = ndimage.distance_transform_edt(~(support & ~moved), return_indices=True)
+        owner = np.where(moved, owner[rows, cols], owner)
     labels = [REST_LABEL, *inner.labels]
     parts = []
     for layer in kept:
@@ -180,6 +185,16 @@ def _split(
         part[window][mine] = rgba[window][mine]
         parts.append(LayerPart(part, labels[layer]))
     return parts, {"parts_found": len(parts), "stop_reason": reason}
+
+
+def _specks(mask: np.ndarray, min_pixels: int) -> np.ndarray:
+    """Pieces of ``mask`` under ``min_pixels`` pixels, except its largest piece (so a part never vanishes)."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count <= 2:
+        return np.zeros_like(mask)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    small = [1 + i for i, area in enumerate(areas) if area < min_pixels and i != int(np.argmax(areas))]
+    return np.isin(labels, small)
 
 
 def _kept_owners(owner: np.ndarray, support: np.ndarray) -> list[int]:
