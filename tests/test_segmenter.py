@@ -133,7 +133,7 @@ def test_separate_regions_become_separate_objects_and_a_neck_is_cut():
 def test_peeling_finds_the_hidden_object_in_a_second_round_and_orders_back_to_front():
     image = scene()
     segmenter = LargestRedThing()
-    layered = ToolChainDecomposer(segmenter=segmenter, extract_shadows=False)(image)
+    layered = ToolChainDecomposer(segmenter=segmenter, tiles=0, extract_shadows=False)(image)
     assert layered.num_objects == 2
     assert segmenter.calls == 2  # round 2 found the square; the layer limit was not reached, so no round 3
     back, front = (fg[:, :, 3] >= 0.5 for fg in layered.foregrounds)
@@ -142,9 +142,9 @@ def test_peeling_finds_the_hidden_object_in_a_second_round_and_orders_back_to_fr
     assert layered.metadata["stop_reason"] == "peeling round limit 2 reached"
     assert layered.check(image).ok()
     # One round only (no peeling): the square is missed; a limit of 1 stops after the first object.
-    single = ToolChainDecomposer(segmenter=LargestRedThing(), max_rounds=1, extract_shadows=False)(image)
+    single = ToolChainDecomposer(segmenter=LargestRedThing(), max_rounds=1, tiles=0, extract_shadows=False)(image)
     assert single.num_objects == 1
-    limited = ToolChainDecomposer(segmenter=LargestRedThing(), extract_shadows=False)(image, num_layers=1)
+    limited = ToolChainDecomposer(segmenter=LargestRedThing(), tiles=0, extract_shadows=False)(image, num_layers=1)
     assert limited.num_objects == 1 and limited.metadata["stop_reason"] == "layer limit 1 reached"
 
 
@@ -171,7 +171,7 @@ def test_a_soft_edged_object_shows_no_halo_on_a_new_background(tmp_path):
         def __call__(self, photo: np.ndarray) -> np.ndarray:
             return alpha.copy()
 
-    layered = ToolChainDecomposer(segmenter=KnownMatte(), extract_shadows=False, max_rounds=1)(image)
+    layered = ToolChainDecomposer(segmenter=KnownMatte(), extract_shadows=False, max_rounds=1, tiles=0)(image)
     assert layered.num_objects == 1
     rgba = layered.foregrounds[0]
     magenta = np.array([1.0, 0.0, 1.0], np.float32)
@@ -295,3 +295,25 @@ def test_a_learned_matte_keeps_the_dark_lower_half_of_an_object():
     trimmed = ToolChainDecomposer(segmenter=FixedMatte(matte), max_rounds=1, trim_shadows=True)(image)
     assert (trimmed.foregrounds[0][50:80, 30:66, 3] >= 0.5).mean() < 0.5
     assert kept.check(image).ok() and trimmed.check(image).ok()
+
+
+def test_crops_of_the_first_round_find_an_object_the_whole_photo_hides():
+    """The whole photo shows only the largest red thing; a crop without the disc shows the square too."""
+    image = scene()
+    segmenter = LargestRedThing()
+    layered = ToolChainDecomposer(segmenter=segmenter, max_rounds=1, extract_shadows=False)(image)  # tiles=2
+    assert segmenter.calls == 5  # the whole photo and the four crops of the 2 x 2 grid
+    assert layered.num_objects == 2 and layered.metadata["tiles"] == 2
+    solids = [fg[:, :, 3] >= 0.5 for fg in layered.foregrounds]
+    assert any(s[12:32, 60:80].mean() > 0.9 for s in solids) and any(s[64, 34] for s in solids)
+    assert layered.check(image).ok()
+    # The disc seen again in the crops that hold it whole is not a second object; cut by a crop edge, it is not one.
+    assert sum(s[64, 34] for s in solids) == 1
+    whole_only = ToolChainDecomposer(segmenter=LargestRedThing(), max_rounds=1, tiles=0, extract_shadows=False)
+    assert whole_only(image).num_objects == 1
+
+
+@pytest.mark.parametrize("tiles", [-1, 5, 1.5, True])
+def test_tiles_must_be_a_small_int(tiles):
+    with pytest.raises(ValueError, match="tiles must be an int from 0 to 4"):
+        ToolChainDecomposer(segmenter=None, tiles=tiles)

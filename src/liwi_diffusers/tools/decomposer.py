@@ -56,6 +56,11 @@ class ToolChainDecomposer:
         splitter: turns a salient matte into object instances (default `InstanceSplitter()`).
         max_objects: object layers at most (the automatic count never exceeds it).
         max_rounds: peeling rounds at most (segmenter passes).
+        tiles: in the first round, also segment the overlapping crops of a ``tiles x tiles`` grid (each crop
+            ``1.2 / tiles`` of the frame a side), so that objects that do not stand out in the whole photo stand
+            out in a crop; objects the crops add must not overlap those already found. 0 or 1: the whole
+            photo only (one segmenter pass a round). Default 2: four more passes in the first round (see the
+            README's real-photo table for what they find and cost).
         max_resolution: the tools run with the long side at most this many pixels; layers are brought back to
             the input's full resolution.
         extract_shadows: whether to look for cast shadows at all.
@@ -90,6 +95,7 @@ class ToolChainDecomposer:
         splitter: InstanceSplitter | None = None,
         max_objects: int = DEFAULT_MAX_OBJECTS,
         max_rounds: int = 2,
+        tiles: int = 2,
         max_resolution: int = 1024,
         extract_shadows: bool = True,
         trim_shadows: bool | None = None,
@@ -100,6 +106,8 @@ class ToolChainDecomposer:
             raise ValueError(f"max_objects must be >= 1, got {max_objects}")
         if max_rounds < 1:
             raise ValueError(f"max_rounds must be >= 1, got {max_rounds}")
+        if isinstance(tiles, bool) or not isinstance(tiles, (int, np.integer)) or not 0 <= tiles <= 4:
+            raise ValueError(f"tiles must be an int from 0 to 4 (0 or 1: no crops), got {tiles!r}")
         if max_resolution < 16:
             raise ValueError(f"max_resolution must be at least 16 pixels, got {max_resolution}")
         self._segmenter_choice = segmenter
@@ -112,6 +120,7 @@ class ToolChainDecomposer:
         self.splitter = splitter or InstanceSplitter()
         self.max_objects = max_objects
         self.max_rounds = max_rounds
+        self.tiles = int(tiles)
         self.max_resolution = max_resolution
         self.extract_shadows = extract_shadows
         self.trim_shadows = trim_shadows
@@ -271,6 +280,7 @@ class ToolChainDecomposer:
                 "peeling_rounds": rounds,
                 "stop_reason": reason,
                 "layer_limit": limit,
+                "tiles": self.tiles if segmenter is not None and self.tiles > 1 else 0,
             }
         )
         if prompts:
@@ -349,6 +359,8 @@ class ToolChainDecomposer:
             # Later rounds look at a filled photo: only sizeable objects count there, not fill artefacts.
             min_share = 0.0 if round_index == 0 else 0.01
             objects = [alpha for alpha in self.splitter(coverage) if _object_like(alpha, min_share)]
+            if round_index == 0 and self.tiles > 1:
+                objects += self._tile_objects(current, segmenter, objects, limit - len(objects))
             if not objects:
                 if round_index == 0:
                     return found, 1, "no salient object found"
@@ -364,6 +376,54 @@ class ToolChainDecomposer:
             removed |= hole
             current = self.inpainter(current, dilate(hole, 2))
         return found, self.max_rounds, f"peeling round limit {self.max_rounds} reached"
+
+    def _tile_objects(
+        self, image: np.ndarray, segmenter: Segmenter, known: list[np.ndarray], room: int
+    ) -> list[np.ndarray]:
+        """Objects that stand out in the crops of a ``tiles x tiles`` grid and are not among ``known``.
+
+        A crop's object counts only when it is whole: not cut by an edge of the crop that lies inside the photo.
+        Larger ones come first; one that overlaps an object already kept (IoU above 0.3, or half of it inside
+        that object) is a part or a copy of it and is dropped.
+        """
+        if room <= 0:
+            return []
+        height, width = image.shape[:2]
+        crop_h, crop_w = round(min(1.0, 1.2 / self.tiles) * height), round(min(1.0, 1.2 / self.tiles) * width)
+        if min(crop_h, crop_w) < 16:
+            return []
+        candidates = []
+        for top in np.linspace(0, height - crop_h, self.tiles).round().astype(int):
+            for left in np.linspace(0, width - crop_w, self.tiles).round().astype(int):
+                coverage = np.asarray(segmenter(image[top : top + crop_h, left : left + crop_w]), np.float32)
+                if coverage.shape != (crop_h, crop_w):
+                    raise ValueError(f"segmenter returned a {coverage.shape} matte for a {(crop_h, crop_w)} crop")
+                inner = (top > 0, top + crop_h < height, left > 0, left + crop_w < width)  # edges inside the photo
+                for alpha in self.splitter(coverage):
+                    solid = alpha >= 0.5
+                    edges = (solid[0].any(), solid[-1].any(), solid[:, 0].any(), solid[:, -1].any())
+                    if any(cut and inside for cut, inside in zip(edges, inner)) or not _object_like(alpha):
+                        continue
+                    placed = np.zeros((height, width), np.float32)
+                    placed[top : top + crop_h, left : left + crop_w] = alpha
+                    candidates.append(placed)
+        kept_solid = [alpha >= 0.5 for alpha in known]
+        added: list[np.ndarray] = []
+        for alpha in sorted(candidates, key=lambda a: -int((a >= 0.5).sum())):
+            solid = alpha >= 0.5
+            area = int(solid.sum())
+            overlaps = False
+            for other in kept_solid:
+                inter = int((solid & other).sum())
+                if inter > 0.5 * area or inter > 0.3 * int((solid | other).sum()):
+                    overlaps = True
+                    break
+            if not overlaps:
+                added.append(alpha)
+                kept_solid.append(solid)
+                if len(added) >= room:
+                    break
+        return added
 
     def _propose(self, work: np.ndarray, limit: int) -> tuple[list[_Found], int, str]:
         """Objects from the weight-free proposer (one round)."""
