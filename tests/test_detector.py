@@ -360,3 +360,26 @@ def test_liwi_decompose_with_text_prompts(tmp_path: Path, capsys: pytest.Capture
     layered = load_layered(tmp_path / "out" / "photo.zip")
     assert layered.labels.count(found) == 1 and missed not in layered.labels
     assert layered.foregrounds[layered.labels.index(found)][30, 40, 3] > 0.5  # the red square is in its layer
+
+
+def test_text_prompts_with_box_prompts_and_only_prompts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--box`` first, then the detected ``--prompt``: only these two layers (``--only-prompts``), one named."""
+    from PIL import Image
+
+    from liwi_diffusers.cli import main
+    from liwi_diffusers.export import load_layered
+
+    model = _save_owl(tmp_path / "models", "owlv2", widen=3.0)
+    photo = np.full((HEIGHT, WIDTH, 3), 150, np.uint8)
+    photo[18:42, 28:52] = (200, 30, 30)
+    photo[5:15, 5:15] = (30, 30, 200)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    args = ["decompose", str(tmp_path / "photo.png"), "-o", str(tmp_path / "out"), "--format", "zip", "--only-prompts"]
+    args += ["--method", "weight-free", "--box", "2,2,18,18", "--prompt", "red car", "--detector", str(model)]
+    assert main([*args, "--prompt-threshold", "0"]) == 0
+    assert "2 prompted objects" in capsys.readouterr().out
+    layered = load_layered(tmp_path / "out" / "photo.zip")
+    assert sorted(layered.labels) == ["", "red car"]
+    box_layer = layered.foregrounds[layered.labels.index("")]
+    text_layer = layered.foregrounds[layered.labels.index("red car")]
+    assert box_layer[10, 10, 3] > 0.5 and text_layer[30, 40, 3] > 0.5  # the blue square, the red one
