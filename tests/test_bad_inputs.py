@@ -581,6 +581,14 @@ CASES = [
     case("decompose-depth-0", "liwi", decompose(PHOTO, "--depth", "0"), r"--depth must be between 1 .* and 3 .*got 0$"),
     case("decompose-depth-4", "liwi", decompose(PHOTO, "--depth", "4"), r"--depth must be between 1 .* and 3 .*got 4$"),
     case("decompose-depth-word", "liwi", decompose(PHOTO, "--depth", "two"), r"--depth must be a number .*'two'"),
+    case("decompose-tiles-9", "liwi", decompose(PHOTO, "--tiles", "9"), r"--tiles: invalid choice: 9"),
+    case(
+        "api-decomposer-tiles-negative",
+        "api",
+        lambda c, o: lambda: ToolChainDecomposer(segmenter=None, tiles=-1),
+        r"tiles must be an int from 0 to 4 \(0 or 1: no crops\), got -1",
+        raises=ValueError,
+    ),
     case(
         "api-decompose-layer-bad-index",
         "api",

@@ -90,6 +90,16 @@ def add_parser(subparsers: Any) -> None:
         "again into its parts (a group per object holding its parts); 3 = the parts too",
     )
     parser.add_argument(
+        "--tiles",
+        type=int,
+        choices=range(5),
+        default=None,
+        metavar="N",
+        help="tools with the learned segmenter: also segment the crops of an N x N grid in the first round, to "
+        "find objects that do not stand out in the whole photo (default 2: four more passes; 0 = the whole photo "
+        "only, faster)",
+    )
+    parser.add_argument(
         "--method", choices=METHODS, default="auto", help="auto: 'pipeline' when --model is given, else 'tools'"
     )
     parser.add_argument(
@@ -306,6 +316,12 @@ def _load_method(method: str, args: argparse.Namespace, layers: int | None) -> C
         raise CLIError(message) from None
     prompted = _with_text_prompts(decomposer, args)
     chosen = _box_point_prompts(args)
+        if args.refiner is not None:
+            options["refiner"] = args.refiner
+        if args.tiles is not None:
+            options["tiles"] = args.tiles
+    from ..tools.refiner import RefinerError
+
     return _with_depth(lambda image: prompted(image, num_layers=layers, **chosen), decomposer, args.depth)
 
 
