@@ -49,7 +49,8 @@ def decompose_layer(
 
     An object without parts gets parts; an object that has parts already gets each of its leaf parts split
     again (so calling this twice gives a depth-3 tree). Parts are `LayerPart`s in ``result.parts[index]``, back to
-    front: first the "rest" (what no inner layer took), then the parts the decomposer peeled, in its order.
+    front: first the "rest" (what no inner layer took, when it is big enough), then the parts the decomposer
+    peeled, in its order.
 
     Args:
         layered: the layered image (not changed).
