@@ -50,6 +50,14 @@ from editing import (  # noqa: E402
     shown_layer_names,
     update_edit,
 )
+from prompt_clicks import (  # noqa: E402
+    add_click,
+    decompose_prompted_in_worker,
+    empty_prompts,
+    prompt_options,
+    prompt_preview,
+    prompt_summary,
+)
 from worker_pool import TimeLimitExceeded, WorkerCrashed, WorkerPool, decompose_in_worker, warm_up_tool_chain  # noqa: E402
 
 from liwi_diffusers.image_io import ImageInputWarning, ImageLoadError, load_image  # noqa: E402
@@ -290,8 +298,11 @@ def run_model(
     seed: int,
     config: SpaceConfig,
     progress: Any = None,
+    prompts: Mapping[str, Any] | None = None,
 ) -> LayeredImage:
     """Decompose ``image`` with model ``name`` (``num_layers`` None: automatic, the model decides).
+
+    ``prompts`` are the page's clicks (see ``prompt_clicks.py``); only the tool chain takes them.
 
     The tool chain runs in a worker process of `tool_chain_pool`, pipelines in this thread; either is stopped
     at ``config.time_limit_s``. A model that refuses the request (a `ValueError`, e.g. more layers than it
@@ -302,7 +313,15 @@ def run_model(
             if progress is not None:
                 progress(0.2, desc="Finding objects, matting, inpainting")
             pool = tool_chain_pool(config.concurrency)
+            options = prompt_options(prompts)
+            if options:
+                return pool.run(decompose_prompted_in_worker, (name, image, num_layers, options), config.time_limit_s)
             return pool.run(decompose_in_worker, (name, image, num_layers), config.time_limit_s)
+        if prompt_options(prompts):
+            raise user_error(
+                f"Clicked objects are taken out by the tool chain only; choose it as the model, or press "
+                f"Clear prompts to decompose with {model_label(name)}."
+            )
         if progress is not None:
             progress(0.0, desc="Loading the pipeline")
         MODELS.get(name)  # load outside the GPU function: a ZeroGPU slot is then spent on denoising only
@@ -442,9 +461,11 @@ def decompose(
     seed: float,
     config: SpaceConfig,
     progress: Any = None,
+    prompts: Mapping[str, Any] | None = None,
 ) -> tuple[list[tuple[str, str]], str, str, str, EditSession]:
     """The ``/decompose`` endpoint: layers (RGBA PNG files, named), their recomposition, a report, a PSD and
-    an edit session. ``num_layers`` is "auto" (or 0: the model decides, up to its limit) or a count."""
+    an edit session. ``num_layers`` is "auto" (or 0: the model decides, up to its limit) or a count.
+    ``prompts``: the page's clicks (``prompt_clicks.py``; not part of the API), one object per object click."""
     if model not in config.models:
         raise user_error(f"Unknown model {model!r}; this Space offers: {', '.join(config.models)}.")
     wanted = parse_object_count(num_layers, config.max_layers)
@@ -452,7 +473,7 @@ def decompose(
     seed = _whole_number(0 if seed is None else seed, "Seed", 0, 2**63 - 1)
     picture, notices = prepare_image(image, config)
     start = time.perf_counter()
-    layered = _plain_labels(run_model(model, picture, wanted, steps, seed, config, progress))
+    layered = _plain_labels(run_model(model, picture, wanted, steps, seed, config, progress, prompts))
     seconds = time.perf_counter() - start
     if wanted and layered.num_objects < wanted:
         notices.append(
@@ -474,6 +495,8 @@ def decompose(
         f"Recomposition error: mean {report.mean_abs_error * 255:.2f}, max {report.max_abs_error * 255:.1f} "
         f"(of 255 levels), PSNR {_psnr_text(report.psnr)}.",
     ]
+    if prompt_options(prompts):
+        lines.append(f"Your clicks: {prompt_summary(prompts)}")
     return gallery, composite, "\n\n".join(lines), str(psd), EditSession.from_layered(layered)
 
 
@@ -685,7 +708,8 @@ def build_demo(config: SpaceConfig | None = None) -> gr.Blocks:
         title="LiWi: photos into layers", delete_cache=(1800, OUTPUT_TTL_S), analytics_enabled=analytics
     ) as demo:
         gr.HTML(INTRO)
-        session = gr.State(None, time_to_live=OUTPUT_TTL_S)  # the EditSession: the only per-user state
+        session = gr.State(None, time_to_live=OUTPUT_TTL_S)  # the EditSession
+        prompts = gr.State(empty_prompts(), time_to_live=OUTPUT_TTL_S)  # the clicks on the photo (prompt_clicks.py)
         with gr.Row(equal_height=False):
             with gr.Column(scale=4, min_width=300):
                 photo = gr.Image(
@@ -695,6 +719,25 @@ def build_demo(config: SpaceConfig | None = None) -> gr.Blocks:
                     sources=["upload", "clipboard"],
                     height=300,
                     elem_id="liwi-photo",
+                )
+                with gr.Row():
+                    click_mode = gr.Radio(
+                        [("an object", "object"), ("background (not an object)", "background")],
+                        value="object",
+                        label="A click on the photo marks",
+                        elem_id="liwi-click-mode",
+                    )
+                    only_clicked = gr.Checkbox(False, label="Only the clicked objects", elem_id="liwi-only-clicked")
+                with gr.Row(equal_height=True):
+                    prompt_info = gr.Markdown(prompt_summary(None), elem_id="liwi-prompt-info")
+                    clear_prompts = gr.Button("Clear prompts", size="sm", scale=0, elem_id="liwi-clear-prompts")
+                prompt_view = gr.Image(
+                    label="Your clicks",
+                    type="filepath",
+                    height=160,
+                    interactive=False,
+                    visible=False,
+                    elem_id="liwi-prompt-view",
                 )
                 examples = example_files(config)
                 if examples:
@@ -851,9 +894,31 @@ def build_demo(config: SpaceConfig | None = None) -> gr.Blocks:
             num_layers: float,
             steps: float,
             seed: float,
+            clicks: dict | None = None,
             progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's convention)
         ) -> tuple:
-            return decompose(image, model, num_layers, steps, seed, config, progress)
+            return decompose(image, model, num_layers, steps, seed, config, progress, clicks)
+
+        # The click events take the photo undecoded (preprocess=False): Gradio's own decoding of it leaves its
+        # file open; upload_path gives the path.
+        def on_photo_click(photo: Any, clicks: dict | None, mode: str, evt: gr.SelectData) -> tuple:
+            photo_path = upload_path(photo)
+            try:
+                clicks = add_click(clicks, photo_path, evt.index, negative=mode == "background")
+            except ValueError as error:
+                raise user_error(str(error), title="Cannot add this click") from None
+            return _prompt_outputs(photo_path, clicks)
+
+        def on_clear_prompts(photo: Any, clicks: dict | None) -> tuple:
+            return _prompt_outputs(upload_path(photo), empty_prompts((clicks or {}).get("only_prompts", False)))
+
+        def on_only_clicked(clicks: dict | None, only: bool) -> dict:
+            return dict(clicks or empty_prompts(), only_prompts=bool(only))
+
+        def _prompt_outputs(photo_path: str | None, clicks: dict) -> tuple:
+            folder = new_output_folder(config.output_dir) if prompt_options(clicks) else None
+            preview = prompt_preview(photo_path, clicks, folder / "clicks.png") if folder is not None else None
+            return clicks, gr.Image(value=preview, visible=preview is not None), prompt_summary(clicks)
 
         def on_new_session(state: EditSession | None) -> tuple:
             choices = object_choices(state) if state is not None else []
@@ -911,7 +976,7 @@ def build_demo(config: SpaceConfig | None = None) -> gr.Blocks:
         # see their place in the queue ("queue: 3/7") over the outputs (show_progress="full").
         run.click(
             _logged("/decompose", on_decompose),
-            [photo, model, num_layers, steps, seed],
+            [photo, model, num_layers, steps, seed, prompts],
             [layers, recomposition, report, psd, session],
             api_name="decompose",
             concurrency_id="decompose",
@@ -919,6 +984,21 @@ def build_demo(config: SpaceConfig | None = None) -> gr.Blocks:
             show_progress="full",
             preprocess=False,  # the photo arrives undecoded (see prepare_image), the other inputs as sent
         ).success(on_new_session, [session], editor, **edit_events)
+        click_events: dict[str, Any] = {
+            "api_visibility": "private",
+            "concurrency_id": "clicks",
+            "concurrency_limit": 8,
+            "preprocess": False,
+        }
+        photo.select(
+            _logged("click", on_photo_click),
+            [photo, prompts, click_mode],
+            [prompts, prompt_view, prompt_info],
+            **click_events,
+        )
+        clear_prompts.click(on_clear_prompts, [photo, prompts], [prompts, prompt_view, prompt_info], **click_events)
+        photo.change(on_clear_prompts, [photo, prompts], [prompts, prompt_view, prompt_info], **click_events)
+        only_clicked.input(on_only_clicked, [prompts, only_clicked], [prompts], **click_events)
         target.input(on_pick, [session, target], controls, api_visibility="private", queue=False)
         for control in (dx, dy, scale, strength):
             control.input(

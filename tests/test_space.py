@@ -864,3 +864,36 @@ def test_decompose_handler_takes_out_the_clicked_object(config, photos):
     too_many = prompt_clicks.add_click(clicks, str(photos["coffee"]), (3, 3))
     with pytest.raises(gr.Error, match="2 prompted objects but the layer limit is 1"):
         space.decompose(str(photos["coffee"]), space.TOOLS, 1, 20, 0, config, prompts=too_many)
+
+
+def test_browser_click_on_the_photo_takes_out_that_object(server, browser, photos, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _open_page(browser, server)
+    _upload(browser, photos["astronaut"])
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#liwi-photo img"))
+    photo = browser.find_element(By.CSS_SELECTOR, "#liwi-photo img")
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return arguments[0].naturalWidth > 0", photo))
+    shown = photo.size
+    target = (0.37, 0.22)  # the astronaut's face, as fractions of the photo
+    offset = (round((target[0] - 0.5) * shown["width"]), round((target[1] - 0.5) * shown["height"]))
+    ActionChains(browser).move_to_element_with_offset(photo, *offset).click().perform()
+    info = "#liwi-prompt-info"
+    WebDriverWait(browser, 30).until(lambda d: "1 object chosen" in d.find_element(By.CSS_SELECTOR, info).text)
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#liwi-prompt-view img"))
+    browser.find_element(By.CSS_SELECTOR, "#liwi-only-clicked input[type=checkbox]").click()
+    time.sleep(0.5)
+    browser.find_element(By.ID, "liwi-decompose").click()
+    thumbnails = "#liwi-layers .thumbnail-item img"
+    WebDriverWait(browser, 120).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, thumbnails)) >= 3)
+    captions = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#liwi-layers .caption-label")]
+    assert captions == ["background", "shadow 1", "object 1"], (captions, _toasts(browser))
+    report = browser.find_element(By.ID, "liwi-report").text
+    assert "Your clicks: 1 object chosen (only these are taken out)." in report
+    if os.environ.get("LIWI_SAVE_SCREENSHOT") == "1":
+        time.sleep(0.5)
+        browser.save_screenshot(str(SCREENSHOT.with_name("space_click.png")))
+    browser.find_element(By.ID, "liwi-clear-prompts").click()
+    WebDriverWait(browser, 30).until(lambda d: "click on the photo" in d.find_element(By.CSS_SELECTOR, info).text)
