@@ -138,9 +138,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+def sample_load(samples: list[float], stop: threading.Event, every_s: float = 5.0) -> None:
+    """The 1-minute load average, every ``every_s`` seconds until ``stop`` (the machine may be shared)."""
+    while not stop.is_set():
+        samples.append(os.getloadavg()[0])
+        stop.wait(every_s)
+
+
 def run_phase(url: str, users: list[tuple[str, Path]], requests: int, timeout_s: float) -> dict[str, Any]:
-    """``users`` (kind, photo) all at once, ``requests`` each: their records and the wall time."""
+    """``users`` (kind, photo) all at once, ``requests`` each: their records, the wall time and the load average."""
     records: list[dict[str, Any]] = []
+    load: list[float] = []
+    stop = threading.Event()
+    sampler = threading.Thread(target=sample_load, args=(load, stop), daemon=True)
+    sampler.start()
     lock, gate = threading.Lock(), threading.Barrier(len(users))
     threads = [
         threading.Thread(
@@ -153,7 +164,9 @@ def run_phase(url: str, users: list[tuple[str, Path]], requests: int, timeout_s:
         thread.start()
     for thread in threads:
         thread.join(timeout=timeout_s * requests + 180)
-    return {"records": records, "wall_s": time.perf_counter() - start}
+    stop.set()
+    sampler.join()
+    return {"records": records, "wall_s": time.perf_counter() - start, "load_average": load}
 
 
 def summarize(phase: dict[str, Any], ordinary_users: int, requests: int) -> dict[str, Any]:
@@ -192,6 +205,11 @@ def summarize(phase: dict[str, Any], ordinary_users: int, requests: int) -> dict
         },
         "wall_s": phase["wall_s"],
         "throughput_rps": len(ok) / phase["wall_s"] if phase["wall_s"] > 0 else float("nan"),
+        "load_average_1min": {
+            "min": min(phase["load_average"], default=float("nan")),
+            "mean": statistics.fmean(phase["load_average"]) if phase["load_average"] else float("nan"),
+            "max": max(phase["load_average"], default=float("nan")),
+        },
     }
 
 
@@ -258,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             "queue": "defaults: LIWI_QUEUE_SIZE=64, LIWI_CONCURRENCY=2",
             "time_limit": "app default" if args.time_limit is None else f"LIWI_TIME_LIMIT={args.time_limit:g}",
         },
+        "command": "python benchmarks/bench_space_load.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": {
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
@@ -283,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{phase['latency_s']['p50']:>8.2f} {phase['latency_s']['p95']:>8.2f} {phase['latency_s']['max']:>8.2f} "
             f"{phase['server_decompose_s']['p50']:>13.2f} {blank_text:>22} {phase['wall_s']:>8.1f}"
         )
+        load = phase["load_average_1min"]
+        print(f"  load average (1 min) min/mean/max: {load['min']:.1f}/{load['mean']:.1f}/{load['max']:.1f}")
         for error, count in phase["errors"].items():
             print(f"  {count} x {error}")
         for error in phase["blank_uploads"]["other_errors"]:
