@@ -912,8 +912,9 @@ def build_demo(config: SpaceConfig | None = None) -> gr.Blocks:
         def on_clear_prompts(photo: Any, clicks: dict | None) -> tuple:
             return _prompt_outputs(upload_path(photo), empty_prompts((clicks or {}).get("only_prompts", False)))
 
-        def on_only_clicked(clicks: dict | None, only: bool) -> dict:
-            return dict(clicks or empty_prompts(), only_prompts=bool(only))
+        def on_only_clicked(clicks: dict | None, only: bool) -> tuple:
+            clicks = dict(clicks or empty_prompts(), only_prompts=bool(only))
+            return clicks, prompt_summary(clicks)
 
         def _prompt_outputs(photo_path: str | None, clicks: dict) -> tuple:
             folder = new_output_folder(config.output_dir) if prompt_options(clicks) else None
@@ -998,7 +999,7 @@ def build_demo(config: SpaceConfig | None = None) -> gr.Blocks:
         )
         clear_prompts.click(on_clear_prompts, [photo, prompts], [prompts, prompt_view, prompt_info], **click_events)
         photo.change(on_clear_prompts, [photo, prompts], [prompts, prompt_view, prompt_info], **click_events)
-        only_clicked.input(on_only_clicked, [prompts, only_clicked], [prompts], **click_events)
+        only_clicked.input(on_only_clicked, [prompts, only_clicked], [prompts, prompt_info], **click_events)
         target.input(on_pick, [session, target], controls, api_visibility="private", queue=False)
         for control in (dx, dy, scale, strength):
             control.input(
