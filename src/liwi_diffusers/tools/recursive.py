@@ -170,7 +170,7 @@ def _split(
     kept = _kept_owners(owner, support)
     if len(kept) < 2:
         why = "no part found inside the object" if not alphas else "the parts found do not split the object"
-        return [], {"parts_found": 0, "stop_reason": f"{why} ({reason})" if reason else why}
+        return [], {"parts_found": 0, "stop_reason": f"{why}; {reason}" if reason else why}
     # Pixels of dropped layers, and specks cut off from the main body of a part, go to the nearest other part.
     moved = support & ~np.isin(owner, kept)
     for layer in kept:
