@@ -610,6 +610,83 @@ CASES = [
         r"parts of object 1 do not recompose to object 1's layer \(max difference 1\.0000",
         raises=LayeredImageError,
     ),
+    # --------------------------------------------------------------------- box and point prompts (photo: 16x16)
+    case(
+        "decompose-box-outside-the-photo",
+        "liwi",
+        decompose(PHOTO, "--box", "0,0,20,10"),
+        r"photo\.png: --box \(0, 0, 20, 10\) reaches outside the 16x16 image: keep 0 <= x0 < x1 <= 16",
+    ),
+    case("decompose-box-inverted", "liwi", decompose(PHOTO, "--box", "10,2,4,8"), r"--box \(10, 2, 4, 8\) is inverted"),
+    case("decompose-box-empty", "liwi", decompose(PHOTO, "--box", "3,3,3,9"), r"--box \(3, 3, 3, 9\) is empty"),
+    case("decompose-box-three-numbers", "liwi", decompose(PHOTO, "--box", "1,2,3"), r"--box: expected 4 numbers"),
+    case("decompose-point-not-a-number", "liwi", decompose(PHOTO, "--point", "1,x"), r"--point: 'x' is not a number"),
+    case(
+        "decompose-point-outside-the-photo",
+        "liwi",
+        decompose(PHOTO, "--point", "16,3"),
+        r"--point \(16, 3\) is outside the 16x16 image: keep 0 <= x < 16",
+    ),
+    case(
+        "decompose-negative-point-outside-the-photo",
+        "liwi",
+        decompose(PHOTO, "--negative-point", "3,40"),
+        r"--negative-point \(3, 40\) is outside the 16x16 image",
+    ),
+    case(
+        "decompose-more-prompts-than-layers",
+        "liwi",
+        decompose(PHOTO, "--layers", "1", "--box", "1,1,5,5", "--point", "8,8"),
+        r"2 prompted objects but --layers is 1: give at most 1 --box/--point prompts, or raise --layers",
+    ),
+    case(
+        "decompose-more-prompts-than-the-maximum",
+        "liwi",
+        decompose(PHOTO, *[arg for k in range(9) for arg in ("--point", f"{k},{k}")]),
+        r"9 prompted objects but at most 8 objects are taken out, so the limit is 8",
+    ),
+    case(
+        "decompose-prompts-with-the-pipeline",
+        "liwi",
+        decompose(PHOTO, "--box", "1,1,5,5", "--model", "liwi-small"),
+        r"prompts \(--box\) work with the tool chain .*the LiWi pipeline \(--model\) takes no prompts",
+    ),
+    case(
+        "decompose-only-prompts-without-a-prompt",
+        "liwi",
+        decompose(PHOTO, "--only-prompts"),
+        r"--only-prompts needs at least one --box or --point",
+    ),
+    case(
+        "decompose-box-in-fractions",
+        "liwi",
+        decompose(PHOTO, "--box", "0.1,0.1,0.9,0.9", "--only-prompts", "--format", "zip"),
+        None,
+        writes=("d/photo.zip",),
+    ),
+    case(
+        "api-prompts-beyond-the-layer-limit",
+        "api",
+        lambda c, o: (
+            lambda: ToolChainDecomposer(segmenter=None)(np.zeros((16, 16, 3)), 1, boxes=[(0, 0, 4, 4)], points=[(8, 8)])
+        ),
+        r"2 prompted objects but the layer limit is 1: give at most 1 boxes and points",
+        raises=ValueError,
+    ),
+    case(
+        "api-box-inverted",
+        "api",
+        lambda c, o: lambda: ToolChainDecomposer(segmenter=None)(np.zeros((16, 16, 3)), boxes=[(8, 0, 4, 4)]),
+        r"box 1 \(8, 0, 4, 4\) is inverted",
+        raises=ValueError,
+    ),
+    case(
+        "api-point-outside",
+        "api",
+        lambda c, o: lambda: ToolChainDecomposer(segmenter=None)(np.zeros((16, 16, 3)), points=[(16.0, 2)]),
+        r"point 1 \(16, 2\) is outside the 16x16 image",
+        raises=ValueError,
+    ),
     # --------------------------------------------------------------------- liwi models
     case("models-unknown-name", "liwi", lambda c, o: ["models", "download", "nope"], r"unknown model 'nope'; known"),
     case(

@@ -16,6 +16,7 @@ from test_segmenter import SPEC, red_salience_model
 from liwi_diffusers.cli import main as liwi
 from liwi_diffusers.export import load_layered
 from liwi_diffusers.tools import ToolChainDecomposer
+from liwi_diffusers.tools.decomposer import DecomposerNote
 from liwi_diffusers.tools.prompts import (
     BoxPrompt,
     PointPrompt,
@@ -235,3 +236,25 @@ def test_cli_box_point_and_only_prompts(tmp_path, capsys):
     )
     layered = load_layered(out / "photo.zip")
     assert layered.num_objects == 2
+
+
+def test_cli_checks_prompts_against_every_photo_before_writing_any(tmp_path, capsys):
+    from PIL import Image
+
+    image, _, _ = two_things()
+    Image.fromarray(np.round(image * 255).astype(np.uint8)).save(tmp_path / "big.png")
+    Image.fromarray(np.round(image[:40, :40] * 255).astype(np.uint8)).save(tmp_path / "small.png")
+    out = tmp_path / "out"
+    argv = ["decompose", str(tmp_path / "big.png"), str(tmp_path / "small.png"), "-o", str(out), "-q"]
+    assert liwi([*argv, "--box", "6,40,50,84"]) == 2
+    assert "small.png: --box (6, 40, 50, 84) reaches outside the 40x40 image" in capsys.readouterr().err
+    assert not out.exists()  # nothing written, not even for the first photo
+
+
+def test_a_box_over_the_whole_photo_keeps_a_frame_of_background():
+    image = np.full((32, 32, 3), (0.8, 0.2, 0.2), np.float32)  # one flat colour: the object is everything
+    with pytest.warns(DecomposerNote, match="covered the whole photo; a 6-pixel frame was kept as background"):
+        layered = ToolChainDecomposer(segmenter=None)(image, boxes=[(0, 0, 32, 32)], only_prompts=True)
+    alpha = layered.foregrounds[0][:, :, 3]
+    assert layered.num_objects == 1 and alpha[16, 16] == 1.0 and alpha[:2].max() < 0.5
+    assert layered.check(image).ok()

@@ -305,6 +305,17 @@ class ToolChainDecomposer:
         fill the slots left under ``limit``.
         """
         prompted = self.prompt_segmenter(work, prompts, segmenter)
+        if prompted and dilate(np.max(prompted, axis=0) > 0.01, 5).all():  # no background left to fill from
+            frame = 6 + round(0.01 * max(work.shape[:2]))
+            border = np.ones(work.shape[:2], bool)
+            border[frame:-frame, frame:-frame] = False
+            prompted = [np.where(border, 0.0, coverage).astype(np.float32) for coverage in prompted]
+            warnings.warn(
+                f"the prompted objects covered the whole photo; a {frame}-pixel frame was kept as background so "
+                "that the hole behind them can be filled",
+                DecomposerNote,
+                stacklevel=3,
+            )
         negatives = [p.pixel(work.shape) for p in prompts.negative_points]
         taken = np.max(prompted, axis=0) >= 0.5 if prompted else np.zeros(work.shape[:2], bool)
         kept: list[_Found] = []
