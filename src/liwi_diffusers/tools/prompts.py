@@ -351,7 +351,10 @@ class PromptSegmenter:
                 solid = matte >= threshold
                 kept = _box_regions(_without_regions_at(solid, seeds_out))
                 if kept.any():
-                    candidates.append(np.where(dilate(kept, 2), np.clip(matte / max(threshold * 2, 1e-3), 0, 1), 0.0))
+                    # An unsure matte (peak under 0.9) is stretched so its threshold is sure: matting would
+                    # otherwise take its faint values for a faint object.
+                    scale = 1.0 if threshold == 0.5 else 1.0 / max(threshold, 1e-3)
+                    candidates.append(np.where(dilate(kept, 2), np.clip(matte * scale, 0, 1), 0.0))
             if peak >= 0.1:
                 seeded = self._grabcut(patch, _labels_from(matte >= min(0.5, 0.5 * peak), inside, seeds_out))
                 candidates.append(_box_regions(_without_regions_at(seeded & inside, seeds_out)).astype(np.float32))
