@@ -125,6 +125,13 @@ def add_parser(subparsers: Any) -> None:
         help="model precision (method 'pipeline')",
     )
     parser.add_argument(
+        "--refiner",
+        default=None,
+        metavar="NAME_OR_PATH",
+        help="clean each object's matte after the segmenter with a matte refiner: 'restoration' (shipped, trained "
+        "with degradation-restoration), 'clean-only' (its ablation control) or an AlphaDecoder folder (tools only)",
+    )
+    parser.add_argument(
         "--prompt",
         action="append",
         default=[],
@@ -170,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
     method = args.method if args.method != "auto" else ("pipeline" if args.model else "tools")
     if method == "pipeline" and not args.model:
         raise CLIError("--method pipeline needs --model PATH_OR_ID (a LiWiDecompositionPipeline folder or Hub id)")
+    if args.refiner is not None and method == "pipeline":
+        raise CLIError("--refiner works with the tool chain (--method tools or weight-free), not with --model")
     layers = _layer_count(args.layers)
     _check_box_point_prompts(args, inputs, method, layers)
     _check_text_prompts(args, method)
@@ -307,8 +316,16 @@ def _load_method(method: str, args: argparse.Namespace, layers: int | None) -> C
         name, options = args.model, {"resolution": args.resolution, "steps": args.steps, "seed": args.seed}
     else:
         name, options = method, {"max_objects": MAX_LAYERS}
+        if args.refiner is not None:
+            options["refiner"] = args.refiner
+        if args.tiles is not None:
+            options["tiles"] = args.tiles
+    from ..tools.refiner import RefinerError
+
     try:
         decomposer = load_decomposer(name, device=args.device, dtype=args.dtype, **options)
+    except RefinerError as error:
+        raise CLIError(f"--refiner: {error}") from None
     except DecomposerLoadError as error:
         message = str(error)
         if message.startswith(("resolution ", "steps ")):  # the loader's option is this command's --option
@@ -316,12 +333,6 @@ def _load_method(method: str, args: argparse.Namespace, layers: int | None) -> C
         raise CLIError(message) from None
     prompted = _with_text_prompts(decomposer, args)
     chosen = _box_point_prompts(args)
-        if args.refiner is not None:
-            options["refiner"] = args.refiner
-        if args.tiles is not None:
-            options["tiles"] = args.tiles
-    from ..tools.refiner import RefinerError
-
     return _with_depth(lambda image: prompted(image, num_layers=layers, **chosen), decomposer, args.depth)
 
 

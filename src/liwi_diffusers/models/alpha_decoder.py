@@ -26,26 +26,42 @@ class AlphaDecoder(ModelMixin, ConfigMixin):
 
     A light full-resolution branch (one convolution in, one out) keeps edges sharp; a context branch at a
     quarter of the resolution (two stride-2 convolutions, dilated residual blocks) sees the object's
-    surroundings and is added back after bilinear upsampling. The output convolution starts at zero, so an
-    untrained decoder returns the coarse alpha unchanged. It is meant to be trained with the
-    degradation-restoration objective: recover the clean matte from an eroded, dilated, blurred or noisy one,
-    given the image.
+    surroundings and is added back after bilinear upsampling. ``refine_blocks`` optional full-resolution
+    residual blocks then work on the sum, so that an edge can be moved to the photo's own edge at pixel
+    precision. The output convolution starts at zero, so an untrained decoder returns the coarse alpha
+    unchanged. It is trained with the degradation-restoration objective: recover the clean matte from an
+    eroded, dilated, blurred, resampled or noisy one, given the image.
+
+    The same module serves the diffusion pipeline (its ``alpha_decoder`` component) and the tool chain, where
+    `liwi_diffusers.tools.MatteRefiner` runs it on the tiles of a photo that hold a segmenter matte's uncertain
+    band (the shipped weights are in ``liwi_diffusers/checkpoints/matte-refiner``).
 
     Args:
         image_channels: channels of the guiding image (3 for RGB).
         hidden_channels: width of the full-resolution branch (the context branch is twice as wide).
-        num_blocks: residual blocks in the context branch.
+        num_blocks: residual blocks in the context branch (dilations 1, 2, 4, ...).
+        refine_blocks: full-resolution residual blocks after the context is added back (0: none, as in
+            checkpoints saved before this option existed).
     """
 
     @register_to_config
-    def __init__(self, image_channels: int = 3, hidden_channels: int = 16, num_blocks: int = 2) -> None:
+    def __init__(
+        self, image_channels: int = 3, hidden_channels: int = 16, num_blocks: int = 2, refine_blocks: int = 0
+    ) -> None:
         super().__init__()
+        if min(image_channels, hidden_channels) < 1 or min(num_blocks, refine_blocks) < 0:
+            raise ValueError(
+                f"AlphaDecoder needs image_channels, hidden_channels >= 1 and num_blocks, refine_blocks >= 0, got "
+                f"{image_channels}, {hidden_channels}, {num_blocks}, {refine_blocks}"
+            )
         wide = 2 * hidden_channels
         self.conv_in = nn.Conv2d(image_channels + 1, hidden_channels, 3, padding=1)
         self.down1 = nn.Conv2d(hidden_channels, wide, 3, stride=2, padding=1)
         self.down2 = nn.Conv2d(wide, wide, 3, stride=2, padding=1)
         self.blocks = nn.Sequential(*[_ResidualBlock(wide, dilation=2**i) for i in range(num_blocks)])
         self.context_out = nn.Conv2d(wide, hidden_channels, 1)
+        if refine_blocks:  # absent (not an empty module) when 0, so older state dicts load unchanged
+            self.refine = nn.Sequential(*[_ResidualBlock(hidden_channels) for _ in range(refine_blocks)])
         self.conv_out = nn.Conv2d(hidden_channels, 1, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
@@ -71,5 +87,8 @@ class AlphaDecoder(ModelMixin, ConfigMixin):
         full = self.conv_in(inputs)
         context = self.blocks(F.silu(self.down2(F.silu(self.down1(F.silu(full))))))
         context = F.interpolate(self.context_out(context), size=full.shape[-2:], mode="bilinear", align_corners=False)
-        residual = self.conv_out(F.silu(full + context))
+        fused = full + context
+        if self.config.refine_blocks:
+            fused = self.refine(fused)
+        residual = self.conv_out(F.silu(fused))
         return (coarse_alpha + residual).clamp(0.0, 1.0)

@@ -25,6 +25,7 @@ from .inpainting import Inpainter, OpenCVInpainter
 from .matting import AlphaMatter, ClosedFormMatter, Matte, make_trimap
 from .proposals import ObjectProposal, ObjectProposer, SaliencyProposer, focus_map, saliency_map
 from .recursive import decompose_layer, decompose_to_depth
+from .refiner import MatteRefiner, RefinerError
 from .shadows import DarkeningShadowExtractor, ShadowExtractor, remove_attached_shadow
 
 __all__ = [
@@ -33,9 +34,11 @@ __all__ = [
     "DarkeningShadowExtractor",
     "Inpainter",
     "Matte",
+    "MatteRefiner",
     "ObjectProposal",
     "ObjectProposer",
     "OpenCVInpainter",
+    "RefinerError",
     "SaliencyProposer",
     "ShadowExtractor",
     "ToolChainDecomposer",
