@@ -8,8 +8,10 @@ Data: ``benchmarks/data/real/`` (real photos with human-made instance masks; SOU
 licence of every file), read by ``benchmarks/real_data.py``. Rows:
 
 - ``weight-free``: the tool chain without learned weights (saliency + GrabCut proposals);
-- ``segmenter``: the learned segmenter (ISNet), one round, no peeling;
-- ``full``: the learned segmenter with peeling (the default of ``liwi decompose``).
+- ``segmenter``: the learned segmenter (ISNet), one pass on the whole photo: no crops, no peeling;
+- ``no-tiles``: the learned segmenter with peeling, but no crops (``--tiles 0``);
+- ``full``: the learned segmenter on the whole photo and the crops of a 2 x 2 grid, with peeling (the default of
+  ``liwi decompose``).
 
 Metrics, per photo group:
 
@@ -44,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_data import load_real_benchmark
 
 RESULTS = Path(__file__).resolve().parent / "results" / "real_photos.json"
-ROWS = ("weight-free", "segmenter", "full")
+ROWS = ("weight-free", "segmenter", "no-tiles", "full")
 UNSURE = (0.3, 0.7)
 
 
@@ -125,13 +127,15 @@ def build_rows(names: list[str], cache_dir: Path | None = None) -> dict[str, Any
 
     rows: dict[str, Any] = {}
     learned = None
-    if {"segmenter", "full"} & set(names):
+    if {"segmenter", "no-tiles", "full"} & set(names):
         learned = MemoisedSegmenter(OnnxSegmenter.from_cache(), cache_dir)
     for name in names:
         if name == "weight-free":
             rows[name] = load_decomposer("weight-free")
         elif name == "segmenter":
-            rows[name] = load_decomposer("tools", segmenter=learned, max_rounds=1)
+            rows[name] = load_decomposer("tools", segmenter=learned, max_rounds=1, tiles=0)
+        elif name == "no-tiles":
+            rows[name] = load_decomposer("tools", segmenter=learned, tiles=0)
         elif name == "full":
             rows[name] = load_decomposer("tools", segmenter=learned)
     return rows

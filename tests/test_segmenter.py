@@ -317,3 +317,14 @@ def test_crops_of_the_first_round_find_an_object_the_whole_photo_hides():
 def test_tiles_must_be_a_small_int(tiles):
     with pytest.raises(ValueError, match="tiles must be an int from 0 to 4"):
         ToolChainDecomposer(segmenter=None, tiles=tiles)
+
+
+def test_a_weak_glow_of_coverage_over_the_whole_photo_does_not_stop_peeling():
+    """Coverage of 0.05 everywhere plus one solid object: the hole to fill is the object, not the whole photo."""
+    image = scene()
+    matte = np.full((96, 96), 0.05, np.float32)
+    yy, xx = np.mgrid[:96, :96]
+    matte[(yy - 64) ** 2 + (xx - 34) ** 2 <= 18**2] = 1.0
+    layered = ToolChainDecomposer(segmenter=FixedMatte(matte), tiles=0, extract_shadows=False)(image)
+    assert layered.num_objects >= 1 and layered.metadata["peeling_rounds"] == 2
+    assert layered.check(image).ok()

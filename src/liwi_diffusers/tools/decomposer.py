@@ -383,7 +383,12 @@ class ToolChainDecomposer:
                 return found, round_index + 1, f"layer limit {limit} reached"
             if round_index + 1 == self.max_rounds:
                 break
-            hole = np.max(taken, axis=0) > 0.02
+            cover = np.max(taken, axis=0)
+            hole = cover > 0.02
+            if hole.mean() > 0.9:  # a weak glow of coverage everywhere: the hole is what lies near the solid part
+                hole &= dilate(cover >= 0.5, max(2, round(0.02 * max(work.shape[:2]))))
+            if hole.mean() > 0.98:
+                return found, round_index + 1, "nothing left to peel: the objects cover the whole photo"
             removed |= hole
             current = self.inpainter(current, dilate(hole, 2))
         return found, self.max_rounds, f"peeling round limit {self.max_rounds} reached"

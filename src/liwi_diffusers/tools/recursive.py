@@ -115,15 +115,18 @@ def decompose_to_depth(
 
 
 def _for_parts(decomposer: Callable[..., LayeredImage] | None) -> Callable[..., LayeredImage]:
-    """The decomposer for parts: a tool chain looks for no shadows there (parts have none), sharing its tools."""
+    """The decomposer for parts: a tool chain sharing the given one's tools, with no shadow search (parts have
+    none) and no grid of crops inside the object's crop (four more segmenter passes per object, for parts of
+    what is already one salient thing)."""
     from .decomposer import ToolChainDecomposer
 
     if decomposer is None:
-        return ToolChainDecomposer(extract_shadows=False)
-    if isinstance(decomposer, ToolChainDecomposer) and decomposer.extract_shadows:
+        return ToolChainDecomposer(extract_shadows=False, tiles=0)
+    if isinstance(decomposer, ToolChainDecomposer) and (decomposer.extract_shadows or decomposer.tiles > 1):
         _ = decomposer.segmenter  # resolve (load) it once, so that the copy shares the loaded model
         decomposer = copy.copy(decomposer)
         decomposer.extract_shadows = False
+        decomposer.tiles = 0
     return decomposer
 
 
