@@ -178,7 +178,7 @@ class _Worker:
         environment = {**os.environ, THREADS_VARIABLE: str(threads), **dict.fromkeys(_THREAD_VARIABLES, str(threads))}
         with ours, theirs:
             self.process = subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), str(theirs.fileno())],
+                [sys.executable, str(Path(__file__).resolve()), str(theirs.fileno()), str(os.getpid())],
                 pass_fds=(theirs.fileno(),),
                 env=environment,
             )
@@ -325,6 +325,22 @@ def _stop_all(workers: Any) -> None:
         worker.stop()
 
 
-if __name__ == "__main__":  # a worker process, started by `_Worker` with the file descriptor of its socket
+def _exit_with_the_server(server_pid: int, every_s: float = 1.0) -> None:
+    """Exit this worker once the server that started it is gone (it was killed: SIGKILL, SIGTERM, a crash).
+
+    A server that stops normally stops its workers itself; one that is killed cannot, and its workers would
+    finish their calls (past any time limit, which the server enforces) before noticing the closed pipe.
+    """
+
+    def watch() -> None:
+        while os.getppid() == server_pid:
+            time.sleep(every_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="server-watch", daemon=True).start()
+
+
+if __name__ == "__main__":  # a worker process, started by `_Worker` with its socket's file descriptor and server pid
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which then stops its workers
+    _exit_with_the_server(int(sys.argv[2]))
     _serve(Connection(int(sys.argv[1])))

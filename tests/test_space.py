@@ -897,3 +897,38 @@ def test_browser_click_on_the_photo_takes_out_that_object(server, browser, photo
         browser.save_screenshot(str(SCREENSHOT.with_name("space_click.png")))
     browser.find_element(By.ID, "liwi-clear-prompts").click()
     WebDriverWait(browser, 30).until(lambda d: "click on the photo" in d.find_element(By.CSS_SELECTOR, info).text)
+
+
+def test_worker_processes_exit_when_the_server_is_killed(tmp_path):
+    """A server killed outright (SIGKILL: no clean-up runs) leaves no worker computing on without it."""
+    import subprocess
+
+    script = (
+        "import sys, threading, time\n"
+        f"sys.path.insert(0, {str(SPACE_DIR)!r})\n"
+        "import worker_pool\n"
+        "pool = worker_pool.WorkerPool(1)\n"
+        "print(*pool.pids(), flush=True)\n"
+        "threading.Thread(target=pool.run, args=(time.sleep, (120,), 300), daemon=True).start()\n"
+        "time.sleep(300)\n"
+    )
+    server = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        (worker,) = map(int, server.stdout.readline().split())
+        time.sleep(1.0)  # the call is running
+        assert Path(f"/proc/{worker}").exists()
+    finally:
+        server.kill()
+        server.wait()  # not communicate(): the worker holds the server's stdout open while it lives
+        server.stdout.close()
+
+    def running() -> bool:
+        try:
+            return "zombie" not in Path(f"/proc/{worker}/status").read_text()
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running()  # not the 120 s its call wanted
