@@ -46,12 +46,17 @@ WEIGHTS = {"+refiner (restoration)": "restoration", "+refiner (clean-only)": "cl
 
 
 def edge_band(truth: np.ndarray, radius: int) -> np.ndarray:
-    """Pixels within ``radius`` of the edge of ``truth >= 0.5`` (both sides), where the annotation is sure."""
+    """Sure annotation pixels within ``radius`` of the annotated edge (both sides).
+
+    The edge is the outline of ``truth >= 0.5`` together with any unsure band (a trimap's "not classified"
+    outline), so a trimap's band reaches ``radius`` pixels into the sure object and the sure background.
+    """
     from liwi_diffusers.tools import dilate, erode
 
     solid = truth >= 0.5
-    band = dilate(solid, radius) & ~erode(solid, radius)
-    return band & ((truth <= UNSURE[0]) | (truth >= UNSURE[1]))
+    sure = (truth <= UNSURE[0]) | (truth >= UNSURE[1])
+    edge = (dilate(solid, 1) & ~erode(solid, 1)) | ~sure
+    return dilate(edge, radius) & sure
 
 
 def band_iou(prediction: np.ndarray, truth: np.ndarray, radius: int) -> float:
