@@ -15,9 +15,9 @@ server's main module, Gradio included, into every worker), connected to the serv
 
 The workers share the machine's cores: each runs ``threads`` threads (default: the cores divided among the
 workers, at least one), set for its BLAS, OpenMP, OpenCV and numba pools and for ONNX Runtime's session.
-Left at their defaults, two workers on 2 cores each ran the segmenter on 2 spinning threads, and a
-decomposition (two passes of ISNet at its fixed 1024x1024 input, about 11 CPU seconds for any photo size)
-cost 8 % more CPU and competed with the other worker's.
+Left at their defaults, two workers on 2 cores each ran the segmenter on 2 spinning threads: an ISNet pass
+(at its fixed 1024x1024 input, whatever the photo's size) cost about 8 % more CPU and competed with the
+other worker's. A tool-chain request makes 2 to 6 such passes (peeling rounds, the first round's crops).
 """
 
 from __future__ import annotations
