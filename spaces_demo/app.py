@@ -58,7 +58,14 @@ from prompt_clicks import (  # noqa: E402
     prompt_preview,
     prompt_summary,
 )
-from worker_pool import TimeLimitExceeded, WorkerCrashed, WorkerPool, decompose_in_worker, warm_up_tool_chain  # noqa: E402
+from worker_pool import (  # noqa: E402
+    TimeLimitExceeded,
+    WorkerCrashed,
+    WorkerPool,
+    decompose_in_worker,
+    tool_chain_tiles,
+    warm_up_tool_chain,
+)
 
 from liwi_diffusers.image_io import ImageInputWarning, ImageLoadError, load_image  # noqa: E402
 from liwi_diffusers.layers import LayeredImage  # noqa: E402
@@ -104,8 +111,10 @@ class SpaceConfig:
         """Read ``LIWI_MODEL`` (``tools``, ``tiny``, a pipeline folder or Hub id), ``LIWI_MODELS`` (more
         choices, comma-separated), ``LIWI_MAX_SIDE``, ``LIWI_MAX_PIXELS``, ``LIWI_MAX_FILE_SIZE``,
         ``LIWI_MAX_STEPS``, ``LIWI_RESOLUTION``, ``LIWI_QUEUE_SIZE``, ``LIWI_CONCURRENCY``, ``LIWI_TIME_LIMIT``
-        (seconds, decimals allowed), ``LIWI_OUTPUT_DIR``."""
+        (seconds, decimals allowed), ``LIWI_OUTPUT_DIR``; ``LIWI_TILES`` (the tool chain's crops, read by the
+        workers) is checked here."""
         env = os.environ if environ is None else environ
+        tool_chain_tiles(env)  # read by the worker processes; a bad value stops the Space here, not per request
         default = env.get("LIWI_MODEL", "").strip() or TOOLS
         extra = [name.strip() for name in env.get("LIWI_MODELS", "").split(",") if name.strip()]
         models = list(dict.fromkeys([default, TOOLS, SHIPPED_CHECKPOINT, *extra]))

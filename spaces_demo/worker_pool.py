@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -43,11 +43,13 @@ __all__ = [
     "WorkerCrashed",
     "WorkerPool",
     "decompose_in_worker",
+    "tool_chain_tiles",
     "warm_up_tool_chain",
 ]
 
 STARTUP_LIMIT_S = 300.0  # a worker that is not ready after this long (imports, model loading) counts as crashed
 THREADS_VARIABLE = "LIWI_WORKER_THREADS"  # threads per worker, in the worker's environment
+TILES_VARIABLE = "LIWI_TILES"  # the tool chain's grid of crops (0: whole photo only, the Space's default)
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
@@ -82,23 +84,42 @@ def _limit_threads(threads: int) -> None:
         sys.modules["torch"].set_num_threads(threads)
 
 
-def _tool_chain_options(name: str, threads: int | None) -> dict[str, Any]:
-    """`load_decomposer` options for the tool chain ``name``: the learned segmenter with ``threads`` threads.
+def tool_chain_tiles(environ: Mapping[str, str] | None = None) -> int:
+    """The tool chain's ``tiles`` in this Space, from ``LIWI_TILES`` (0 to 4; default 0).
 
-    Only when it is downloaded and intact; otherwise the tool chain's own "auto" choice stands (it falls back
-    to the weight-free tools and says why).
+    The Space looks at the whole photo only by default: the 2 x 2 grid of crops of `liwi decompose` costs four
+    more segmenter passes per request (three times the time of a small photo on 2 cores), which a shared
+    Space's time limit and queue cannot afford. ``LIWI_TILES=2`` turns them on, on hardware that can.
     """
-    if name != "tools" or threads is None:
+    raw = (os.environ if environ is None else environ).get(TILES_VARIABLE, "").strip()
+    if not raw:
+        return 0
+    if raw not in {"0", "1", "2", "3", "4"}:
+        raise ValueError(f"{TILES_VARIABLE} must be a whole number from 0 to 4 (0: whole photo only), got {raw!r}")
+    return int(raw)
+
+
+def _tool_chain_options(name: str, threads: int | None) -> dict[str, Any]:
+    """`load_decomposer` options for the tool chain ``name``: its grid of crops (`tool_chain_tiles`), and the
+    learned segmenter with ``threads`` threads.
+
+    The segmenter only when it is downloaded and intact; otherwise the tool chain's own "auto" choice stands
+    (it falls back to the weight-free tools and says why).
+    """
+    if name != "tools":
         return {}
+    options: dict[str, Any] = {"tiles": tool_chain_tiles()}
+    if threads is None:
+        return options
     from liwi_diffusers.model_zoo import DEFAULT_SEGMENTER, ModelError, find_model
     from liwi_diffusers.tools.segmenter import OnnxSegmenter
 
     try:
         if find_model(DEFAULT_SEGMENTER) is None:
-            return {}
-        return {"segmenter": OnnxSegmenter.from_cache(DEFAULT_SEGMENTER, threads=threads)}
+            return options
+        return {**options, "segmenter": OnnxSegmenter.from_cache(DEFAULT_SEGMENTER, threads=threads)}
     except ModelError:
-        return {}
+        return options
 
 
 def _decomposer(name: str) -> Any:

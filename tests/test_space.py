@@ -382,7 +382,7 @@ def test_object_count_auto_and_zero_mean_the_same(monkeypatch, config, photos):
             space.parse_object_count(value, 8)
     asked = []
 
-    def fake_run_model(name, image, num_layers, steps, seed, config, progress=None):
+    def fake_run_model(name, image, num_layers, steps, seed, config, progress=None, prompts=None):
         asked.append(num_layers)
         objects = _layered(1, image.size)
         objects.labels = ["object"]  # the tool chain's placeholder label
@@ -932,3 +932,17 @@ def test_worker_processes_exit_when_the_server_is_killed(tmp_path):
     while running() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not running()  # not the 120 s its call wanted
+
+
+def test_the_space_looks_at_the_whole_photo_only_unless_told_and_checks_liwi_tiles_at_start(monkeypatch):
+    import worker_pool
+
+    monkeypatch.delenv("LIWI_TILES", raising=False)
+    assert worker_pool._tool_chain_options("tools", None) == {"tiles": 0}
+    assert worker_pool._tool_chain_options("weight-free", None) == {}
+    monkeypatch.setenv("LIWI_TILES", "2")
+    assert worker_pool._tool_chain_options("tools", None) == {"tiles": 2}
+    assert space.SpaceConfig.from_env({"LIWI_TILES": "2"}).concurrency == 2
+    for bad in ("5", "-1", "two", "1.5"):
+        with pytest.raises(ValueError, match=r"LIWI_TILES must be a whole number from 0 to 4 \(0: whole photo only\)"):
+            space.SpaceConfig.from_env({"LIWI_TILES": bad})
