@@ -8,7 +8,8 @@ refiner differs):
 
 - ``segmenter``: the segmenter's matte as it is (then band matting, as ``liwi decompose`` does);
 - ``+refiner (restoration)``: the shipped ``restoration`` refiner after the segmenter;
-- ``+refiner (clean-only)``: the ablation's control, trained on clean inputs only (no degradation).
+- ``+refiner (clean-only)``: the ablation's control, trained on clean inputs only (no degradation);
+- ``+refiner (restoration, edge band)``: the restoration refiner on the matte's 0.5 level only (``edge_only``).
 
 Scores per annotated object, for the predicted layer with the best object IoU (the protocol of
 ``bench_real_photos.py``, whose metrics and segmenter cache this script imports):
@@ -41,8 +42,12 @@ from bench_real_photos import UNSURE, MemoisedSegmenter, soft_iou
 from real_data import load_real_benchmark
 
 RESULTS = Path(__file__).resolve().parent / "results" / "refiner.json"
-ROWS = ("segmenter", "+refiner (restoration)", "+refiner (clean-only)")
-WEIGHTS = {"+refiner (restoration)": "restoration", "+refiner (clean-only)": "clean-only"}
+ROWS = ("segmenter", "+refiner (restoration)", "+refiner (clean-only)", "+refiner (restoration, edge band)")
+WEIGHTS = {
+    "+refiner (restoration)": "restoration",
+    "+refiner (clean-only)": "clean-only",
+    "+refiner (restoration, edge band)": "restoration",
+}
 
 
 def edge_band(truth: np.ndarray, radius: int) -> np.ndarray:
@@ -92,7 +97,10 @@ def build_rows(names: list[str], cache_dir: Path | None) -> dict[str, tuple[Any,
         options["tiles"] = 0  # one whole-photo segmenter pass (the cached one): only the refiner differs
     rows: dict[str, tuple[Any, TimedRefiner | None]] = {}
     for name in names:
-        timed = TimedRefiner(MatteRefiner.from_pretrained(WEIGHTS[name])) if name in WEIGHTS else None
+        edge_only = name.endswith("edge band)")
+        timed = (
+            TimedRefiner(MatteRefiner.from_pretrained(WEIGHTS[name], edge_only=edge_only)) if name in WEIGHTS else None
+        )
         rows[name] = (load_decomposer("tools", refiner=timed, **options), timed)
     return rows
 

@@ -23,6 +23,7 @@ None of the real-photo benchmark's photos (``benchmarks/data/real``) is used: th
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import time
 from pathlib import Path
@@ -51,7 +52,10 @@ def build_cutouts(path: Path, max_side: int = 1024) -> tuple[list[Cutout], list[
     from liwi_diffusers.layers import alpha_bbox
     from liwi_diffusers.tools import ToolChainDecomposer
 
-    decomposer = ToolChainDecomposer(segmenter="isnet", extract_shadows=False, max_rounds=2)
+    options = {"segmenter": "isnet", "extract_shadows": False, "max_rounds": 2}
+    if "tiles" in inspect.signature(ToolChainDecomposer).parameters:
+        options["tiles"] = 0  # the shipped weights were trained on cut-outs from whole-photo passes only
+    decomposer = ToolChainDecomposer(**options)
     cutouts, backgrounds = [], []
     for name, load in sample_photo_loaders().items():
         image = load()

@@ -208,3 +208,12 @@ def test_cli_refiner_errors_are_one_line(tmp_path, capsys):
         "liwi: error: --refiner works with the tool chain (--method tools or weight-free), not with --model"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_edge_only_band_keeps_uncertain_insides():
+    coverage = disc(64, 24, soft=2.0)
+    coverage[28:36, 28:36] = 0.6  # an unsure patch deep inside the object
+    decoder = AlphaDecoder(hidden_channels=8, num_blocks=1)
+    full, edge = MatteRefiner(decoder), MatteRefiner(decoder, edge_only=True)
+    assert full.band(coverage)[32, 32] and not edge.band(coverage)[32, 32]
+    assert edge.band(coverage)[32, 32 - 24]  # the outline is still refined

@@ -57,6 +57,8 @@ class MatteRefiner:
         tile: side of the square tiles the band is cut into; each is refined with ``margin`` pixels of context
             on every side (the decoder was trained on windows of about ``tile + 2 * margin``).
         batch_size: tiles per forward pass.
+        edge_only: the band is the 0.5 level alone, grown by ``band_radius`` (uncertain pixels away from the
+            outline, e.g. the inside of a dark object the segmenter is unsure of, are kept as they are).
         device: where the decoder runs.
     """
 
@@ -69,6 +71,7 @@ class MatteRefiner:
         tile: int = 128,
         margin: int = 32,
         batch_size: int = 8,
+        edge_only: bool = False,
         device: str = "cpu",
     ) -> None:
         from ..models.alpha_decoder import AlphaDecoder
@@ -89,6 +92,7 @@ class MatteRefiner:
         self.decoder = decoder.eval().to(device)
         self.low, self.high, self.band_radius = low, high, band_radius
         self.tile, self.margin, self.batch_size = tile, margin, batch_size
+        self.edge_only = edge_only
         self.device = device
 
     @classmethod
@@ -117,10 +121,11 @@ class MatteRefiner:
     # ------------------------------------------------------------------ the refinement
     def band(self, coverage: np.ndarray) -> np.ndarray:
         """Where the refiner may change ``coverage``: its uncertain pixels and its 0.5 level, grown."""
-        uncertain = (coverage > self.low) & (coverage < self.high)
         solid = coverage >= 0.5
         edge = dilate(solid, 1) & ~erode(solid, 1)
-        return dilate(uncertain | edge, self.band_radius)
+        if not self.edge_only:
+            edge |= (coverage > self.low) & (coverage < self.high)
+        return dilate(edge, self.band_radius)
 
     def __call__(self, image: Any, coverage: Any) -> np.ndarray:
         """The refined matte of ``coverage`` (``(H, W)`` float or bool, in [0, 1]) in ``image`` (PIL or RGB array).
