@@ -18,7 +18,6 @@ benchmarks/results/input_times.json.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import statistics
@@ -33,6 +32,9 @@ from liwi_diffusers.sample_images import load_sample_image
 from liwi_diffusers.tools import ToolChainDecomposer
 from liwi_diffusers.tools import proposals as proposals_module
 from liwi_diffusers.tools.proposals import SaliencyProposer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_io import write_results
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle")
 RESULTS = Path(__file__).parent / "results" / "input_times.json"
@@ -163,10 +165,7 @@ def ratios(rows: list[dict], key: str) -> None:
 
 def _write(path: Path, result: dict) -> None:
     """Atomic JSON write (rows so far are kept if the run is stopped)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(result, indent=2))
-    temporary.replace(path)
+    write_results(path, result, indent=2)
 
 
 def main() -> None:

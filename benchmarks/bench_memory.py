@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_io import write_results
+
 RESULTS = Path(__file__).resolve().parent / "results" / "memory.json"
 
 CHILD = r"""
@@ -104,11 +106,7 @@ def main() -> None:
                 f"{row['seconds'] / row['megapixels']:.2f} | {segmenter or float('nan'):.1f} | {ratio} | "
                 f"{row['peak_rss_mb']:.0f} |"
             )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"method": args.method, "cpu_count": os.cpu_count(), "rows": rows}
-    tmp = args.output.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, args.output)
+    write_results(args.output, {"method": args.method, "cpu_count": os.cpu_count(), "rows": rows})
 
 
 if __name__ == "__main__":

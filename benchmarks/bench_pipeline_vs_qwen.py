@@ -50,6 +50,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_io import write_results
+
 RESULTS = Path(__file__).resolve().parent / "results" / "pipeline_vs_qwen.json"
 PATHS = ("latent", "decoded", "tiled")
 PIPELINES = ("liwi", "qwen")
@@ -288,10 +291,7 @@ def main() -> None:
         },
         "rows": rows,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(args.output)
+    write_results(args.output, payload, indent=2)
     print(f"wrote {args.output}")
 
 

@@ -20,7 +20,6 @@ Results go to ``benchmarks/results/prompts.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_real_photos import MemoisedSegmenter, soft_iou
 from real_data import load_real_benchmark
+from results_io import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "prompts.json"
 ROWS = ("box", "point", "box-weight-free")
@@ -172,10 +172,7 @@ def main() -> None:
         "summary": summary,
         "records": records,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, args.output)
+    write_results(args.output, payload)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import resource
 import sys
@@ -44,6 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_data import load_real_benchmark
+from results_io import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "real_photos.json"
 ROWS = ("weight-free", "segmenter", "no-tiles", "full")
@@ -312,9 +312,7 @@ def main() -> None:
         "note": "No shadow or clean-plate photos with a redistributable licence were found (see "
         "benchmarks/data/real/README.md): shadow IoU and background ratio are not measured on real photos.",
     }
-    tmp = args.output.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, args.output)
+    write_results(args.output, payload)
     if args.contact_sheet is not None and result["layers"]:
         contact_sheet(result["layers"], samples, args.contact_sheet, args.sheet_row)
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import os
 import sys
 import time
@@ -40,6 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_real_photos import UNSURE, MemoisedSegmenter, soft_iou
 from real_data import load_real_benchmark
+from results_io import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "refiner.json"
 ROWS = ("segmenter", "+refiner (restoration)", "+refiner (clean-only)", "+refiner (restoration, edge band)")
@@ -215,10 +215,7 @@ def main() -> None:
         "paired_differences": differences,
         "records": records,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, args.output)
+    write_results(args.output, payload)
 
 
 if __name__ == "__main__":
