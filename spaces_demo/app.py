@@ -159,6 +159,16 @@ class SpaceConfig:
         )
 
 
+def _how_chosen(wanted: int | None, prompts: Mapping[str, Any] | None) -> str:
+    """How the report says the objects were chosen: by the model ("auto"), by clicks, or both."""
+    clicked = bool((prompts or {}).get("points"))
+    if clicked and (prompts or {}).get("only_prompts"):
+        return " (your clicks)"
+    if clicked:
+        return " (your clicks + auto)" if wanted is None else " (your clicks + found)"
+    return " (auto)" if wanted is None else ""
+
+
 def model_label(name: str) -> str:
     """What the model dropdown shows for a model name."""
     if name == TOOLS:
@@ -498,7 +508,7 @@ def decompose(
     psd = save_layered_file(layered, folder / f"{_safe_stem(upload_path(image))}_layers.psd")
     lines = [f"> ⚠️ {notice}" for notice in notices]
     lines += [
-        f"**{plural(layered.num_objects, 'object')}**{' (auto)' if wanted is None else ''} "
+        f"**{plural(layered.num_objects, 'object')}**{_how_chosen(wanted, prompts)} "
         f"({plural(2 * layered.num_objects + 1, 'layer')}, {layered.width}x{layered.height}) "
         f"in {seconds:.1f} s with *{model_label(model)}*.",
         f"Recomposition error: mean {report.mean_abs_error * 255:.2f}, max {report.max_abs_error * 255:.1f} "

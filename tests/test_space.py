@@ -946,3 +946,11 @@ def test_the_space_looks_at_the_whole_photo_only_unless_told_and_checks_liwi_til
     for bad in ("5", "-1", "two", "1.5"):
         with pytest.raises(ValueError, match=r"LIWI_TILES must be a whole number from 0 to 4 \(0: whole photo only\)"):
             space.SpaceConfig.from_env({"LIWI_TILES": bad})
+
+
+def test_the_report_says_how_the_objects_were_chosen():
+    assert space._how_chosen(None, None) == " (auto)"
+    assert space._how_chosen(2, None) == ""
+    assert space._how_chosen(None, {"points": [(3, 4)], "only_prompts": True}) == " (your clicks)"
+    assert space._how_chosen(None, {"points": [(3, 4)], "only_prompts": False}) == " (your clicks + auto)"
+    assert space._how_chosen(None, {"points": [], "negative_points": [(1, 1)], "only_prompts": True}) == " (auto)"
