@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_tokenizers import tiny_clip_tokenizer
 
 from liwi_dataset_builder.agent import (
     AgentAnswerError,
@@ -595,18 +596,6 @@ def test_rule_verifier_rejects_hidden_objects() -> None:
 
 
 # ------------------------------------------------------------------------------ tiny real models
-def _tiny_clip_tokenizer(folder: Path):
-    from transformers import CLIPTokenizer
-
-    vocab = {"!": 0, "<|startoftext|>": 1, "<|endoftext|>": 2}  # OWL-ViT wants the start token id > 0
-    for char in "abcdefghijklmnopqrstuvwxyz":
-        vocab[char] = len(vocab)
-        vocab[char + "</w>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(
-        str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="<|endoftext|>", model_max_length=16
-    )
 
 
 def _noise(height: int = 60, width: int = 80, seed: int = 0) -> np.ndarray:
@@ -653,7 +642,7 @@ def test_zero_shot_detection_proposer_with_tiny_owlvit(tmp_path: Path) -> None:
 
     from liwi_dataset_builder.adapters import TransformersProposer
 
-    tokenizer = _tiny_clip_tokenizer(tmp_path)
+    tokenizer = tiny_clip_tokenizer(tmp_path)
     torch.manual_seed(0)
     config = OwlViTConfig(
         text_config={
@@ -758,7 +747,7 @@ def test_diffusers_inpainter_with_a_tiny_pipeline(tmp_path: Path) -> None:
 
     from liwi_dataset_builder.adapters import DiffusersInpainter
 
-    tokenizer = _tiny_clip_tokenizer(tmp_path)
+    tokenizer = tiny_clip_tokenizer(tmp_path)
     torch.manual_seed(0)
     pipe = StableDiffusionInpaintPipeline(
         unet=UNet2DConditionModel(

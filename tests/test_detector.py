@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_tokenizers import tiny_clip_tokenizer
 
 from liwi_diffusers.tools.detector import (
     Detection,
@@ -18,20 +19,6 @@ from liwi_diffusers.tools.detector import (
 )
 
 HEIGHT, WIDTH = 60, 80  # not square: OWLv2 pads to a square, so its boxes reach below the photo until clipped
-
-
-def _clip_tokenizer(folder: Path):
-    from transformers import CLIPTokenizer
-
-    vocab = {"!": 0, "<|startoftext|>": 1, "<|endoftext|>": 2}  # OWL wants the start token id > 0
-    for char in "abcdefghijklmnopqrstuvwxyz":
-        vocab[char] = len(vocab)
-        vocab[char + "</w>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(
-        str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="<|endoftext|>", model_max_length=16
-    )
 
 
 def _save_owl(folder: Path, kind: str, widen: float = 1.5) -> Path:
@@ -50,7 +37,7 @@ def _save_owl(folder: Path, kind: str, widen: float = 1.5) -> Path:
     from transformers.models.owlvit.image_processing_pil_owlvit import OwlViTImageProcessorPil
 
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = _clip_tokenizer(folder)
+    tokenizer = tiny_clip_tokenizer(folder)
     towers = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
     text = {**towers, "vocab_size": tokenizer.vocab_size, "max_position_embeddings": 16}
     text.update(bos_token_id=1, eos_token_id=2, pad_token_id=2)
