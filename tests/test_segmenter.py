@@ -328,3 +328,10 @@ def test_a_weak_glow_of_coverage_over_the_whole_photo_does_not_stop_peeling():
     layered = ToolChainDecomposer(segmenter=FixedMatte(matte), tiles=0, extract_shadows=False)(image)
     assert layered.num_objects >= 1 and layered.metadata["peeling_rounds"] == 2
     assert layered.check(image).ok()
+
+
+def test_a_point_prompt_reuses_the_whole_photo_pass_after_the_crops():
+    segmenter = LargestRedThing()
+    layered = ToolChainDecomposer(segmenter=segmenter, max_rounds=1, extract_shadows=False)(scene(), points=[(34, 64)])
+    assert segmenter.calls == 5  # the whole photo and four crops; the point is answered from the first pass
+    assert layered.metadata["prompt_layers"][0] is not None

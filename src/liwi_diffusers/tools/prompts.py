@@ -260,9 +260,10 @@ def parse_prompts(
 # ---------------------------------------------------------------------------------------------- segmentation
 class RememberingSegmenter:
     """A segmenter that keeps its last few answers by image content (the decomposer's first pass on the whole
-    photo then serves both the automatic objects and the point prompts)."""
+    photo then serves both the automatic objects and the point prompts). ``size`` answers are kept: enough for
+    the whole photo and the decomposer's crops (five with the default 2 x 2 grid)."""
 
-    def __init__(self, segmenter: Any, size: int = 4) -> None:
+    def __init__(self, segmenter: Any, size: int = 8) -> None:
         self.segmenter = segmenter
         self.name = getattr(segmenter, "name", type(segmenter).__name__)
         self.size = size
