@@ -225,5 +225,8 @@ def _object_on_fill(rgba: np.ndarray, decomposer: Any) -> np.ndarray:
 
         inpainter = OpenCVInpainter()
     base = np.where(solid[:, :, None], color, color[solid].mean(axis=0)).astype(np.float32)
-    fill = np.clip(np.asarray(inpainter(base, ~solid), np.float32), 0.0, 1.0)
+    try:
+        fill = np.clip(np.asarray(inpainter(base, ~solid), np.float32), 0.0, 1.0)
+    except ValueError:  # a faint, thin object: the inpainter's grown hole covers the crop; its mean colour then
+        fill = base
     return np.clip(alpha * color + (1 - alpha) * fill, 0.0, 1.0).astype(np.float32)
