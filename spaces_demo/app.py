@@ -52,7 +52,6 @@ from editing import (  # noqa: E402
 )
 from prompt_clicks import (  # noqa: E402
     add_click,
-    decompose_prompted_in_worker,
     empty_prompts,
     prompt_options,
     prompt_preview,
@@ -68,9 +67,10 @@ from worker_pool import (  # noqa: E402
 )
 
 from liwi_diffusers.image_io import ImageInputWarning, ImageLoadError, load_image  # noqa: E402
-from liwi_diffusers.layers import LayeredImage  # noqa: E402
+from liwi_diffusers.layers import LayeredImage, LayerPart, layer_name  # noqa: E402
 from liwi_diffusers.loading import TOOL_CHAIN_NAMES, DecomposerLoadError, PipelineDecomposer, load_decomposer  # noqa: E402
 from liwi_diffusers.sample_images import load_sample_image  # noqa: E402
+from liwi_diffusers.tools.recursive import MAX_DEPTH  # noqa: E402
 
 __all__ = ["SpaceConfig", "build_demo", "decompose", "export_layers", "launch_options", "main"]
 
@@ -91,7 +91,20 @@ AUTO = "auto"  # the object-count choice "the model decides"; 0 means the same, 
 
 @dataclass(frozen=True)
 class SpaceConfig:
-    """Settings of the Space; `from_env` reads them from ``LIWI_*`` environment variables."""
+    """Settings of the Space; `from_env` reads them from ``LIWI_*`` environment variables.
+
+    ``time_limit_s`` (``LIWI_TIME_LIMIT``) counts seconds of computing, not of waiting: a tool-chain request
+    may use that many CPU seconds per worker thread (`worker_pool.WorkerPool.run`), however long a loaded
+    machine stretches them, and is stopped after `worker_pool.WALL_LIMIT_FACTOR` times as long in wall-clock
+    time at the latest; a pipeline stops at its first denoising step past it in wall-clock time (a GPU is not
+    shared like the CPUs). Why: a wall-clock limit stopped ordinary requests whenever the machine was busy, since
+    the time a request takes there grows with the load, not with the photo. Measured on 2 cores (one thread per
+    worker): a 1024 px photo costs 7-13 CPU s at depth 1 (the four bundled photos and a blank one; 12.5 CPU s
+    took 34.6 s at a load average of 9, and the last session's 20-user run saw ~90 s per request at a load of
+    8-20) and 24 CPU s and more at depth 2, where each object is decomposed again. The default of 60 s of
+    computing covers a depth-1 request 4-5 times over and depth 2 for a few objects, while a hostile upload still
+    holds a worker for at most 60 CPU s; a depth-3 request on a busy photo can pass it, and is then told so.
+    """
 
     default_model: str = TOOLS
     models: tuple[str, ...] = (TOOLS,)
@@ -103,7 +116,7 @@ class SpaceConfig:
     resolution: int | None = None  # working resolution of diffusion pipelines (None: the checkpoint's own)
     queue_size: int = 64  # waiting requests beyond this are turned away ("queue full")
     concurrency: int = 2  # decompositions running at once (tool-chain worker processes)
-    time_limit_s: float = 60.0  # a decomposition still running after this long is stopped, its worker freed
+    time_limit_s: float = 60.0  # seconds of computing a decomposition may use; then it is stopped, its worker freed
     output_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "liwi_space")
 
     @classmethod
@@ -111,8 +124,8 @@ class SpaceConfig:
         """Read ``LIWI_MODEL`` (``tools``, ``tiny``, a pipeline folder or Hub id), ``LIWI_MODELS`` (more
         choices, comma-separated), ``LIWI_MAX_SIDE``, ``LIWI_MAX_PIXELS``, ``LIWI_MAX_FILE_SIZE``,
         ``LIWI_MAX_STEPS``, ``LIWI_RESOLUTION``, ``LIWI_QUEUE_SIZE``, ``LIWI_CONCURRENCY``, ``LIWI_TIME_LIMIT``
-        (seconds, decimals allowed), ``LIWI_OUTPUT_DIR``; ``LIWI_TILES`` (the tool chain's crops, read by the
-        workers) is checked here."""
+        (seconds of computing, decimals allowed; see the class docstring), ``LIWI_OUTPUT_DIR``; ``LIWI_TILES``
+        (the tool chain's crops, read by the workers) is checked here."""
         env = os.environ if environ is None else environ
         tool_chain_tiles(env)  # read by the worker processes; a bad value stops the Space here, not per request
         default = env.get("LIWI_MODEL", "").strip() or TOOLS
@@ -318,10 +331,13 @@ def run_model(
     config: SpaceConfig,
     progress: Any = None,
     prompts: Mapping[str, Any] | None = None,
+    depth: int = 1,
 ) -> LayeredImage:
     """Decompose ``image`` with model ``name`` (``num_layers`` None: automatic, the model decides).
 
-    ``prompts`` are the page's clicks (see ``prompt_clicks.py``); only the tool chain takes them.
+    ``prompts`` are the page's clicks (see ``prompt_clicks.py``); only the tool chain takes them. ``depth``
+    above 1 splits every object into parts, and those again at 3 (`decompose_to_depth`): tool chain only, in
+    the same worker call, so under the same time limit.
 
     The tool chain runs in a worker process of `tool_chain_pool`, pipelines in this thread; either is stopped
     at ``config.time_limit_s``. A model that refuses the request (a `ValueError`, e.g. more layers than it
@@ -332,10 +348,13 @@ def run_model(
             if progress is not None:
                 progress(0.2, desc="Finding objects, matting, inpainting")
             pool = tool_chain_pool(config.concurrency)
-            options = prompt_options(prompts)
-            if options:
-                return pool.run(decompose_prompted_in_worker, (name, image, num_layers, options), config.time_limit_s)
-            return pool.run(decompose_in_worker, (name, image, num_layers), config.time_limit_s)
+            arguments = (name, image, num_layers, prompt_options(prompts), depth)
+            return pool.run(decompose_in_worker, arguments, config.time_limit_s)
+        if depth > 1:
+            raise user_error(
+                f"Objects are split into parts by the tool chain only; choose it as the model, or set "
+                f"'Split objects into parts' to 1 to decompose with {model_label(name)}."
+            )
         if prompt_options(prompts):
             raise user_error(
                 f"Clicked objects are taken out by the tool chain only; choose it as the model, or press "
@@ -347,9 +366,10 @@ def run_model(
         return run_pipeline(name, image, num_layers, steps, seed, config.resolution, config.time_limit_s, progress)
     except (TimeLimitExceeded, _PastTimeLimit):
         LOGGER.warning("/decompose: stopped at the time limit (%g s), model %s", config.time_limit_s, name)
+        fewer = "a lower 'Split objects into parts' depth, " if depth > 1 else ""
         raise user_error(
-            f"This photo took longer than {config.time_limit_s:g} s, this Space's limit per request, and was "
-            "stopped. Try a smaller or busier photo, fewer objects, or another model.",
+            f"This photo took longer than {config.time_limit_s:g} s of computing, this Space's limit per request, "
+            f"and was stopped. Try {fewer}a smaller or busier photo, fewer objects, or another model.",
             title="Time limit",
         ) from None
     except WorkerCrashed as error:
@@ -435,6 +455,28 @@ def parse_object_count(value: Any, max_layers: int) -> int | None:
     return int(number) or None
 
 
+def depth_choices() -> list[tuple[str, int]]:
+    """Choices of the depth control: 1 (objects only) to `MAX_DEPTH`."""
+    names = {1: "1: objects only", 2: "2: objects and their parts", 3: "3: parts of parts too"}
+    return [(names.get(depth, str(depth)), depth) for depth in range(1, MAX_DEPTH + 1)]
+
+
+def parse_depth(value: Any) -> int:
+    """The depth a request asks for (`decompose_to_depth`): 1 (objects only; also for nothing) to `MAX_DEPTH`."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return 1
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not number.is_integer() or not 1 <= number <= MAX_DEPTH:
+        raise user_error(
+            f"Split objects into parts: the depth must be a whole number from 1 (objects only) to {MAX_DEPTH} "
+            f"(parts of parts), got {value!r}."
+        )
+    return int(number)
+
+
 def _whole_number(value: Any, what: str, low: int, high: int) -> int:
     try:
         number = float(value)
@@ -447,9 +489,47 @@ def _whole_number(value: Any, what: str, low: int, high: int) -> int:
 
 def _plain_labels(layered: LayeredImage) -> LayeredImage:
     """``layered`` without the tool chain's placeholder label "object" (it has no classifier): layer names
-    then read ``object 1``, not ``object 1: object``, in the page and in exported files."""
+    then read ``object 1``, not ``object 1: object``, and ``part 1.2``, not ``part 1.2: object``, in the page
+    and in exported files."""
+
+    def plain(part: LayerPart) -> LayerPart:
+        return LayerPart(part.rgba, "" if part.label == "object" else part.label, [plain(p) for p in part.parts])
+
     layered.labels = ["" if label == "object" else label for label in layered.labels]
+    layered.parts = {k: [plain(part) for part in tree] for k, tree in (layered.parts or {}).items()}
     return layered
+
+
+def _part_text(part: LayerPart, path: tuple[int, ...]) -> str:
+    """A part and its own parts: ``part 1.2: wheel`` or ``part 1.2 (part 1.2.1, part 1.2.2)``."""
+    name = f"part {'.'.join(map(str, path))}" + (f": {part.label}" if part.label else "")
+    if not part.parts:
+        return name
+    return f"{name} ({', '.join(_part_text(p, (*path, j)) for j, p in enumerate(part.parts, start=1))})"
+
+
+def parts_report(layered: LayeredImage, depth: int) -> str:
+    """The report's line on the split into parts (``depth`` above 1): per object its parts, as a tree, or why it
+    stayed whole. Empty at depth 1."""
+    if depth <= 1:
+        return ""
+    notes = layered.metadata.get("parts", {})
+    parts = layered.parts or {}
+    leaves = sum(len(part.leaves()) for tree in parts.values() for part in tree)
+    head = (
+        f"**Parts** (depth {depth}): {len(parts)} of {plural(layered.num_objects, 'object')} split into "
+        f"{plural(leaves, 'part')}."
+    )
+    lines = [head]
+    for k, label in enumerate(layered.labels):
+        name = layer_name("object", k + 1, label)
+        if k in parts:
+            tree = ", ".join(_part_text(part, (k + 1, j)) for j, part in enumerate(parts[k], start=1))
+            lines.append(f"- {name}: {tree}")
+        else:
+            reasons = sorted({str(note.get("stop_reason", "")) for note in notes.get(str(k + 1), [])} - {""})
+            lines.append(f"- {name}: stays whole" + (f" ({'; '.join(reasons)})" if reasons else ""))
+    return "\n".join(lines)
 
 
 def write_images(
@@ -481,18 +561,23 @@ def decompose(
     config: SpaceConfig,
     progress: Any = None,
     prompts: Mapping[str, Any] | None = None,
+    depth: Any = 1,
 ) -> tuple[list[tuple[str, str]], str, str, str, EditSession]:
     """The ``/decompose`` endpoint: layers (RGBA PNG files, named), their recomposition, a report, a PSD and
     an edit session. ``num_layers`` is "auto" (or 0: the model decides, up to its limit) or a count.
-    ``prompts``: the page's clicks (``prompt_clicks.py``; not part of the API), one object per object click."""
+    ``prompts``: the page's clicks (``prompt_clicks.py``; not part of the API), one object per object click.
+    ``depth`` (1 to 3, `parse_depth`): 2 splits every object into parts, 3 those parts again; an object split
+    into parts shows its leaf parts (``part 1.2``) instead of its object layer, in the gallery, and a group of
+    them in the PSD."""
     if model not in config.models:
         raise user_error(f"Unknown model {model!r}; this Space offers: {', '.join(config.models)}.")
     wanted = parse_object_count(num_layers, config.max_layers)
+    depth = parse_depth(depth)
     steps = _whole_number(1 if steps is None else steps, "Steps", 1, config.max_steps)
     seed = _whole_number(0 if seed is None else seed, "Seed", 0, 2**63 - 1)
     picture, notices = prepare_image(image, config)
     start = time.perf_counter()
-    layered = _plain_labels(run_model(model, picture, wanted, steps, seed, config, progress, prompts))
+    layered = _plain_labels(run_model(model, picture, wanted, steps, seed, config, progress, prompts, depth))
     seconds = time.perf_counter() - start
     if wanted and layered.num_objects < wanted:
         notices.append(
@@ -509,13 +594,15 @@ def decompose(
     lines = [f"> ⚠️ {notice}" for notice in notices]
     lines += [
         f"**{plural(layered.num_objects, 'object')}**{_how_chosen(wanted, prompts)} "
-        f"({plural(2 * layered.num_objects + 1, 'layer')}, {layered.width}x{layered.height}) "
+        f"({plural(len(gallery), 'layer')}, {layered.width}x{layered.height}) "
         f"in {seconds:.1f} s with *{model_label(model)}*.",
         f"Recomposition error: mean {report.mean_abs_error * 255:.2f}, max {report.max_abs_error * 255:.1f} "
         f"(of 255 levels), PSNR {_psnr_text(report.psnr)}.",
     ]
     if prompt_options(prompts):
         lines.append(f"Your clicks: {prompt_summary(prompts)}")
+    if depth > 1:
+        lines.append(parts_report(layered, depth))
     return gallery, composite, "\n\n".join(lines), str(psd), EditSession.from_layered(layered)
 
 
@@ -695,6 +782,7 @@ def api_markdown(config: SpaceConfig) -> str:
         (f'"{AUTO}",', f'objects: "{AUTO}" or 0 (the model decides), or 1 to {config.max_layers}'),
         ("20,", "steps (diffusion pipelines only)"),
         ("0,", "seed"),
+        ("1,", f"split objects into parts: depth 1 (objects only) to {MAX_DEPTH} (tool chain; optional)"),
     ]
     width = max(len(code) for code, _ in arguments) + 2
     lines = "\n".join(f"    {code:<{width}}# {comment}" for code, comment in arguments)
@@ -793,11 +881,19 @@ def build_demo(config: SpaceConfig | None = None) -> gr.Blocks:
                         elem_id="liwi-steps",
                     )
                     seed = gr.Number(0, precision=0, minimum=0, label="Seed", elem_id="liwi-seed")
+                depth = gr.Radio(
+                    depth_choices(),
+                    value=1,
+                    label=f"Split objects into parts: depth 1-{MAX_DEPTH}",
+                    info="2 takes every object apart into its parts, 3 those parts again (tool chain only; "
+                    "each level takes about as long again).",
+                    elem_id="liwi-depth",
+                )
                 run = gr.Button("Decompose", variant="primary", elem_id="liwi-decompose")
                 gr.Markdown(
                     f"Uploads up to {config.max_file_size.upper()}; photos above {config.max_side} px per side are "
-                    f"downscaled; a decomposition is stopped after {config.time_limit_s:g} s. While you wait, the "
-                    "layers panel shows your place in the queue. Files are kept for an hour, then deleted.",
+                    f"downscaled; a decomposition is stopped after {config.time_limit_s:g} s of computing. While you "
+                    "wait, the layers panel shows your place in the queue. Files are kept for an hour, then deleted.",
                     elem_id="liwi-limits",
                 )
             with gr.Column(scale=7, min_width=400), gr.Tabs():
@@ -913,10 +1009,11 @@ def build_demo(config: SpaceConfig | None = None) -> gr.Blocks:
             num_layers: float,
             steps: float,
             seed: float,
+            split_depth: Any = 1,
             clicks: dict | None = None,
             progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's convention)
         ) -> tuple:
-            return decompose(image, model, num_layers, steps, seed, config, progress, clicks)
+            return decompose(image, model, num_layers, steps, seed, config, progress, clicks, split_depth)
 
         # The click events take the photo undecoded (preprocess=False): Gradio's own decoding of it leaves its
         # file open; upload_path gives the path.
@@ -996,7 +1093,7 @@ def build_demo(config: SpaceConfig | None = None) -> gr.Blocks:
         # see their place in the queue ("queue: 3/7") over the outputs (show_progress="full").
         run.click(
             _logged("/decompose", on_decompose),
-            [photo, model, num_layers, steps, seed, prompts],
+            [photo, model, num_layers, steps, seed, depth, prompts],
             [layers, recomposition, report, psd, session],
             api_name="decompose",
             concurrency_id="decompose",

@@ -4,7 +4,9 @@ Plain functions on plain data, so that the Space's handlers stay thin and the ed
 without Gradio. Edits never touch the decomposition itself: an `EditSession` keeps the original
 layers (as 8-bit arrays, which is what the exported files hold anyway) plus one `ObjectEdit` per
 object, and `apply_edits` renders a fresh `LayeredImage` from them every time. Moving or scaling an
-object twice therefore resamples it once, and "reset" is just forgetting the edits.
+object twice therefore resamples it once, and "reset" is just forgetting the edits. An object split into
+parts (`LayeredImage.parts`, the Space's depth 2 and 3) is edited as one: its parts follow it, so the
+edited layers and the files exported from them keep its group of parts.
 
     >>> session = EditSession.from_layered(layered)
     >>> session = update_edit(session, 0, dx=40, scale=1.5, shadow_strength=0.5)
@@ -15,12 +17,14 @@ object twice therefore resamples it once, and "reset" is just forgetting the edi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
-from liwi_diffusers.layers import LayeredImage, to_uint8
+from liwi_diffusers.layers import LayeredImage, LayerPart, layer_name, parse_layer_name, to_uint8
 
 __all__ = [
     "MAX_SCALE",
@@ -30,6 +34,7 @@ __all__ = [
     "ObjectEdit",
     "apply_edits",
     "delete_object",
+    "move_parts",
     "object_choices",
     "reset_edits",
     "scale_shadow",
@@ -85,6 +90,7 @@ class EditSession:
     labels: list[str]
     edits: list[ObjectEdit] = field(default_factory=list)
     layer_names: list[str] = field(default_factory=list)  # of the original layers (`LayeredImage.layer_names`)
+    parts: dict[int, list[LayerPart]] = field(default_factory=dict)  # objects split into parts: leaves as uint8
 
     def __post_init__(self) -> None:
         if not self.edits:
@@ -96,13 +102,16 @@ class EditSession:
 
     @classmethod
     def from_layered(cls, layered: LayeredImage) -> EditSession:
-        """Start editing ``layered`` (stored at 8 bits per channel)."""
+        """Start editing ``layered`` (stored at 8 bits per channel; objects with parts as their 8-bit parts)."""
+        if layered.parts:
+            layered = layered.quantized()  # an object with parts is then exactly what its 8-bit parts show
         return cls(
             to_uint8(layered.background),
             [to_uint8(fg) for fg in layered.foregrounds],
             [to_uint8(shadow) for shadow in layered.shadows],
             list(layered.labels),
             layer_names=layered.layer_names(),
+            parts={k: [_leaves_only(part, to_uint8) for part in tree] for k, tree in (layered.parts or {}).items()},
         )
 
     @property
@@ -117,15 +126,31 @@ class EditSession:
 
     def original(self) -> LayeredImage:
         """The decomposition without any edit."""
-        return LayeredImage(self.background, list(self.foregrounds), list(self.shadows), list(self.labels))
+        return LayeredImage(
+            self.background, list(self.foregrounds), list(self.shadows), list(self.labels), parts=self.parts
+        )
+
+    def object_layer_names(self, index: int) -> list[str]:
+        """Names of object ``index``'s layers in `layer_names`: its shadow, then its object layer or its parts."""
+        starts = [k for k, name in enumerate(self.layer_names) if parse_layer_name(name)[0] == "shadow"]
+        ends = [*starts[1:], len(self.layer_names)]
+        return self.layer_names[starts[index] : ends[index]]
 
     def is_edited(self) -> bool:
         return any(edit != ObjectEdit() for edit in self.edits)
 
 
 def object_choices(session: EditSession) -> list[tuple[str, int]]:
-    """``(display name, index)`` of the objects still there, for a dropdown (deleted ones left out)."""
-    return [(session.layer_names[2 + 2 * index], index) for index, edit in enumerate(session.edits) if not edit.deleted]
+    """``(display name, index)`` of the objects still there, for a dropdown (deleted ones left out): ``object 2``,
+    or ``object 2 (3 parts)`` for an object split into parts."""
+    choices = []
+    for index, edit in enumerate(session.edits):
+        if edit.deleted:
+            continue
+        name = layer_name("object", index + 1, session.labels[index])
+        leaves = sum(len(part.leaves()) for part in session.parts.get(index, []))
+        choices.append((f"{name} ({leaves} parts)" if leaves else name, index))
+    return choices
 
 
 def shown_objects(session: EditSession) -> list[int]:
@@ -138,7 +163,7 @@ def shown_layer_names(session: EditSession) -> list[str]:
     after object 1 is hidden): the original `LayeredImage.layer_names`, less those of objects not shown."""
     names = session.layer_names[:1]
     for index in shown_objects(session):
-        names += session.layer_names[1 + 2 * index : 3 + 2 * index]
+        names += session.object_layer_names(index)
     return names
 
 
@@ -170,18 +195,59 @@ def apply_edits(session: EditSession) -> LayeredImage:
     """
     background = session.background
     foregrounds, shadows, labels = [], [], []
+    parts: dict[int, list[LayerPart]] = {}
     for index in shown_objects(session):
         foreground, shadow = session.foregrounds[index], session.shadows[index]
         label, edit = session.labels[index], session.edits[index]
         rgba = foreground.astype(np.float32) / 255.0
         sigma = shadow.astype(np.float32) / 255.0
+        tree = session.parts.get(index)
         if edit.moves:
             center = _alpha_center(rgba[:, :, 3])
-            rgba, sigma = transform_layer(rgba, sigma, edit.dx, edit.dy, edit.scale, center)
+            moved, sigma = transform_layer(rgba, sigma, edit.dx, edit.dy, edit.scale, center)
+            if tree:
+                tree = move_parts(tree, moved, _coefficients(edit.dx, edit.dy, edit.scale, center))
+            rgba = moved
+        if tree:
+            parts[len(foregrounds)] = tree
         foregrounds.append(rgba)
         shadows.append(scale_shadow(sigma, edit.shadow_strength))
         labels.append(label)
-    return LayeredImage(background, foregrounds, shadows, labels)
+    return LayeredImage(background, foregrounds, shadows, labels, parts=parts)
+
+
+def move_parts(tree: list[LayerPart], moved: np.ndarray, coefficients: tuple[float, ...]) -> list[LayerPart]:
+    """The parts of an object after it was moved or scaled: ``moved`` (its resampled RGBA) shared out among them.
+
+    Every pixel belongs to one leaf part: the one that shows most there in the original, or, outside the object,
+    the nearest one. That ownership is moved with the object (nearest-neighbour, so it stays one leaf per pixel)
+    and each leaf takes ``moved`` on its pixels. The parts therefore compose to ``moved`` exactly, with no seam
+    where resampled parts would overlap.
+    """
+    leaves = [leaf for part in tree for _, leaf in part.leaves()]
+    alphas = np.stack([np.asarray(leaf.rgba)[:, :, 3] for leaf in leaves])
+    owner = np.argmax(alphas, axis=0)
+    owned = alphas.max(axis=0) > 0
+    if owned.any() and not owned.all():
+        _, (rows, cols) = ndimage.distance_transform_edt(~owned, return_indices=True)
+        owner = owner[rows, cols]
+    owner = np.rint(_affine(owner.astype(np.float32), coefficients, Image.Resampling.NEAREST)).astype(np.int64)
+    shares = iter([np.where((owner == k)[:, :, None], moved, 0.0).astype(np.float32) for k in range(len(leaves))])
+
+    def rebuild(part: LayerPart) -> LayerPart:
+        if not part.parts:
+            return LayerPart(next(shares), part.label)
+        return LayerPart(None, part.label, [rebuild(p) for p in part.parts])
+
+    return [rebuild(part) for part in tree]
+
+
+def _leaves_only(part: LayerPart, transform: Callable[[np.ndarray], np.ndarray]) -> LayerPart:
+    """``part`` with ``transform`` applied to its leaves' RGBA; a part with parts keeps no RGBA of its own (it is
+    its parts' composite)."""
+    if not part.parts:
+        return LayerPart(transform(np.asarray(part.rgba)), part.label)
+    return LayerPart(None, part.label, [_leaves_only(p, transform) for p in part.parts])
 
 
 def scale_shadow(shadow: np.ndarray, strength: float) -> np.ndarray:
@@ -205,10 +271,7 @@ def transform_layer(
     premultiplied (bilinear), so edges do not pick up the colour of transparent pixels; what leaves
     the canvas is cut off.
     """
-    cx, cy = center
-    # PIL maps every output pixel (x, y) back to the input pixel (a x + b y + c, d x + e y + f).
-    inverse = 1.0 / scale
-    coefficients = (inverse, 0.0, cx - (cx + dx) * inverse, 0.0, inverse, cy - (cy + dy) * inverse)
+    coefficients = _coefficients(dx, dy, scale, center)
     alpha = rgba[:, :, 3]
     channels = [rgba[:, :, c] * alpha for c in range(3)] + [alpha, np.asarray(shadow, np.float32)]
     moved = [_affine(channel, coefficients) for channel in channels]
@@ -219,10 +282,20 @@ def transform_layer(
     return out, np.clip(moved[4], 0.0, 1.0).astype(np.float32)
 
 
-def _affine(channel: np.ndarray, coefficients: tuple[float, ...]) -> np.ndarray:
+def _coefficients(dx: float, dy: float, scale: float, center: tuple[float, float]) -> tuple[float, ...]:
+    """PIL's affine coefficients for a move by ``(dx, dy)`` and a scale about ``center``: PIL maps every output
+    pixel (x, y) back to the input pixel (a x + b y + c, d x + e y + f)."""
+    cx, cy = center
+    inverse = 1.0 / scale
+    return (inverse, 0.0, cx - (cx + dx) * inverse, 0.0, inverse, cy - (cy + dy) * inverse)
+
+
+def _affine(
+    channel: np.ndarray, coefficients: tuple[float, ...], resample: Image.Resampling = Image.Resampling.BILINEAR
+) -> np.ndarray:
     height, width = channel.shape
     image = Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32), "F")
-    moved = image.transform((width, height), Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR)
+    moved = image.transform((width, height), Image.Transform.AFFINE, coefficients, resample)
     return np.asarray(moved, dtype=np.float32)
 
 

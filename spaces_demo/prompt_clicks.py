@@ -118,6 +118,6 @@ def prompt_preview(photo: str | None, prompts: Mapping[str, Any] | None, path: P
 
 def decompose_prompted_in_worker(name: str, image: Any, num_layers: int | None, options: dict[str, Any]) -> Any:
     """``load_decomposer(name)(image, num_layers, **options)`` in a tool-chain worker process."""
-    from worker_pool import _decomposer
+    from worker_pool import decompose_in_worker
 
-    return _decomposer(name)(image, num_layers=num_layers, **options)
+    return decompose_in_worker(name, image, num_layers, options)

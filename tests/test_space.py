@@ -382,7 +382,7 @@ def test_object_count_auto_and_zero_mean_the_same(monkeypatch, config, photos):
             space.parse_object_count(value, 8)
     asked = []
 
-    def fake_run_model(name, image, num_layers, steps, seed, config, progress=None, prompts=None):
+    def fake_run_model(name, image, num_layers, steps, seed, config, progress=None, prompts=None, depth=1):
         asked.append(num_layers)
         objects = _layered(1, image.size)
         objects.labels = ["object"]  # the tool chain's placeholder label
@@ -954,3 +954,212 @@ def test_the_report_says_how_the_objects_were_chosen():
     assert space._how_chosen(None, {"points": [(3, 4)], "only_prompts": True}) == " (your clicks)"
     assert space._how_chosen(None, {"points": [(3, 4)], "only_prompts": False}) == " (your clicks + auto)"
     assert space._how_chosen(None, {"points": [], "negative_points": [(1, 1)], "only_prompts": True}) == " (auto)"
+
+
+# ---------------------------------------------------------------------------------------------- parts (depth)
+PART_NAME = re.compile(r"^part \d+(\.\d+)+(: .+)?$")
+
+
+def _split_layered() -> LayeredImage:
+    """`_layered(2)` with object 1 split into parts (depth 3): a top part, and a bottom part in two halves."""
+    from liwi_diffusers.layers import LayerPart
+
+    layered = _layered(2)
+    whole = layered.foregrounds[0]
+    top, bottom = whole.copy(), whole.copy()
+    top[20:], bottom[:20] = 0, 0
+    left, right = bottom.copy(), bottom.copy()
+    left[:, 14:], right[:, :14] = 0, 0
+    layered.parts = {0: [LayerPart(top, "top"), LayerPart(None, "", [LayerPart(left, "left"), LayerPart(right, "")])]}
+    return LayeredImage(layered.background, layered.foregrounds, layered.shadows, layered.labels, parts=layered.parts)
+
+
+def test_depth_is_checked_with_a_one_line_message(config, photos, tmp_path):
+    for value, expected in ((None, 1), ("", 1), (1, 1), ("2", 2), (3.0, 3)):
+        assert space.parse_depth(value) == expected, value
+    for value in (0, 4, -1, 2.5, "deep", True, [2]):
+        with pytest.raises(gr.Error, match=re.escape("the depth must be a whole number from 1 (objects only) to 3")):
+            space.parse_depth(value)
+    quiet = space.SpaceConfig(models=config.models, output_dir=tmp_path / "out")
+    with pytest.raises(gr.Error, match=r"Split objects into parts: .* got 7\.") as caught:
+        space.decompose(str(photos["coffee"]), space.TOOLS, 0, 20, 0, quiet, depth=7)
+    assert "\n" not in caught.value.message and caught.value.print_exception is False
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # refused before any work
+    with pytest.raises(gr.Error, match="split into parts by the tool chain only") as caught:
+        space.decompose(str(photos["coffee"]), space.TINY, 1, 2, 0, config, depth=2)
+    assert "\n" not in caught.value.message
+    assert [value for _, value in space.depth_choices()] == [1, 2, 3]
+
+
+def test_decompose_handler_splits_objects_into_parts_in_the_worker_pool(config, photos):
+    """Depth 3 with the weight-free tool chain (fast) in the Space's worker processes: the gallery, the report,
+    the PSD and the edit session show every object's parts as a tree, and recompose to the photo."""
+    wf = space.SpaceConfig(models=("weight-free",), concurrency=config.concurrency, output_dir=config.output_dir)
+    gallery, _, report, psd, session = space.decompose(str(photos["chelsea"]), "weight-free", 0, 20, 0, wf, depth=3)
+    names = [name for _, name in gallery]
+    loaded = load_layered(psd)
+    assert loaded.parts, report  # at least one object was split
+    assert [name for name, _ in loaded.to_rgba_stack()] == names == loaded.layer_names()
+    split = sorted(loaded.parts)
+    for k in range(loaded.num_objects):
+        assert (f"object {k + 1}" in names) == (k not in split)  # a split object shows its parts instead
+    assert any(PART_NAME.match(name) for name in names) and all(
+        LAYER_NAME.match(name) or PART_NAME.match(name) for name in names
+    )
+    assert "object" not in " ".join(name.split(":", 1)[-1] for name in names if ":" in name)  # placeholder dropped
+    leaves = sum(len(part.leaves()) for tree in loaded.parts.values() for part in tree)
+    assert f"**Parts** (depth 3): {len(split)} of {space.plural(loaded.num_objects, 'object')} split into " in report
+    assert f"{space.plural(leaves, 'part')}." in report and f"({space.plural(len(names), 'layer')}," in report
+    for name in names:
+        if PART_NAME.match(name):
+            assert name in report  # the tree names every leaf
+    assert np.abs(loaded.compose() - _rgb(photos["chelsea"])).mean() < 2 / 255
+    assert sorted(session.parts) == split
+    assert editing.shown_layer_names(session) == names
+    choices = {index: label for label, index in editing.object_choices(session)}
+    assert all(choices[k].endswith(" parts)") for k in split)
+
+
+def test_parts_follow_their_object_through_edits_and_exports(config):
+    """A split object is edited as one: moved and scaled, its parts still compose to it exactly, keep their names,
+    and every export format writes its group of parts; hiding it hides its parts."""
+    import psd_tools
+
+    layered = _split_layered()
+    session = editing.EditSession.from_layered(layered)
+    assert editing.object_choices(session) == [("object 1: box (3 parts)", 0), ("object 2: box", 1)]
+    names = layered.layer_names()
+    assert names == [
+        "background",
+        "shadow 1: box",
+        "part 1.1: top",
+        "part 1.2.1: left",
+        "part 1.2.2",
+        "shadow 2: box",
+        "object 2: box",
+    ]
+    assert editing.apply_edits(session).layer_names() == names == editing.shown_layer_names(session)
+    np.testing.assert_array_equal(editing.apply_edits(session).compose(), layered.quantized().compose())
+
+    moved = editing.apply_edits(editing.update_edit(session, 0, dx=5.3, dy=-2.7, scale=1.37))
+    assert moved.layer_names() == names
+    whole = editing.apply_edits(editing.update_edit(editing.EditSession.from_layered(_layered(2)), 0, dx=5.3, dy=-2.7))
+    np.testing.assert_allclose(moved.object_layer(0), moved.foregrounds[0], atol=1e-6)  # no seams between parts
+    leaves = [leaf.rgba[:, :, 3] for part in moved.parts[0] for _, leaf in part.leaves()]
+    assert all(leaf.sum() > 0 for leaf in leaves) and max(np.count_nonzero(np.stack(leaves), axis=0).ravel()) == 1
+    assert moved.foregrounds[0][:, :, 3].sum() > 1.3 * whole.foregrounds[0][:, :, 3].sum()  # scaled up with it
+
+    edited = editing.update_edit(session, 0, dx=4.0, dy=2.0)
+    expected = editing.apply_edits(edited).quantized().compose()
+    for label, suffix in (("PSD", ".psd"), ("ORA", ".ora"), ("ZIP of PNGs", ".zip")):
+        path = Path(space.export_layers(edited, label, config))
+        assert path.suffix == suffix
+        loaded = load_layered(path)
+        assert loaded.layer_names() == names, label
+        assert [len(part.leaves()) for part in loaded.parts[0]] == [1, 2] and 1 not in loaded.parts
+        np.testing.assert_allclose(loaded.compose(), expected, atol=1.5 / 255)
+        if suffix == ".psd":
+            psd = psd_tools.PSDImage.open(path)
+            groups = [layer.name for layer in psd.descendants() if layer.is_group()]
+            assert len(groups) >= 4 and any(name.endswith(" parts") for name in groups), groups
+
+    hidden = editing.apply_edits(editing.update_edit(session, 0, visible=False))
+    assert hidden.layer_names() == ["background", "shadow 1: box", "object 1: box"] and not hidden.parts
+    assert editing.shown_layer_names(editing.update_edit(session, 0, visible=False)) == names[:1] + names[5:]
+
+
+def test_parts_report_says_what_split_and_why_the_rest_stayed_whole():
+    layered = _split_layered()
+    layered.metadata["parts"] = {
+        "1": [{"parts_found": 2, "stop_reason": ""}],
+        "2": [{"parts_found": 0, "stop_reason": "no part found inside the object"}],
+    }
+    assert space.parts_report(layered, 1) == ""
+    assert space.parts_report(layered, 3).splitlines() == [
+        "**Parts** (depth 3): 1 of 2 objects split into 3 parts.",
+        "- object 1: box: part 1.1: top, part 1.2 (part 1.2.1: left, part 1.2.2)",
+        "- object 2: box: stays whole (no part found inside the object)",
+    ]
+
+
+def test_worker_pool_limits_computing_time_not_waiting_time():
+    """A call is stopped when it has computed for its limit; one that waits (a loaded machine, a sleep) goes on
+    until the wall-clock limit, WALL_LIMIT_FACTOR times longer by default."""
+    assert worker_pool._cpu_seconds(os.getpid()) == pytest.approx(time.process_time(), abs=0.1)
+    assert worker_pool._cpu_seconds(2**22 + 12345) is None  # no such process
+    pool = worker_pool.WorkerPool(1)
+    try:
+        assert pool.run(time.sleep, (1.5,), time_limit_s=0.5) is None  # sleeping computes nothing
+        start = time.monotonic()
+        computed = r"stopped after \d+\.\d s of computing in .*limit 0.5 s"
+        with pytest.raises(worker_pool.TimeLimitExceeded, match=computed):
+            pool.run(sum, (range(10**12),), time_limit_s=0.5, wall_limit_s=120)  # busy: stopped by computing time
+        assert time.monotonic() - start < 60
+        with pytest.raises(worker_pool.TimeLimitExceeded, match=r"limit 0.5 s of computing, 2 s in all"):
+            pool.run(time.sleep, (60,), time_limit_s=0.5, wall_limit_s=2)
+        with pytest.raises(ValueError, match="wall_limit_s must be at least time_limit_s"):
+            pool.run(time.sleep, (0,), time_limit_s=1, wall_limit_s=0.5)
+        assert pool.run(math.hypot, (3, 4), time_limit_s=60) == 5.0
+    finally:
+        pool.close()
+    assert worker_pool.WALL_LIMIT_FACTOR >= 5  # a slowed request is not stopped at the first doubling of its time
+
+
+def test_time_limit_default_counts_computing_and_can_be_overridden(config):
+    default = space.SpaceConfig.from_env({})
+    assert default.time_limit_s == 60.0
+    assert "seconds of computing" in space.SpaceConfig.__doc__ and "LIWI_TIME_LIMIT" in space.SpaceConfig.__doc__
+    assert space.SpaceConfig.from_env({"LIWI_TIME_LIMIT": "240"}).time_limit_s == 240.0
+    demo = space.build_demo(space.SpaceConfig(time_limit_s=90, output_dir=config.output_dir))
+    texts = [block.value for block in demo.blocks.values() if getattr(block, "elem_id", None) == "liwi-limits"]
+    assert texts and "stopped after 90 s of computing" in texts[0]
+    depth = next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "liwi-depth")
+    assert depth.value == 1 and depth.label == "Split objects into parts: depth 1-3"
+
+
+def test_client_sends_the_depth_as_an_optional_last_argument(client, photos):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    parameters = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/decompose"]["parameters"]
+    assert len(parameters) == 6 and parameters[-1]["parameter_has_default"] and parameters[-1]["parameter_default"] == 1
+    with pytest.raises(AppError, match=re.escape("the depth must be a whole number from 1 (objects only) to 3")):
+        client.predict(handle_file(str(photos["coffee"])), "tools", 1, 20, 0, 4, api_name="/decompose")
+
+
+def test_browser_splits_objects_into_parts_at_depth_2(server, browser, tmp_path):
+    """The depth control in the page: at depth 2 the gallery shows the parts (``part 1.2``) and the report the tree.
+    Set LIWI_SAVE_SCREENSHOT=1 to refresh docs/images/space_depth.png."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    photo = tmp_path / "coffee.jpg"  # at the test Space's 320 px limit: no downscaling notice over the page
+    image = load_sample_image("coffee")
+    image.resize((320, round(image.height * 320 / image.width)), Image.Resampling.LANCZOS).save(photo, quality=92)
+    _open_page(browser, server)
+    _upload(browser, photo)
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#liwi-photo img"))
+    choice = next(e for e in browser.find_elements(By.CSS_SELECTOR, "#liwi-depth label") if e.text.startswith("2:"))
+    choice.click()
+    time.sleep(0.5)
+    browser.find_element(By.ID, "liwi-decompose").click()
+    WebDriverWait(browser, 300).until(lambda d: "Parts (depth 2)" in d.find_element(By.ID, "liwi-report").text)
+    thumbnails = "#liwi-layers .thumbnail-item img"
+    WebDriverWait(browser, 30).until(
+        lambda d: (
+            d.find_elements(By.CSS_SELECTOR, thumbnails)
+            and all(
+                d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", image)
+                for image in d.find_elements(By.CSS_SELECTOR, thumbnails)
+            )
+        )
+    )
+    captions = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#liwi-layers .caption-label")]
+    report = browser.find_element(By.ID, "liwi-report").text
+    parts = [caption for caption in captions if PART_NAME.match(caption)]
+    assert parts, (captions, report, _toasts(browser))
+    assert all(caption in report for caption in parts)  # the report's tree names every part in the gallery
+    assert "_layers.psd" in "".join(browser.find_element(By.ID, "liwi-psd").text.split())
+    if os.environ.get("LIWI_SAVE_SCREENSHOT") == "1":
+        time.sleep(0.5)
+        browser.save_screenshot(str(SCREENSHOT.with_name("space_depth.png")))
