@@ -525,10 +525,10 @@ def parts_report(layered: LayeredImage, depth: int) -> str:
         name = layer_name("object", k + 1, label)
         if k in parts:
             tree = ", ".join(_part_text(part, (k + 1, j)) for j, part in enumerate(parts[k], start=1))
-            lines.append(f"- {name}: {tree}")
+            lines.append(f"- {name} → {tree}")
         else:
             reasons = sorted({str(note.get("stop_reason", "")) for note in notes.get(str(k + 1), [])} - {""})
-            lines.append(f"- {name}: stays whole" + (f" ({'; '.join(reasons)})" if reasons else ""))
+            lines.append(f"- {name} stays whole" + (f" ({'; '.join(reasons)})" if reasons else ""))
     return "\n".join(lines)
 
 

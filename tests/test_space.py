@@ -893,6 +893,7 @@ def test_browser_click_on_the_photo_takes_out_that_object(server, browser, photo
     report = browser.find_element(By.ID, "liwi-report").text
     assert "Your clicks: 1 object chosen (only these are taken out)." in report
     if os.environ.get("LIWI_SAVE_SCREENSHOT") == "1":
+        browser.execute_script("window.scrollTo(0, 0)")  # the Decompose button lies below the fold
         time.sleep(0.5)
         browser.save_screenshot(str(SCREENSHOT.with_name("space_click.png")))
     browser.find_element(By.ID, "liwi-clear-prompts").click()
@@ -1077,8 +1078,8 @@ def test_parts_report_says_what_split_and_why_the_rest_stayed_whole():
     assert space.parts_report(layered, 1) == ""
     assert space.parts_report(layered, 3).splitlines() == [
         "**Parts** (depth 3): 1 of 2 objects split into 3 parts.",
-        "- object 1: box: part 1.1: top, part 1.2 (part 1.2.1: left, part 1.2.2)",
-        "- object 2: box: stays whole (no part found inside the object)",
+        "- object 1: box → part 1.1: top, part 1.2 (part 1.2.1: left, part 1.2.2)",
+        "- object 2: box stays whole (no part found inside the object)",
     ]
 
 
@@ -1161,5 +1162,6 @@ def test_browser_splits_objects_into_parts_at_depth_2(server, browser, tmp_path)
     assert all(caption in report for caption in parts)  # the report's tree names every part in the gallery
     assert "_layers.psd" in "".join(browser.find_element(By.ID, "liwi-psd").text.split())
     if os.environ.get("LIWI_SAVE_SCREENSHOT") == "1":
+        browser.execute_script("window.scrollTo(0, 0)")
         time.sleep(0.5)
         browser.save_screenshot(str(SCREENSHOT.with_name("space_depth.png")))
