@@ -2,6 +2,9 @@
 
 - `OnnxSegmenter` runs a tiny ONNX graph with ISNet's input/output contract (1x3xSxS in, 1x1xSxS alpha out) that
   calls red things salient; wrong shapes and unreadable files are one-line errors.
+- Model preparation: an exported-like graph with float16 weights and fixed-size upsampling runs in float32 and at
+  other input sizes (multiples of its stride), gives the exported answer at the nominal size, is kept on disk and
+  reused, and small images are segmented at their own size.
 - `split_salient_matte` separates regions and cuts touching instances along a neck.
 - Peeling: a segmenter that only ever sees the largest red thing still finds both objects, in two rounds, and
   the front one (removed first) ends up in front; metadata says how many and why it stopped.
@@ -95,6 +98,105 @@ def test_onnx_segmenter_runs_a_model_with_the_isnet_contract(tmp_path):
     assert coverage.shape == image.shape[:2] and coverage.dtype == np.float32
     red = (image[:, :, 0] - image[:, :, 1]) > 0.4
     assert coverage[red].mean() > 0.9 and coverage[~red].mean() < 0.1
+
+
+def exported_like_model(path, size: int = 64) -> None:
+    """A float16 encoder-decoder exported as ISNet is: two poolings, then a Resize to a *fixed* size (a constant)."""
+    rng = np.random.default_rng(0)
+    weight = rng.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float16)
+    head = rng.normal(0, 0.5, (1, 4, 1, 1)).astype(np.float16)
+    nodes = [
+        helper.make_node("Cast", ["x"], ["x16"], to=TensorProto.FLOAT16),
+        helper.make_node("Conv", ["x16", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("MaxPool", ["p1"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Shape", ["p2"], ["shape"]),
+        helper.make_node("Slice", ["shape", "start", "stop"], ["nc"]),
+        helper.make_node("Constant", [], ["fixed"], value=helper.make_tensor("v", TensorProto.INT64, [2], [size] * 2)),
+        helper.make_node("Concat", ["nc", "fixed"], ["sizes"], axis=0),
+        helper.make_node("Resize", ["p2", "", "", "sizes"], ["up"], mode="linear"),
+        helper.make_node("Conv", ["up", "h"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["a16"]),
+        helper.make_node("Cast", ["a16"], ["alpha"], to=TensorProto.FLOAT),
+    ]
+    inits = [
+        helper.make_tensor("w", TensorProto.FLOAT16, weight.shape, weight.view(np.uint16).ravel().tolist(), raw=False),
+        helper.make_tensor("h", TensorProto.FLOAT16, head.shape, head.view(np.uint16).ravel().tolist(), raw=False),
+        helper.make_tensor("start", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("stop", TensorProto.INT64, [1], [2]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "exported_like",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("alpha", TensorProto.FLOAT, [1, 1, size, size])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_prepared_models_run_in_float32_at_free_sizes_and_are_kept(tmp_path):
+    import onnxruntime as ort
+
+    exported_like_model(tmp_path / "exported.onnx")
+    segmenter = OnnxSegmenter(tmp_path / "exported.onnx", SPEC, min_input_side=16)
+    assert segmenter.stride == 4  # 64 in, 16 at the smallest feature map
+    copy = tmp_path / "exported.prepared-cpu.onnx"
+    assert copy.is_file() and (tmp_path / "exported.prepared-cpu.json").is_file()
+    prepared = onnx.load(str(copy))
+    assert {t.data_type for t in prepared.graph.initializer} <= {TensorProto.FLOAT, TensorProto.INT64}
+    # At the nominal size the prepared graph answers what the exported one does (float16 rounding aside).
+    x = np.random.default_rng(1).normal(0, 0.5, (1, 3, 64, 64)).astype(np.float32)
+    exported = ort.InferenceSession(str(tmp_path / "exported.onnx"), providers=["CPUExecutionProvider"])
+    want = exported.run(["alpha"], {"x": x})[0]
+    got = segmenter.session.run(["alpha"], {"x": x})[0]
+    assert np.abs(got - want).max() < 5e-3
+    # Smaller images run at their own side (rounded up to the stride), at least min_input_side.
+    assert segmenter.input_side(64, 48) == 64 and segmenter.input_side(100, 30) == 64
+    assert segmenter.input_side(38, 20) == 40 and segmenter.input_side(5, 5) == 16
+    sides = []
+    session = segmenter.session
+
+    def recording(names, feed):
+        sides.append(feed["x"].shape)
+        return session.run(names, feed)
+
+    segmenter.session = SimpleNamespace(run=recording)
+    coverage = segmenter(np.random.default_rng(2).random((38, 20, 3)).astype(np.float32))
+    assert sides == [(1, 3, 40, 40)] and coverage.shape == (38, 20)
+    # The copy is reused (not made again) while the model file is unchanged; a changed file gets a new copy.
+    made = copy.stat().st_mtime_ns
+    OnnxSegmenter(tmp_path / "exported.onnx", SPEC)
+    assert copy.stat().st_mtime_ns == made
+    exported_like_model(tmp_path / "exported.onnx", size=32)
+    other = OnnxSegmenter(tmp_path / "exported.onnx", SimpleNamespace(**{**vars(SPEC), "input_size": 32}))
+    assert other.stride == 4 and onnx.load(str(copy)).graph.input[0].type.tensor_type.shape.dim[2].dim_param
+
+
+def test_models_the_preparation_cannot_follow_keep_their_size(tmp_path):
+    """A graph with a fixed Reshape keeps its exported size (nominal only); a read-only folder prepares in memory."""
+    red_salience_model(tmp_path / "plain.onnx")  # float32, no Resize: nothing to prepare, the file is used
+    plain = OnnxSegmenter(tmp_path / "plain.onnx", SPEC, min_input_side=16)
+    assert plain.stride is None and plain.input_side(20, 20) == 64
+    assert not (tmp_path / "plain.prepared-cpu.onnx").exists()
+    model = onnx.load(str(tmp_path / "plain.onnx"))
+    model.graph.node.append(helper.make_node("Reshape", ["alpha", "fixed_shape"], ["flat"]))
+    model.graph.initializer.append(helper.make_tensor("fixed_shape", TensorProto.INT64, [2], [1, 64 * 64]))
+    onnx.save(model, str(tmp_path / "reshaped.onnx"))
+    assert OnnxSegmenter(tmp_path / "reshaped.onnx", SPEC, min_input_side=16).stride is None
+    import liwi_diffusers.export.atomic as atomic
+
+    def refuse(path):
+        raise PermissionError(13, "Read-only file system", str(path))
+
+    exported_like_model(tmp_path / "exported.onnx")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(atomic, "atomic_write", refuse)
+        in_memory = OnnxSegmenter(tmp_path / "exported.onnx", SPEC, min_input_side=16)
+    assert in_memory.stride == 4 and not (tmp_path / "exported.prepared-cpu.onnx").exists()
 
 
 def test_onnx_segmenter_errors_are_one_line(tmp_path):
