@@ -7,7 +7,8 @@ Each size runs in a fresh process (peak RSS is the child's high-water mark, `ru_
 (scikit-image's astronaut, upscaled to the size: the objects scale with it) saved as JPEG and decomposed through
 the `liwi decompose` code path (its seconds include pymatting's and ONNX Runtime's start-up in that process).
 With the learned segmenter, one more segmenter pass on the working-size photo is timed afterwards, in the same
-process, for the ratio "whole decomposition / one segmenter pass". Results: ``benchmarks/results/memory.json``.
+process, for the ratio "whole decomposition / one segmenter pass". The 1-minute load average before each size is
+recorded too (seconds on a shared machine depend on it; peak RSS does not). Results: ``benchmarks/results/memory.json``.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for megapixels in args.megapixels:
+            load = os.getloadavg()[0]
             started = time.perf_counter()
             done = subprocess.run(
                 [sys.executable, "-c", CHILD, str(megapixels), args.method, folder],
@@ -87,15 +89,16 @@ def main() -> None:
                 continue
             row = json.loads(lines[-1])
             row["wall_with_start_s"] = time.perf_counter() - started
+            row["load_average_before"] = load
             rows.append(row)
             print(
                 f"{megapixels:5g} MP ({row['width']}x{row['height']}): {row['seconds']:.1f} s, "
-                f"peak RSS {row['peak_rss_mb']:.0f} MB, exit {row['exit']}",
+                f"peak RSS {row['peak_rss_mb']:.0f} MB, exit {row['exit']} (load average before: {load:.1f})",
                 flush=True,
             )
     print(
-        "\n| MP | size | seconds | s/MP | one segmenter pass s | decomposition / pass | peak RSS MB |\n"
-        "| --- | --- | --- | --- | --- | --- | --- |"
+        "\n| MP | size | seconds | s/MP | one segmenter pass s | decomposition / pass | peak RSS MB | load |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     for row in rows:
         if "seconds" in row:
@@ -104,7 +107,7 @@ def main() -> None:
             print(
                 f"| {row['megapixels']:g} | {row['width']}x{row['height']} | {row['seconds']:.1f} | "
                 f"{row['seconds'] / row['megapixels']:.2f} | {segmenter or float('nan'):.1f} | {ratio} | "
-                f"{row['peak_rss_mb']:.0f} |"
+                f"{row['peak_rss_mb']:.0f} | {row['load_average_before']:.1f} |"
             )
     write_results(args.output, {"method": args.method, "cpu_count": os.cpu_count(), "rows": rows})
 

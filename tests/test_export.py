@@ -1139,3 +1139,38 @@ def test_pptx_nests_the_parts_and_its_pictures_recompose(tmp_path: Path) -> None
     shapes = walk(presentation.slides[0].shapes)
     assert shapes[1] == TREE_NAMES[1] and shapes[-1] == TREE_NAMES[-1]
     assert np.abs(canvas - layered.compose()).max() <= 1 / 255
+
+
+# ---------------------------------------------------------------------- memory: no full-canvas float stacks
+def test_psd_merged_image_is_the_composite_of_its_8bit_layers(tmp_path: Path) -> None:
+    for layered in (make_layered(boxes=[(3, 4, 20, 30), (0, 0, 53, 9)]), make_tree()):
+        path = save_layered(layered, tmp_path / "x.psd", format="psd")
+        with Image.open(path) as picture:  # the stored merged image
+            merged = np.asarray(picture.convert("RGB"))
+        np.testing.assert_array_equal(merged, np.round(layered.quantized().compose() * 255).astype(np.uint8))
+        rendered = np.asarray(PSDImage.open(path).composite(ignore_preview=True).convert("RGB"), np.int16)
+        assert np.abs(rendered - merged).max() <= 1  # what psd-tools renders from the layers
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_export_makes_no_full_canvas_float_copies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
+    import tracemalloc
+
+    import liwi_diffusers.layers as layers_module
+
+    width, height = 1024, 512
+    layered = make_layered(
+        width, height, boxes=[(0, 0, 1024, 400), (100, 100, 600, 500)], shadow_boxes=[(0, 300, 1024, 512), None]
+    )
+    monkeypatch.setattr(layers_module, "_BAND_PIXELS", 1 << 14)  # the composite and 8-bit conversions in 32 bands
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        save_layered(layered, tmp_path / f"x.{fmt}")
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    # The 8-bit layers (about 11 bytes per canvas pixel here), the writer's encoded copies and the merged image;
+    # the full-canvas float RGBA stack alone would take 80 (whole-canvas exports took 80 to 233).
+    assert peak < 50 * width * height
+    assert_same_layers(layered, load_layered(tmp_path / f"x.{fmt}"))

@@ -231,3 +231,105 @@ def test_bad_stacks_get_clear_errors(build, message):
 def test_round_off_outside_unit_range_is_clipped_not_rejected():
     layered = LayeredImage(np.full((2, 2, 3), 1.0 + 1e-7))
     assert float(layered.background.max()) == 1.0
+
+
+# ---------------------------------------------------------------------- full-canvas work in bands of rows (memory)
+def _whole_canvas_compose(layered: LayeredImage) -> np.ndarray:
+    """The composite computed on whole arrays, as `compose` did before it worked in bands."""
+    layers = [layered.object_layer(k) for k in range(layered.num_objects)]
+    return compose_layers(
+        layered.background,
+        [fg[:, :, :3] for fg in layers],
+        [fg[:, :, 3:4] for fg in layers],
+        [s[:, :, None] for s in layered.shadows],
+    )
+
+
+def _with_parts(layered: LayeredImage) -> LayeredImage:
+    """``layered`` with object 1 split into a left and a right part."""
+    from liwi_diffusers import LayerPart
+
+    left = layered.foregrounds[0].copy()
+    right = layered.foregrounds[0].copy()
+    left[:, 4:], right[:, :4] = 0, 0
+    return LayeredImage(
+        layered.background,
+        layered.foregrounds,
+        layered.shadows,
+        layered.labels,
+        parts={0: [LayerPart(left), LayerPart(right)]},
+    )
+
+
+def test_compose_and_check_in_bands_match_the_whole_canvas(monkeypatch):
+    import liwi_diffusers.layers as layers_module
+
+    layered = _with_parts(random_layered(seed=3, height=23, width=9))
+    expected = _whole_canvas_compose(layered)
+    rng = np.random.default_rng(4)
+    photo = np.clip(expected + rng.normal(0, 0.05, expected.shape), 0, 1).astype(np.float32)
+    difference = np.abs(expected - photo).astype(np.float64)
+    monkeypatch.setattr(layers_module, "_BAND_PIXELS", 20)  # bands of 2 rows: 12 bands, the last one short
+    assert len(layers_module.row_bands(23, 9)) == 12
+    np.testing.assert_array_equal(layered.compose(), expected)
+    for image in (photo, Image.fromarray(np.round(photo * 255).astype(np.uint8))):
+        target = photo if isinstance(image, np.ndarray) else np.asarray(image, np.float32) / 255
+        difference = np.abs(expected - target).astype(np.float64)
+        report = layered.check(image)
+        assert report.max_abs_error == pytest.approx(difference.max(), abs=1e-7)
+        assert report.mean_abs_error == pytest.approx(difference.mean(), abs=1e-7)
+        assert report.psnr == pytest.approx(10 * np.log10(1 / np.mean(difference**2)), abs=1e-4)
+    quantized = layered.quantized()
+    banded = np.concatenate([layered.compose_rows(rows, quantize=True) for rows in layers_module.row_bands(23, 9)])
+    np.testing.assert_allclose(banded, quantized.compose(), atol=1e-6)
+
+
+def test_check_takes_no_full_size_copies(monkeypatch):
+    import tracemalloc
+
+    import liwi_diffusers.layers as layers_module
+
+    layered = random_layered(seed=5, height=1024, width=512, count=2)
+    photo = np.round(layered.compose() * 255).astype(np.uint8)
+    monkeypatch.setattr(layers_module, "_BAND_PIXELS", 1 << 14)  # 32 bands
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        report = layered.check(photo)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert report.max_abs_error <= 0.5 / 255 + 1e-6
+    # One band's temporaries, nothing of the whole canvas: a full-size float RGB copy of the photo alone would be
+    # 12 bytes per pixel (checking on whole arrays took 52).
+    assert peak < 3 * layered.height * layered.width
+
+
+def test_to_uint8_in_bands_rounds_like_the_whole_array(monkeypatch):
+    import liwi_diffusers.layers as layers_module
+    from liwi_diffusers.layers import to_uint8
+
+    monkeypatch.setattr(layers_module, "_BAND_PIXELS", 10)
+    rng = np.random.default_rng(6)
+    for shape in ((17, 5), (17, 5, 3), (3, 40, 4)):
+        array = rng.uniform(-0.1, 1.1, shape).astype(np.float32)
+        np.testing.assert_array_equal(to_uint8(array), np.round(np.clip(array, 0, 1) * 255).astype(np.uint8))
+
+
+def test_integer_images_convert_exactly_and_bad_floats_are_still_caught():
+    from liwi_diffusers.layers import to_float_image
+
+    rng = np.random.default_rng(7)
+    eight = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    sixteen = rng.integers(0, 65536, (6, 5, 3), dtype=np.uint16)
+    np.testing.assert_array_equal(to_float_image(eight), eight.astype(np.float32) / 255.0)
+    np.testing.assert_array_equal(to_float_image(sixteen), sixteen.astype(np.float32) / 65535.0)
+    np.testing.assert_array_equal(to_float_image(eight[:, ::2]), eight[:, ::2].astype(np.float32) / 255.0)
+    assert to_float_image(eight[:, ::2]).flags.c_contiguous
+    for bad in (np.inf, -np.inf, np.nan):
+        values = np.full((3, 3, 3), 0.5, np.float32)
+        values[1, 2, 0] = bad
+        with pytest.raises(LayeredImageError, match="NaN or infinite"):
+            to_float_image(values)
+    with pytest.raises(LayeredImageError, match="empty"):
+        to_float_image(np.zeros((0, 3, 3), np.uint8))

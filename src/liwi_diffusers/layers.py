@@ -45,6 +45,9 @@ __all__ = [
 
 # Values within this distance outside [0, 1] are float round-off and are clipped; further out is an error.
 _RANGE_TOLERANCE = 1e-5
+# Full-canvas work (compose, check, 8-bit conversion) runs a band of rows of about this many pixels at a time, so
+# that its temporary arrays stay the same size whatever the photo's size.
+_BAND_PIXELS = 1 << 20
 _LAYER_NAME = re.compile(r"^(shadow|object) (\d+)(?:: (.*))?$", re.DOTALL)
 _PART_NAME = re.compile(r"^part (\d+(?:\.\d+)+)(?:: (.*))?$", re.DOTALL)
 
@@ -123,6 +126,15 @@ def alpha_bbox(alpha: np.ndarray, threshold: float = 0.0) -> tuple[int, int, int
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
+def row_bands(height: int, width: int, band_pixels: int | None = None) -> list[slice]:
+    """Slices of rows that cut a ``height x width`` canvas into bands of about ``band_pixels`` pixels.
+
+    ``band_pixels`` defaults to the module's ``_BAND_PIXELS`` (about a million).
+    """
+    rows = max(1, (band_pixels or _BAND_PIXELS) // max(1, width))
+    return [slice(start, min(height, start + rows)) for start in range(0, height, rows)]
+
+
 def to_float_image(image: Any, channels: int | None = None, what: str = "image") -> np.ndarray:
     """An image (PIL, uint8/uint16/float array) as float32 ``(H, W, C)`` in [0, 1].
 
@@ -147,27 +159,28 @@ def to_float_image(image: Any, channels: int | None = None, what: str = "image")
         array = array[:, :, None]
     if array.ndim != 3:
         raise LayeredImageError(f"{what}: expected an (H, W) or (H, W, C) image, got shape {array.shape}")
-    if array.dtype == np.uint8:
-        array = array.astype(np.float32) / 255.0
-    elif array.dtype == np.uint16:
-        array = array.astype(np.float32) / 65535.0
-    elif array.dtype == bool:
-        array = array.astype(np.float32)
-    elif np.issubdtype(array.dtype, np.floating):
-        array = array.astype(np.float32, copy=False)
-    else:
+    integer = array.dtype in (np.uint8, np.uint16, bool)
+    if not integer and not np.issubdtype(array.dtype, np.floating):
         raise LayeredImageError(f"{what}: unsupported dtype {array.dtype}; use uint8, uint16 or float in [0, 1]")
     if channels is not None and array.shape[2] != channels:
         raise LayeredImageError(f"{what}: expected {channels} channels, got {array.shape[2]} (shape {array.shape})")
-    return _checked_range(array, what)
+    if not integer:
+        return _checked_range(array.astype(np.float32, copy=False), what)
+    # In [0, 1] by construction: scaled in place (one float copy, not two), no range check needed.
+    if array.size == 0:
+        raise LayeredImageError(f"{what}: empty image (shape {array.shape})")
+    converted = np.ascontiguousarray(array, dtype=np.float32)
+    if array.dtype != bool:
+        np.divide(converted, np.float32(255.0 if array.dtype == np.uint8 else 65535.0), out=converted)
+    return converted
 
 
 def _checked_range(array: np.ndarray, what: str) -> np.ndarray:
     if array.size == 0 or array.shape[0] == 0 or array.shape[1] == 0:
         raise LayeredImageError(f"{what}: empty image (shape {array.shape})")
-    if not np.isfinite(array).all():
+    low, high = float(array.min()), float(array.max())  # NaN and infinities show in the extremes: no mask needed
+    if not (np.isfinite(low) and np.isfinite(high)):
         raise LayeredImageError(f"{what}: contains NaN or infinite values")
-    low, high = float(array.min()), float(array.max())
     if low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
         raise LayeredImageError(f"{what}: values must lie in [0, 1], found [{low:.4g}, {high:.4g}]")
     if low < 0 or high > 1:
@@ -371,12 +384,35 @@ class LayeredImage:
 
     # ------------------------------------------------------------------ maths
     def compose(self) -> np.ndarray:
-        """The image these layers show, ``(H, W, 3)`` float32 (objects with parts: from their parts)."""
-        layers = [self.object_layer(k) for k in range(self.num_objects)]
+        """The image these layers show, ``(H, W, 3)`` float32 (objects with parts: from their parts).
+
+        Composed a band of rows at a time: beyond the result, memory does not grow with the photo's size.
+        """
+        composite = np.empty((self.height, self.width, 3), np.float32)
+        for rows in row_bands(self.height, self.width):
+            composite[rows] = self.compose_rows(rows)
+        return composite
+
+    def compose_rows(self, rows: slice, quantize: bool = False) -> np.ndarray:
+        """What `compose` gives for the rows ``rows`` (``(rows, W, 3)`` float32), computed from those rows only.
+
+        With ``quantize``, every layer is first rounded to 8 bits, as files store it (`quantized`).
+        """
+
+        def q(array: np.ndarray) -> np.ndarray:
+            return np.round(array * 255.0).astype(np.float32) / 255.0 if quantize else array
+
+        layers = []
+        for k in range(self.num_objects):
+            parts = (self.parts or {}).get(k)
+            if parts:
+                layers.append(flatten_parts([part.copy(lambda array: q(array[rows])) for part in parts]))
+            else:
+                layers.append(q(self.foregrounds[k][rows]))
         alphas = [fg[:, :, 3:4] for fg in layers]
         colors = [fg[:, :, :3] for fg in layers]
-        shadows = [shadow[:, :, None] for shadow in self.shadows]
-        return np.asarray(compose_layers(self.background, colors, alphas, shadows), dtype=np.float32)
+        shadows = [q(shadow[rows])[:, :, None] for shadow in self.shadows]
+        return np.asarray(compose_layers(q(self.background[rows]), colors, alphas, shadows), dtype=np.float32)
 
     def check(self, image: Any) -> RecompositionReport:
         """Recomposition error against ``image`` (see `check_decomposition`)."""
@@ -635,21 +671,59 @@ def _part_tree(leaves: list[tuple[tuple[int, ...], np.ndarray, str]], what: str)
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:
-    """Float image in [0, 1] to uint8, rounding to the nearest step (what PNG/PSD/ORA files hold)."""
-    return np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+    """Float image in [0, 1] to uint8, rounding to the nearest step (what PNG/PSD/ORA files hold).
+
+    Converted a band of rows at a time, so a large image needs no full-size float temporaries.
+    """
+    array = np.asarray(array)
+    if array.ndim < 2 or array.size <= _BAND_PIXELS:
+        return np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+    out = np.empty(array.shape, np.uint8)
+    for rows in row_bands(array.shape[0], array.size // max(1, array.shape[0])):
+        out[rows] = np.round(np.clip(array[rows], 0.0, 1.0) * 255.0)
+    return out
 
 
 def check_decomposition(layered: LayeredImage, image: Any) -> RecompositionReport:
     """Compare ``layered.compose()`` with ``image`` (PIL RGB or ``(H, W, 3)`` array): mean/max abs error, PSNR."""
-    target = to_float_image(image, 3, "image")
-    if target.shape[:2] != (layered.height, layered.width):
+    source = _image_rows(image, 3, "image")
+    if source.shape[:2] != (layered.height, layered.width):
         raise LayeredImageError(
-            f"image is {target.shape[1]}x{target.shape[0]} but the layers are {layered.width}x{layered.height}"
+            f"image is {source.shape[1]}x{source.shape[0]} but the layers are {layered.width}x{layered.height}"
         )
-    difference = np.abs(layered.compose() - target)
-    mse = float(np.mean(difference.astype(np.float64) ** 2))
+    # A band of rows at a time: the check needs no full-size copy of the photo or of the composite.
+    total, squares, largest = 0.0, 0.0, 0.0
+    for rows in row_bands(layered.height, layered.width):
+        difference = np.abs(layered.compose_rows(rows) - to_float_image(source[rows], 3, "image"))
+        total += float(difference.sum(dtype=np.float64))
+        squares += float(np.square(difference, dtype=np.float64).sum())
+        largest = max(largest, float(difference.max()))
+    count = layered.height * layered.width * 3
+    mse = squares / count
     psnr = float("inf") if mse == 0 else float(10.0 * np.log10(1.0 / mse))
-    return RecompositionReport(float(difference.mean()), float(difference.max()), psnr)
+    return RecompositionReport(total / count, largest, psnr)
+
+
+def _image_rows(image: Any, channels: int, what: str) -> np.ndarray:
+    """``image`` as an ``(H, W, C)`` array whose row bands `to_float_image` takes, without converting it whole.
+
+    A PIL image becomes its (converted) 8-bit pixels, an array stays as it is; anything else is converted whole.
+    """
+    if isinstance(image, Image.Image):
+        mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            return to_float_image(image, channels, what)  # raises its usual error
+        array = np.asarray(image if image.mode == mode else image.convert(mode))
+    elif isinstance(image, np.ndarray):
+        array = image
+    else:
+        return to_float_image(image, channels, what)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    usable = array.dtype in (np.uint8, np.uint16, bool) or np.issubdtype(array.dtype, np.floating)
+    if array.ndim != 3 or array.size == 0 or not usable or array.shape[2] != channels:
+        return to_float_image(array, channels, what)  # raises its usual error
+    return array
 
 
 def reconcile_with_image(layered: LayeredImage, image: Any, iterations: int | None = None) -> LayeredImage:

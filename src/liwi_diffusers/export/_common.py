@@ -19,9 +19,9 @@ from ..layers import (
     LayeredImage,
     LayeredImageError,
     LayerPart,
-    alpha_bbox,
     parse_layer_name,
     part_layer_name,
+    row_bands,
     to_float_image,
     to_uint8,
 )
@@ -67,18 +67,52 @@ def file_layers(layered: LayeredImage, crop: bool = True) -> list[FileLayer]:
     """Back-to-front layers of ``layered`` (`LayeredImage.to_rgba_stack`) as files store them.
 
     With ``crop``, each layer is cut to the box of its non-zero 8-bit alpha; colour under fully
-    transparent pixels outside that box is not stored (it reads back as 0).
+    transparent pixels outside that box is not stored (it reads back as 0). Each layer is cut from
+    the layered image's own arrays and only its box is converted, so no full-canvas float RGBA is made.
     """
-    layers = []
-    for name, rgba in layered.to_rgba_stack():
-        # An 8-bit alpha is non-zero where alpha * 255 rounds above 0: crop first, convert only the box.
-        box = alpha_bbox(rgba[:, :, 3] * np.float32(255.0), 0.5) if crop else (0, 0, layered.width, layered.height)
+    return list(iter_file_layers(layered, crop))
+
+
+def iter_file_layers(layered: LayeredImage, crop: bool = True) -> Iterator[FileLayer]:
+    """`file_layers` one at a time, for writers that store each layer before the next is made."""
+    full = (0, 0, layered.width, layered.height)
+    for name, source in layered._named_layers():
+        if source is None:  # the opaque background
+            left, top, right, bottom = full
+            pixels = np.full((layered.height, layered.width, 4), 255, np.uint8)
+            pixels[:, :, :3] = to_uint8(layered.background)
+            yield FileLayer(name, pixels, left, top)
+            continue
+        if source[0] == "shadow":  # black, its alpha the shadow
+            alpha, rgba = layered.shadows[source[1]], None
+        else:
+            rgba = layered.foregrounds[source[1]] if source[0] == "object" else source[1].rgba
+            alpha = rgba[:, :, 3]
+        box = _stored_box(alpha) if crop else full
         if box is None:
-            layers.append(FileLayer(name, np.zeros((0, 0, 4), np.uint8)))
+            yield FileLayer(name, np.zeros((0, 0, 4), np.uint8))
             continue
         left, top, right, bottom = box
-        layers.append(FileLayer(name, to_uint8(rgba[top:bottom, left:right]), left, top))
-    return layers
+        if rgba is None:
+            pixels = np.zeros((bottom - top, right - left, 4), np.uint8)
+            pixels[:, :, 3] = to_uint8(alpha[top:bottom, left:right])
+        else:
+            pixels = to_uint8(rgba[top:bottom, left:right])
+        yield FileLayer(name, pixels, left, top)
+
+
+def _stored_box(alpha: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Box of the pixels whose 8-bit alpha is non-zero (alpha * 255 rounds above 0), a band of rows at a time."""
+    row_hits, col_hits = [], np.zeros(alpha.shape[1], bool)
+    for rows in row_bands(*alpha.shape):
+        visible = alpha[rows] * np.float32(255.0) > 0.5
+        row_hits.append(visible.any(axis=1))
+        col_hits |= visible.any(axis=0)
+    hit_rows = np.flatnonzero(np.concatenate(row_hits)) if row_hits else np.zeros(0, int)
+    if hit_rows.size == 0:
+        return None
+    hit_cols = np.flatnonzero(col_hits)
+    return int(hit_cols[0]), int(hit_rows[0]), int(hit_cols[-1]) + 1, int(hit_rows[-1]) + 1
 
 
 def group_names(labels: Sequence[str]) -> list[str]:
@@ -108,10 +142,10 @@ def group_names(labels: Sequence[str]) -> list[str]:
 GroupMembers = list[Any]
 
 
-def grouped_layers(
-    layered: LayeredImage, layers: Sequence[FileLayer]
-) -> tuple[FileLayer, list[tuple[str, GroupMembers]]]:
+def grouped_layers(layered: LayeredImage, layers: Sequence[Any]) -> tuple[Any, list[tuple[str, GroupMembers]]]:
     """Split `file_layers` output into the background and, per object, ``(group name, members)``, back to front.
+
+    ``layers`` may also be anything made from them one for one, in the same order (e.g. a writer's own layers).
 
     The members of an object's group are ``[shadow, object]``, or for an object with parts (`LayeredImage.parts`)
     ``[shadow, ("<group name> parts", parts)]``, where each part is its layer or, when it has parts of its own,
@@ -129,7 +163,7 @@ def grouped_layers(
     return background, groups
 
 
-def _part_members(parts: Sequence[LayerPart], path: tuple[int, ...], rest: Iterator[FileLayer]) -> GroupMembers:
+def _part_members(parts: Sequence[LayerPart], path: tuple[int, ...], rest: Iterator[Any]) -> GroupMembers:
     members: GroupMembers = []
     for j, part in enumerate(parts, start=1):
         if part.parts:
@@ -152,8 +186,11 @@ def uncrop(pixels: np.ndarray, left: int, top: int, width: int, height: int) -> 
 
 def composite_uint8(layered: LayeredImage, composite: Any = None) -> np.ndarray:
     """The flattened picture to store beside the layers: ``composite`` if given, else ``layered.compose()``."""
-    if composite is None:
-        return to_uint8(layered.compose())
+    if composite is None:  # composed and converted a band of rows at a time
+        merged = np.empty((layered.height, layered.width, 3), np.uint8)
+        for rows in row_bands(layered.height, layered.width):
+            merged[rows] = to_uint8(layered.compose_rows(rows))
+        return merged
     image = to_float_image(composite, 3, "composite")
     if image.shape[:2] != (layered.height, layered.width):
         raise LayeredImageError(

@@ -8,8 +8,9 @@ alpha box and placed with its top/left offset. An object decomposed into parts
 (`liwi_diffusers.tools.decompose_layer`) holds, above its shadow, a group "<name> parts" with its
 part layers ``part k.1``, ``part k.2: label``, ... instead of its object layer; a part split again is a
 nested group named ``part k.j`` holding ``part k.j.1``, ... Groups pass through (normal blending), so they
-change nothing in the picture; moving a group moves an object with its shadow. psd-tools renders
-the merged image (what viewers and file browsers show) from those layers when saving.
+change nothing in the picture; moving a group moves an object with its shadow. The merged image (what
+viewers and file browsers show) is composed from the 8-bit layers, a band of rows at a time (psd-tools' own
+renderer would hold several full-canvas float copies of the document).
 
 Reading flattens any groups into the stack, so flat files (older liwi exports, other programs)
 read as before.
@@ -23,17 +24,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from psd_tools import PSDImage
-from psd_tools.constants import ColorMode
+from psd_tools.constants import ColorMode, Compression
 
-from ..layers import LayeredImage
+from ..layers import LayeredImage, row_bands, to_uint8
 from ._common import (
     FileLayer,
     LayeredFileError,
     build_layered,
     check_canvas,
     file_error,
-    file_layers,
     grouped_layers,
+    iter_file_layers,
     uncrop,
 )
 from .atomic import atomic_write
@@ -48,30 +49,44 @@ def write_psd(layered: LayeredImage, path: str | os.PathLike, *, composite: Any 
     """Write ``layered`` as a layered PSD at ``path`` (atomically).
 
     ``composite`` is accepted for a uniform writer signature but not stored: a PSD's merged image
-    is always rendered from its layers, so it shows exactly what the layers show.
+    is always rendered from its 8-bit layers, so it shows exactly what the layers show.
     """
-    layers = file_layers(layered, crop)
-    for layer in layers:
-        if len(layer.name) > MAX_NAME_LENGTH:
+    for name in layered.layer_names():
+        if len(name) > MAX_NAME_LENGTH:
             raise ValueError(
-                f"layer name {layer.name[:40]!r}... is {len(layer.name)} characters; a PSD layer name holds at most "
+                f"layer name {name[:40]!r}... is {len(name)} characters; a PSD layer name holds at most "
                 f"{MAX_NAME_LENGTH}: shorten the label, or save as .ora or .zip"
             )
-    background, groups = grouped_layers(layered, layers)
     document = PSDImage.new("RGBA", layered.size)
-    _add_pixel_layer(document, background)
+    # One layer at a time: each is cut, converted and handed to psd-tools (which keeps it compressed) before the next.
+    pixel_layers = [_add_pixel_layer(document, layer) for layer in iter_file_layers(layered, crop)]
+    _, groups = grouped_layers(layered, pixel_layers)
     for name, members in groups:
         _add_group(document, name, members)
     with atomic_write(path) as file:
-        document.save(file)
+        _save(document, layered, file)
+
+
+def _save(document: PSDImage, layered: LayeredImage, file: Any) -> None:
+    """Save ``document`` with its merged image composed here from the 8-bit layers, a band of rows at a time."""
+    record = getattr(document, "_record", None)
+    if record is not None and hasattr(record, "image_data") and hasattr(document, "_updated"):
+        height, width = layered.height, layered.width
+        planes = np.empty((4, height, width), np.uint8)  # R, G, B, alpha planes, as the merged image section has them
+        planes[3] = 255  # the background is opaque
+        for rows in row_bands(height, width):
+            planes[:3, rows] = to_uint8(layered.compose_rows(rows, quantize=True)).transpose(2, 0, 1)
+        record.image_data.compression = Compression.RAW
+        record.image_data.set_data([planes.tobytes()], record.header)
+        del planes
+        document._updated = False  # the merged image is up to date: psd-tools need not render it again
+    # (Without these psd-tools internals, psd-tools renders the merged image itself when saving.)
+    document.save(file)
 
 
 def _add_group(document: PSDImage, name: str, members: list[Any]) -> Any:
-    """A group of pixel layers and nested ``(name, members)`` groups (an object's parts), back to front."""
-    children = [
-        _add_group(document, *member) if isinstance(member, tuple) else _add_pixel_layer(document, member)
-        for member in members
-    ]
+    """A group of (added) pixel layers and nested ``(name, members)`` groups (an object's parts), back to front."""
+    children = [_add_group(document, *member) if isinstance(member, tuple) else member for member in members]
     group = document.create_group(children, name="group")
     group.name = name[:MAX_NAME_LENGTH]
     return group

@@ -20,7 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..layers import LayeredImage, reconcile_with_image
+from ..layers import LayeredImage, reconcile_with_image, row_bands
 from ._utils import as_rgb, dilate, mask_box, resize, scale_for
 from .inpainting import Inpainter, OpenCVInpainter
 from .instances import InstanceSplitter
@@ -469,28 +469,35 @@ class ToolChainDecomposer:
         if work.shape[:2] == full:
             foregrounds = [np.dstack([m.foreground, m.alpha]).astype(np.float32) for m, _ in mattes]
             return _reconcile(LayeredImage(small_fill, foregrounds, shadows, [label for _, label in mattes]), rgb)
-        foregrounds = []
-        for matte, _ in mattes:  # one full-size RGBA at a time
-            rgba = np.empty((height, width, 4), np.float32)
-            rgba[:, :, :3] = resize(matte.foreground, full, cv2.INTER_LINEAR)
-            rgba[:, :, 3] = resize(matte.alpha, full, cv2.INTER_LINEAR)
-            np.clip(rgba, 0.0, 1.0, out=rgba)
-            foregrounds.append(rgba)
+        # Full size, one layer at a time and in place, the background first: the temporaries of each step are
+        # dropped before the next, so the peak is the result plus one full-size RGB buffer.
         ceiling = 1.0 - rgb.max(axis=2)  # lifting a shadow must not go above white
-        shadows = [np.minimum(np.clip(resize(s, full, cv2.INTER_LINEAR), 0.0, 1.0), ceiling) for s in shadows]
+        for k, small in enumerate(shadows):
+            shadow = resize(small, full, cv2.INTER_LINEAR)
+            np.clip(shadow, 0.0, 1.0, out=shadow)
+            shadows[k] = np.minimum(shadow, ceiling, out=shadow)
         del ceiling
         lift = np.ones(full, np.float32)
         for shadow in shadows:
             lift -= shadow
-        background = rgb / np.maximum(lift, 1e-3)[:, :, None]
+        np.maximum(lift, 1e-3, out=lift)
+        background = np.divide(rgb, lift[:, :, None])
         del lift
         np.clip(background, 0.0, 1.0, out=background)
         if alphas:
             hole = np.zeros(full, bool)
-            for rgba in foregrounds:
-                hole |= rgba[:, :, 3] > 0.01
+            for matte, _ in mattes:
+                hole |= resize(matte.alpha, full, cv2.INTER_LINEAR) > 0.01
             hole = dilate(hole, 2)
-            background[hole] = np.clip(resize(small_fill, full, cv2.INTER_LINEAR), 0.0, 1.0)[hole]
+            fill = resize(small_fill, full, cv2.INTER_LINEAR)
+            np.clip(fill, 0.0, 1.0, out=fill)
+            np.copyto(background, fill, where=hole[:, :, None])
+            del fill, hole
+        foregrounds = []
+        for matte, _ in mattes:  # one full-size RGBA at a time, resized as one 4-channel image (no RGB copy)
+            rgba = resize(np.dstack([matte.foreground, matte.alpha]), full, cv2.INTER_LINEAR)
+            np.clip(rgba, 0.0, 1.0, out=rgba)
+            foregrounds.append(rgba)
         layered = LayeredImage(background, foregrounds, shadows, [label for _, label in mattes])
         return _reconcile(layered, rgb)
 
@@ -520,16 +527,19 @@ def _depth_key(alpha: np.ndarray) -> tuple[int, float]:
     return bottom, -float(alpha.sum())
 
 
-def _reconcile(layered: LayeredImage, image: np.ndarray, band_pixels: int = 1 << 20) -> LayeredImage:
+def _reconcile(layered: LayeredImage, image: np.ndarray, band_pixels: int = 1 << 18) -> LayeredImage:
     """`reconcile_with_image`, in place, on the box where the layers differ from the photo, a band of rows at a time.
 
     Outside that box the background is the photo itself and nothing covers or darkens it, so the layers already
     recompose exactly there. Reconciling is independent per pixel, so the box is done in bands of about
     ``band_pixels`` pixels: its working memory stays the same whatever the photo's size.
     """
-    support = np.any(layered.background != image, axis=2)
+    support = np.zeros(image.shape[:2], bool)
+    for rows in row_bands(*image.shape[:2]):  # no full-size (H, W, 3) comparison
+        support[rows] = np.any(layered.background[rows] != image[rows], axis=2)
     for foreground, shadow in zip(layered.foregrounds, layered.shadows):
-        support |= (foreground[:, :, 3] > 0) | (shadow > 0)
+        support |= foreground[:, :, 3] > 0
+        support |= shadow > 0
     box = mask_box(support)
     del support
     if box is None:
