@@ -72,13 +72,14 @@ def _save(document: PSDImage, layered: LayeredImage, file: Any) -> None:
     record = getattr(document, "_record", None)
     if record is not None and hasattr(record, "image_data") and hasattr(document, "_updated"):
         height, width = layered.height, layered.width
-        planes = np.empty((4, height, width), np.uint8)  # R, G, B, alpha planes, as the merged image section has them
+        data = bytearray(4 * height * width)  # the section's raw R, G, B and alpha planes, filled in place
+        planes = np.frombuffer(data, np.uint8).reshape(4, height, width)
         planes[3] = 255  # the background is opaque
         for rows in row_bands(height, width):
             planes[:3, rows] = to_uint8(layered.compose_rows(rows, quantize=True)).transpose(2, 0, 1)
-        record.image_data.compression = Compression.RAW
-        record.image_data.set_data([planes.tobytes()], record.header)
         del planes
+        record.image_data.compression = Compression.RAW  # raw planes, as psd-tools stores its own merged image
+        record.image_data.data = data
         document._updated = False  # the merged image is up to date: psd-tools need not render it again
     # (Without these psd-tools internals, psd-tools renders the merged image itself when saving.)
     document.save(file)
