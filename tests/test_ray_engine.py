@@ -67,6 +67,39 @@ def assert_same_bytes(first: Path, second: Path) -> None:
     assert reports[0]["sources"] == reports[1]["sources"]
 
 
+def test_a_ray_started_here_lets_the_driver_curate_meanwhile_and_rows_stay_identical(
+    local_build: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Runs before the tests that share one Ray (local_ray): here the engine starts its own, in the
+    # background, and the driver curates photos until it is up (two here, whatever Ray's speed).
+    assert not ray.is_initialized()
+    curated: list[str] = []
+    real = ray_engine._curate_meanwhile
+
+    def meanwhile(state, photo_ids, done):
+        curate = real(state, photo_ids, done)
+
+        class AfterTwo:  # "Ray is up" once the driver has curated two photos
+            def is_set(self) -> bool:
+                return len(done) >= 2
+
+        def two(started: threading.Event) -> None:
+            curate(AfterTwo())
+            curated.extend(done)
+
+        return two
+
+    monkeypatch.setattr(ray_engine, "_curate_meanwhile", meanwhile)
+    out = tmp_path / "ray" / "out"  # same folder name as the local build: same card
+    result = build_dataset(config(photos, out, engine="ray", workers=2))
+    assert result.complete and result.chunks_written == 3
+    assert len(curated) == 2  # the last two photos (by id), by the driver; Ray curated the others
+    assert sorted(p.stem for p in (out / ".build" / "assets").glob("*.npz"))[-2:] == sorted(curated)
+    assert_same_bytes(local_build, out)
+    assert not list(out.rglob(".*.tmp-*"))
+    assert not ray.is_initialized()  # the engine's Ray is shut down
+
+
 def test_rows_identical_to_the_local_engine_with_model_stages_on_actor_pools(
     local_ray: None, local_build: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

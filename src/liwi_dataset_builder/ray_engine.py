@@ -17,6 +17,12 @@ the same, byte for byte, as the local engine's. Every file is written atomically
 that made it: Ray retries the task of a worker that died, and a build stopped any other way is
 resumed by rerunning the same command (with either engine).
 
+Start-up: ``ray.init`` of a local Ray takes 7 s on 2 idle cores (longer when they are busy), mostly
+waiting for Ray's own processes. It runs in a background thread while the driver curates photos
+itself (weight-free or ONNX tools only, one thread, so the same bytes as a worker's), taking them
+from the end of the list until Ray is up; then one warm-up task per CPU imports Ray Data and loads
+the tools in the workers while the driver sets up the first Ray Data execution.
+
 Ray starts locally (``--workers`` CPUs) unless ``--ray-address`` or ``RAY_ADDRESS`` names a
 cluster. On a cluster, the output folder and the sources must be on storage that every node
 mounts at the same path (as for ``--num-shards``), and every node needs liwi-diffusers installed.
@@ -25,9 +31,9 @@ mounts at the same path (as for ``--num-shards``), and every node needs liwi-dif
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
-import signal
 import socket
 import threading
 import uuid
@@ -178,56 +184,150 @@ class _ModelActor:
 
 
 # ------------------------------------------------------------------------------------- driver
-@contextlib.contextmanager
-def _session(config: BuildConfig) -> Iterator[ModuleType]:
-    """Ray, initialised: as it is when the caller already did it, else local or on the cluster."""
-    from .build import BuildError
+def _warm_worker(token: str, state: Any) -> None:
+    """Ready a worker for its first Ray Data task: Ray Data's modules, the build's state and its tools."""
+    with contextlib.suppress(Exception):  # a real failure shows in the stage's own task
+        import ray.data  # noqa: F401  (what a Ray Data task's worker imports first)
 
+        from . import build
+
+        _use_state(token, state)
+        assert build._STATE is not None
+        build._STATE.get_tools()
+
+
+class _Start(threading.Thread):
+    """``ray.init`` in the background (it mostly waits for Ray's processes), so the driver works meanwhile.
+
+    Once Ray is up, it puts the build's state in the object store and, on a new local Ray whose
+    stages run as tasks, starts a warm-up task per CPU: the workers import Ray Data and the tools
+    while the driver sets up Ray Data's execution. ``ray.init`` outside the main thread also keeps
+    the caller's SIGTERM handler (Ray replaces it only from the main thread).
+
+    The thread then waits for `stop`: Ray's own processes (GCS, raylet) die with the thread that
+    started them (Linux's parent-death signal follows the thread), so it lives until Ray is shut down.
+    """
+
+    def __init__(self, ray: ModuleType, init: dict[str, Any] | None, state: _WorkerState, warm: bool) -> None:
+        super().__init__(name="liwi-ray-start", daemon=True)
+        self.ray, self.init, self.state, self.warm = ray, init, state, warm
+        self.token = uuid.uuid4().hex
+        self.reference: Any = None
+        self.error: BaseException | None = None
+        self.warming: list[Any] = []  # the warm-up tasks' references (kept until the build ends)
+        self.started = threading.Event()  # set when Ray is up (or failed to start)
+        self.released = threading.Event()  # set once Ray is shut down: the thread may end
+
+    def stop(self) -> None:
+        """Shut down the Ray this thread started (when it is up), then let the thread end."""
+        self.started.wait()
+        self.ray.shutdown()  # a local Ray's processes (workers included) are stopped
+        self.released.set()
+        self.join()
+
+    def run(self) -> None:
+        try:
+            if self.init is not None:  # else the caller's Ray
+                self.ray.init(**self.init)
+            self.reference = self.ray.put(self.state)
+            if self.warm:
+                warm = self.ray.remote(num_cpus=1, max_retries=0)(_warm_worker)
+                cpus = int(self.ray.cluster_resources().get("CPU", 1))
+                self.warming = [warm.remote(self.token, self.reference) for _ in range(cpus)]
+        except BaseException as error:  # reported by the driver's thread
+            self.error = error
+        finally:
+            self.started.set()
+        if self.init is not None:
+            self.released.wait()
+
+
+@contextlib.contextmanager
+def _session(config: BuildConfig, state: _WorkerState, meanwhile: Any = None) -> Iterator[tuple[ModuleType, _Start]]:
+    """Ray, initialised (unless the caller already did it), with the build's state in its object store.
+
+    ``meanwhile(started)`` runs in this thread while Ray starts, until ``started`` (an `Event`) is set.
+    """
     ray = import_ray()
-    if ray.is_initialized():
-        yield ray
-        return
     address = ray_address(config)
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
     single = dict.fromkeys(_THREAD_VARIABLES, "1")
+    if ray.is_initialized():
+        init: dict[str, Any] | None = None
+    elif address is None:  # a new local Ray: its workers inherit one-thread settings from here
+        init = {"address": "local", "num_cpus": config.workers, **options}
+    else:
+        init = {"address": address, "runtime_env": {"env_vars": single}, **options}
     saved = {name: os.environ.get(name) for name in (*_THREAD_VARIABLES, *_NO_TELEMETRY)}
     # No usage-stats reporting (unless asked for): on 2 cores its extra actor costs seconds of start-up.
     os.environ.update({name: os.environ.get(name, value) for name, value in _NO_TELEMETRY.items()})
-    # ray.init replaces the SIGTERM handler with one that exits (status 15, no clean-up message):
-    # the caller's (liwi-build: raise Terminated) is put back as soon as Ray has started.
-    main_thread = threading.current_thread() is threading.main_thread()
-    sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
+    if address is None:
+        os.environ.update(single)
+    models = curation_uses_models(config.tools) or verifier_uses_models(config.tools)
+    start = _Start(ray, init, state, warm=init is not None and address is None and not models)
     try:
+        _wait_for(start, meanwhile if address is None else None)
         try:
-            if address is None:  # a new local Ray: its workers inherit one-thread settings from here
-                os.environ.update(single)
-                ray.init(address="local", num_cpus=config.workers, **options)
-            else:
-                ray.init(address=address, runtime_env={"env_vars": single}, **options)
-        except SystemExit as stop:  # Ray's SIGTERM handler, while Ray started: stop Ray, then as the caller would
-            if stop.code != signal.SIGTERM:
-                raise
-            ray.shutdown()
-            if main_thread and callable(sigterm):
-                signal.signal(signal.SIGTERM, sigterm)
-                signal.raise_signal(signal.SIGTERM)  # liwi-build: raises Terminated here
-            raise
-        except Exception as error:  # Ray's own errors span lines; keep the first
-            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise BuildError(f"could not start Ray ({address or 'local'}): {message}") from None
-        finally:  # the caller's handler back (unless it already ran and ignores further SIGTERMs)
-            if main_thread and sigterm is not None and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
-                signal.signal(signal.SIGTERM, sigterm)
-        try:
-            yield ray
+            yield ray, start
         finally:
-            ray.shutdown()  # a local Ray's processes (workers included) are stopped
+            if init is not None:
+                start.stop()
     finally:
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _wait_for(start: _Start, meanwhile: Any) -> None:
+    """Start Ray (in the background, running ``meanwhile`` here) or raise a one-line `BuildError`."""
+    from .build import BuildError
+
+    if start.init is None:  # the caller's Ray: only the state to put
+        start.run()
+    else:
+        logging.getLogger("ray").setLevel(logging.ERROR)  # as ray.init sets it; no warning about the thread
+        start.start()
+        try:
+            if meanwhile is not None:
+                meanwhile(start.started)
+            start.started.wait()
+        except BaseException:  # stopped (Ctrl-C, SIGTERM): a Ray half started is shut down, not left running
+            start.stop()
+            raise
+    if start.error is not None:
+        if start.init is not None:
+            start.stop()  # whatever it started
+        error = start.error
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        where = start.init.get("address", "local") if start.init else "the caller's Ray"
+        raise BuildError(f"could not start Ray ({where}): {message}") from None
+
+
+def _curate_meanwhile(state: _WorkerState, photo_ids: list[str], done: list[str]) -> Any:
+    """``meanwhile`` for `_session`: the driver curates photos (from the end) while a local Ray starts.
+
+    Only weight-free or ONNX curation, and only with every BLAS pool limited to one thread (as in the
+    workers), so the assets are the same, byte for byte, as a worker's.
+    """
+
+    def curate(started: threading.Event) -> None:
+        from . import build
+
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            return
+        here = dataclasses.replace(state, tools=None, cache={})  # the driver's own tools, never pickled
+        with threadpool_limits(1):
+            for photo_id in reversed(photo_ids):
+                if started.is_set():
+                    break
+                build._curate(here, photo_id)
+                done.append(photo_id)
+
+    return None if curation_uses_models(state.config.tools) else curate
 
 
 def _gpus_per_actor(config: BuildConfig) -> float:
@@ -269,9 +369,9 @@ def run_on_ray(state: _WorkerState, to_curate: list[str], todo: list[Chunk]) -> 
     """Curate ``to_curate`` and build the chunks ``todo`` on Ray (files land where the local engine puts them)."""
     if not to_curate and not todo:
         return
-    config = state.config
+    curated_here: list[str] = []  # by the driver, while a local Ray starts
     try:
-        with _session(config) as ray:
+        with _session(state.config, state, _curate_meanwhile(state, to_curate, curated_here)) as (ray, start):
             import ray.data
 
             context = ray.data.DataContext.get_current()
@@ -281,7 +381,7 @@ def run_on_ray(state: _WorkerState, to_curate: list[str], todo: list[Chunk]) -> 
             context.memory_usage_poll_interval_s = None  # no per-second polling of every task's memory
             logger.setLevel(logging.ERROR)
             try:
-                _run_stages(ray, state, to_curate, todo)
+                _run_stages(ray, state, start, to_curate, curated_here, todo)
             finally:
                 context.enable_progress_bars, context.memory_usage_poll_interval_s = saved[:2]
                 logger.setLevel(saved[2])
@@ -296,26 +396,37 @@ def _remove_temporaries(state: _WorkerState) -> None:
             remove_stale_temporaries(folder)
 
 
-def _run_stages(ray: ModuleType, state: _WorkerState, to_curate: list[str], todo: list[Chunk]) -> None:
-    """The curate stage, then the compose stage, each one Ray Data execution."""
+def _run_stages(
+    ray: ModuleType,
+    state: _WorkerState,
+    start: _Start,
+    to_curate: list[str],
+    curated_here: list[str],
+    todo: list[Chunk],
+) -> None:
+    """The curate stage (but for the photos curated here), then the compose stage, each one Ray Data execution."""
     from .build import BuildError, _progress
 
     config = state.config
-    token, reference = uuid.uuid4().hex, ray.put(state)
     gpus = _gpus_per_actor(config)
+    done = set(curated_here)
     stages = [
-        ("curate", [{"photo_id": photo_id} for photo_id in to_curate], _curate_row),
+        ("curate", [{"photo_id": photo_id} for photo_id in to_curate if photo_id not in done], _curate_row),
         ("compose", [_chunk_row(chunk) for chunk in todo], _compose_row),
     ]
     for name, rows, function in stages:
+        unit = "photo" if name == "curate" else "sample"
+        total = len(to_curate) if name == "curate" else sum(chunk.count for chunk in todo)
+        bar = _progress(None, total, name, config.progress and total > 0, unit)
+        if bar is not None and name == "curate":
+            bar.update(len(done))
         if not rows:
+            if bar is not None:
+                bar.close()
             continue
         models = curation_uses_models(config.tools) if name == "curate" else verifier_uses_models(config.tools)
         actors = _actors(ray, len(rows), gpus) if models else 0
-        dataset = _stage(rows, function, token, reference, actors, gpus)
-        unit = "photo" if name == "curate" else "sample"
-        total = len(rows) if name == "curate" else sum(chunk.count for chunk in todo)
-        bar = _progress(None, total, name, config.progress, unit)
+        dataset = _stage(rows, function, start.token, start.reference, actors, gpus)
         try:
             for result in dataset.iter_rows():
                 if bar is not None:
