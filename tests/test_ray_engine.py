@@ -71,30 +71,30 @@ def test_a_ray_started_here_lets_the_driver_curate_meanwhile_and_rows_stay_ident
     local_build: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Runs before the tests that share one Ray (local_ray): here the engine starts its own, in the
-    # background, and the driver curates photos until it is up (two here, whatever Ray's speed).
+    # background, and the driver curates photos until Ray's curate stage starts: two here, whatever
+    # Ray's speed (it claims no third, and the stage waits for its second).
     assert not ray.is_initialized()
-    curated: list[str] = []
-    real = ray_engine._curate_meanwhile
+    helper = ray_engine._DriverCuration
+    real_claim, real_close = helper._claim, helper.close
+    curated: list[set[str]] = []
 
-    def meanwhile(state, photo_ids, done):
-        curate = real(state, photo_ids, done)
+    def claim_two(self):
+        return real_claim(self) if len(self.claimed) < 2 else None
 
-        class AfterTwo:  # "Ray is up" once the driver has curated two photos
-            def is_set(self) -> bool:
-                return len(done) >= 2
+    def close_after_two(self):
+        while len(self.claimed) < 2 and self.is_alive():
+            time.sleep(0.01)
+        curated.append(real_close(self))
+        return curated[-1]
 
-        def two(started: threading.Event) -> None:
-            curate(AfterTwo())
-            curated.extend(done)
-
-        return two
-
-    monkeypatch.setattr(ray_engine, "_curate_meanwhile", meanwhile)
+    monkeypatch.setattr(helper, "_claim", claim_two)
+    monkeypatch.setattr(helper, "close", close_after_two)
     out = tmp_path / "ray" / "out"  # same folder name as the local build: same card
     result = build_dataset(config(photos, out, engine="ray", workers=2))
     assert result.complete and result.chunks_written == 3
-    assert len(curated) == 2  # the last two photos (by id), by the driver; Ray curated the others
-    assert sorted(p.stem for p in (out / ".build" / "assets").glob("*.npz"))[-2:] == sorted(curated)
+    assert len(curated[0]) == 2  # the last two photos (by id), by the driver; Ray curated the others
+    assets = sorted(p.stem for p in (out / ".build" / "assets").glob("*.npz"))
+    assert len(assets) == 11 and set(assets[-2:]) == curated[0]
     assert_same_bytes(local_build, out)
     assert not list(out.rglob(".*.tmp-*"))
     assert not ray.is_initialized()  # the engine's Ray is shut down

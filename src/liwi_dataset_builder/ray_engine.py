@@ -17,11 +17,12 @@ the same, byte for byte, as the local engine's. Every file is written atomically
 that made it: Ray retries the task of a worker that died, and a build stopped any other way is
 resumed by rerunning the same command (with either engine).
 
-Start-up: ``ray.init`` of a local Ray takes 7 s on 2 idle cores (longer when they are busy), mostly
-waiting for Ray's own processes. It runs in a background thread while the driver curates photos
-itself (weight-free or ONNX tools only, one thread, so the same bytes as a worker's), taking them
-from the end of the list until Ray is up; then one warm-up task per CPU imports Ray Data and loads
-the tools in the workers while the driver sets up the first Ray Data execution.
+Start-up: ``ray.init`` of a local Ray takes 7 s on 2 idle cores (20 s when they are busy), mostly
+waiting for Ray's own processes. It runs in a background thread while a driver thread curates
+photos (weight-free or ONNX tools only, one thread, so the same bytes as a worker's), taking them
+from the end of the list until Ray's curate stage starts with the others. Once Ray is up, one
+warm-up task per CPU imports Ray Data and loads the tools in the workers, and Ray Data's two
+cluster actors are started, which its first execution would otherwise wait for.
 
 Ray starts locally (``--workers`` CPUs) unless ``--ray-address`` or ``RAY_ADDRESS`` names a
 cluster. On a cluster, the output folder and the sources must be on storage that every node
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import logging
 import os
 import socket
@@ -196,13 +198,28 @@ def _warm_worker(token: str, state: Any) -> None:
         build._STATE.get_tools()
 
 
+def _start_ray_data_actors() -> None:
+    """Ray Data's two cluster actors, started now rather than by the first execution, which waits for them.
+
+    Its scheduler sees no CPU until the autoscaling coordinator answers, and it asks the stats actor
+    for a dataset id; each is a new process (2-4 s on 2 cores). Ray Data internals: when they move,
+    the first execution starts them, only later.
+    """
+    with contextlib.suppress(Exception):
+        from ray.data._internal.cluster_autoscaler import get_or_create_autoscaling_coordinator
+        from ray.data._internal.stats import get_or_create_stats_actor
+
+        get_or_create_stats_actor()
+        get_or_create_autoscaling_coordinator()
+
+
 class _Start(threading.Thread):
-    """``ray.init`` in the background (it mostly waits for Ray's processes), so the driver works meanwhile.
+    """``ray.init`` in a background thread: it mostly waits for Ray's processes, while the driver curates.
 
     Once Ray is up, it puts the build's state in the object store and, on a new local Ray whose
-    stages run as tasks, starts a warm-up task per CPU: the workers import Ray Data and the tools
-    while the driver sets up Ray Data's execution. ``ray.init`` outside the main thread also keeps
-    the caller's SIGTERM handler (Ray replaces it only from the main thread).
+    stages run as tasks, starts a warm-up task per CPU (the workers import Ray Data and load the
+    tools) and Ray Data's cluster actors. ``ray.init`` outside the main thread also keeps the
+    caller's SIGTERM handler (Ray replaces it only from the main thread).
 
     The thread then waits for `stop`: Ray's own processes (GCS, raylet) die with the thread that
     started them (Linux's parent-death signal follows the thread), so it lives until Ray is shut down.
@@ -218,13 +235,6 @@ class _Start(threading.Thread):
         self.started = threading.Event()  # set when Ray is up (or failed to start)
         self.released = threading.Event()  # set once Ray is shut down: the thread may end
 
-    def stop(self) -> None:
-        """Shut down the Ray this thread started (when it is up), then let the thread end."""
-        self.started.wait()
-        self.ray.shutdown()  # a local Ray's processes (workers included) are stopped
-        self.released.set()
-        self.join()
-
     def run(self) -> None:
         try:
             if self.init is not None:  # else the caller's Ray
@@ -234,6 +244,7 @@ class _Start(threading.Thread):
                 warm = self.ray.remote(num_cpus=1, max_retries=0)(_warm_worker)
                 cpus = int(self.ray.cluster_resources().get("CPU", 1))
                 self.warming = [warm.remote(self.token, self.reference) for _ in range(cpus)]
+                _start_ray_data_actors()
         except BaseException as error:  # reported by the driver's thread
             self.error = error
         finally:
@@ -241,13 +252,89 @@ class _Start(threading.Thread):
         if self.init is not None:
             self.released.wait()
 
+    def wait(self) -> None:
+        """Start Ray (unless the caller did) and wait for it, or raise a one-line `BuildError`."""
+        from .build import BuildError
+
+        if self.init is None:  # the caller's Ray: only the state to put
+            self.run()
+        else:
+            logging.getLogger("ray").setLevel(logging.ERROR)  # as ray.init sets it; no warning about the thread
+            self.start()
+            try:
+                self.started.wait()
+            except BaseException:  # stopped (Ctrl-C, SIGTERM): a Ray half started is shut down, not left running
+                self.stop()
+                raise
+        if self.error is not None:
+            self.stop()  # whatever it started
+            message = str(self.error).strip().splitlines()[0] if str(self.error).strip() else type(self.error).__name__
+            where = self.init.get("address", "local") if self.init else "the caller's Ray"
+            raise BuildError(f"could not start Ray ({where}): {message}") from None
+
+    def stop(self) -> None:
+        """Shut down the Ray this thread started, once it is up, then let the thread end."""
+        if self.init is None:
+            return
+        self.started.wait()
+        self.ray.shutdown()  # a local Ray's processes (workers included) are stopped
+        self.released.set()
+        self.join()
+
+
+class _DriverCuration(threading.Thread):
+    """The driver as one more curation worker while Ray starts: photos from the end of the list.
+
+    Only for weight-free or ONNX curation, and with every BLAS pool limited to one thread (as in
+    the workers; OpenCV's is already), so the assets are the same, byte for byte, as a worker's.
+    """
+
+    def __init__(self, state: _WorkerState, photo_ids: list[str]) -> None:
+        super().__init__(name="liwi-driver-curation", daemon=True)
+        self.state = dataclasses.replace(state, tools=None, cache={})  # its own tools, never pickled
+        self.todo = list(photo_ids)
+        self.claimed: list[str] = []  # curated here, or being curated
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def run(self) -> None:
+        from threadpoolctl import threadpool_limits
+
+        from . import build
+
+        with threadpool_limits(1):
+            while (photo_id := self._claim()) is not None:
+                build._curate(self.state, photo_id)
+        self.state.tools = None  # its models' memory back before the compose stage
+
+    def _claim(self) -> str | None:
+        with self.lock:
+            if self.closed or not self.todo:
+                return None
+            self.claimed.append(self.todo.pop())
+            return self.claimed[-1]
+
+    def close(self) -> set[str]:
+        """Take no more photos; returns those curated here or being curated (join to wait for them)."""
+        with self.lock:
+            self.closed = True
+            return set(self.claimed)
+
+
+def _driver_curation(ray: ModuleType, state: _WorkerState, photo_ids: list[str]) -> _DriverCuration | None:
+    """A started `_DriverCuration` when Ray has to start here, locally, and curation loads no model weights."""
+    if not photo_ids or ray.is_initialized() or ray_address(state.config) is not None:
+        return None
+    if curation_uses_models(state.config.tools) or importlib.util.find_spec("threadpoolctl") is None:
+        return None
+    helper = _DriverCuration(state, photo_ids)
+    helper.start()
+    return helper
+
 
 @contextlib.contextmanager
-def _session(config: BuildConfig, state: _WorkerState, meanwhile: Any = None) -> Iterator[tuple[ModuleType, _Start]]:
-    """Ray, initialised (unless the caller already did it), with the build's state in its object store.
-
-    ``meanwhile(started)`` runs in this thread while Ray starts, until ``started`` (an `Event`) is set.
-    """
+def _session(config: BuildConfig, state: _WorkerState) -> Iterator[tuple[ModuleType, _Start]]:
+    """Ray, initialised (unless the caller already did it), with the build's state in its object store."""
     ray = import_ray()
     address = ray_address(config)
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
@@ -266,68 +353,17 @@ def _session(config: BuildConfig, state: _WorkerState, meanwhile: Any = None) ->
     models = curation_uses_models(config.tools) or verifier_uses_models(config.tools)
     start = _Start(ray, init, state, warm=init is not None and address is None and not models)
     try:
-        _wait_for(start, meanwhile if address is None else None)
+        start.wait()
         try:
             yield ray, start
         finally:
-            if init is not None:
-                start.stop()
+            start.stop()
     finally:
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def _wait_for(start: _Start, meanwhile: Any) -> None:
-    """Start Ray (in the background, running ``meanwhile`` here) or raise a one-line `BuildError`."""
-    from .build import BuildError
-
-    if start.init is None:  # the caller's Ray: only the state to put
-        start.run()
-    else:
-        logging.getLogger("ray").setLevel(logging.ERROR)  # as ray.init sets it; no warning about the thread
-        start.start()
-        try:
-            if meanwhile is not None:
-                meanwhile(start.started)
-            start.started.wait()
-        except BaseException:  # stopped (Ctrl-C, SIGTERM): a Ray half started is shut down, not left running
-            start.stop()
-            raise
-    if start.error is not None:
-        if start.init is not None:
-            start.stop()  # whatever it started
-        error = start.error
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        where = start.init.get("address", "local") if start.init else "the caller's Ray"
-        raise BuildError(f"could not start Ray ({where}): {message}") from None
-
-
-def _curate_meanwhile(state: _WorkerState, photo_ids: list[str], done: list[str]) -> Any:
-    """``meanwhile`` for `_session`: the driver curates photos (from the end) while a local Ray starts.
-
-    Only weight-free or ONNX curation, and only with every BLAS pool limited to one thread (as in the
-    workers), so the assets are the same, byte for byte, as a worker's.
-    """
-
-    def curate(started: threading.Event) -> None:
-        from . import build
-
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            return
-        here = dataclasses.replace(state, tools=None, cache={})  # the driver's own tools, never pickled
-        with threadpool_limits(1):
-            for photo_id in reversed(photo_ids):
-                if started.is_set():
-                    break
-                build._curate(here, photo_id)
-                done.append(photo_id)
-
-    return None if curation_uses_models(state.config.tools) else curate
 
 
 def _gpus_per_actor(config: BuildConfig) -> float:
@@ -369,9 +405,10 @@ def run_on_ray(state: _WorkerState, to_curate: list[str], todo: list[Chunk]) -> 
     """Curate ``to_curate`` and build the chunks ``todo`` on Ray (files land where the local engine puts them)."""
     if not to_curate and not todo:
         return
-    curated_here: list[str] = []  # by the driver, while a local Ray starts
+    ray = import_ray()
+    helper = _driver_curation(ray, state, to_curate)  # the driver curates while a local Ray starts
     try:
-        with _session(state.config, state, _curate_meanwhile(state, to_curate, curated_here)) as (ray, start):
+        with _session(state.config, state) as (ray, start):
             import ray.data
 
             context = ray.data.DataContext.get_current()
@@ -381,11 +418,14 @@ def run_on_ray(state: _WorkerState, to_curate: list[str], todo: list[Chunk]) -> 
             context.memory_usage_poll_interval_s = None  # no per-second polling of every task's memory
             logger.setLevel(logging.ERROR)
             try:
-                _run_stages(ray, state, start, to_curate, curated_here, todo)
+                _run_stages(ray, state, start, to_curate, helper, todo)
             finally:
                 context.enable_progress_bars, context.memory_usage_poll_interval_s = saved[:2]
                 logger.setLevel(saved[2])
     finally:  # after ray.shutdown, which stops a local Ray's workers; also when the build was stopped
+        if helper is not None:  # its photo finished (a few seconds), so no temporary of it is left
+            helper.close()
+            helper.join()
         _remove_temporaries(state)
 
 
@@ -401,39 +441,41 @@ def _run_stages(
     state: _WorkerState,
     start: _Start,
     to_curate: list[str],
-    curated_here: list[str],
+    helper: _DriverCuration | None,
     todo: list[Chunk],
 ) -> None:
-    """The curate stage (but for the photos curated here), then the compose stage, each one Ray Data execution."""
+    """The curate stage (but for the driver's photos), then the compose stage, each one Ray Data execution."""
     from .build import BuildError, _progress
 
     config = state.config
     gpus = _gpus_per_actor(config)
-    done = set(curated_here)
+    here = helper.close() if helper is not None else set()  # from now on, every photo left goes to Ray
     stages = [
-        ("curate", [{"photo_id": photo_id} for photo_id in to_curate if photo_id not in done], _curate_row),
+        ("curate", [{"photo_id": photo_id} for photo_id in to_curate if photo_id not in here], _curate_row),
         ("compose", [_chunk_row(chunk) for chunk in todo], _compose_row),
     ]
     for name, rows, function in stages:
         unit = "photo" if name == "curate" else "sample"
         total = len(to_curate) if name == "curate" else sum(chunk.count for chunk in todo)
         bar = _progress(None, total, name, config.progress and total > 0, unit)
-        if bar is not None and name == "curate":
-            bar.update(len(done))
-        if not rows:
-            if bar is not None:
-                bar.close()
-            continue
-        models = curation_uses_models(config.tools) if name == "curate" else verifier_uses_models(config.tools)
-        actors = _actors(ray, len(rows), gpus) if models else 0
-        dataset = _stage(rows, function, start.token, start.reference, actors, gpus)
         try:
-            for result in dataset.iter_rows():
+            if rows:
+                models = curation_uses_models(config.tools) if name == "curate" else verifier_uses_models(config.tools)
+                actors = _actors(ray, len(rows), gpus) if models else 0
+                dataset = _stage(rows, function, start.token, start.reference, actors, gpus)
+                try:
+                    for result in dataset.iter_rows():
+                        if bar is not None:
+                            bar.update(1 if name == "curate" else result["samples"])
+                except Exception as error:  # a task that failed even after Ray's retries
+                    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                    raise BuildError(
+                        f"the Ray {name} stage failed: {first[:300]}; rerun the same command to resume"
+                    ) from None
+            if name == "curate" and helper is not None:
+                helper.join()  # the driver's last photo, before any chunk needs it
                 if bar is not None:
-                    bar.update(1 if name == "curate" else result["samples"])
-        except Exception as error:  # a task that failed even after Ray's retries
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise BuildError(f"the Ray {name} stage failed: {first[:300]}; rerun the same command to resume") from None
+                    bar.update(len(here))
         finally:
             if bar is not None:
                 bar.close()

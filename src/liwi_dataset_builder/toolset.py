@@ -127,7 +127,8 @@ def build_tools(spec: ToolSpec) -> Tools:
     elif spec.proposer.startswith("segmenter:"):
         from liwi_diffusers.tools.segmenter import OnnxSegmenter, SegmenterProposer
 
-        segmenter = OnnxSegmenter.from_cache(spec.proposer.partition(":")[2], device=spec.device or "cpu")
+        # One ONNX Runtime thread, as every builder worker uses one core (its default takes them all).
+        segmenter = OnnxSegmenter.from_cache(spec.proposer.partition(":")[2], device=spec.device or "cpu", threads=1)
         proposer = SegmenterProposer(segmenter, max_objects=spec.max_objects + 2)
     else:
         task, _, model = spec.proposer.partition(":")
