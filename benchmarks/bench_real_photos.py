@@ -102,6 +102,16 @@ class MemoisedSegmenter:
         self.memory: dict[str, np.ndarray] = {}
         self.cache_dir = cache_dir
         self.passes = 0
+        self.views: dict[str, MemoisedSegmenter] = {}
+
+    def at_side(self, side: int) -> MemoisedSegmenter:
+        """The wrapped segmenter at another input side (`OnnxSegmenter.at_side`), remembered under its own name."""
+        sized = self.segmenter.at_side(side) if hasattr(self.segmenter, "at_side") else self.segmenter
+        if sized is self.segmenter:
+            return self
+        if sized.name not in self.views:
+            self.views[sized.name] = MemoisedSegmenter(sized, self.cache_dir)
+        return self.views[sized.name]
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         digest = hashlib.sha1(self.name.encode())

@@ -176,6 +176,49 @@ def test_prepared_models_run_in_float32_at_free_sizes_and_are_kept(tmp_path):
     assert other.stride == 4 and onnx.load(str(copy)).graph.input[0].type.tensor_type.shape.dim[2].dim_param
 
 
+def test_at_side_runs_the_same_session_at_a_fixed_side_and_the_decomposer_uses_it(tmp_path):
+    exported_like_model(tmp_path / "exported.onnx")
+    segmenter = OnnxSegmenter(tmp_path / "exported.onnx", SPEC, name="tiny")
+    assert segmenter.at_side(64) is segmenter and segmenter.at_side(500) is segmenter  # nominal or above: itself
+    sized = segmenter.at_side(31)  # rounded to the stride (4)
+    assert sized.name == "tiny@32" and sized.side == 32
+    sides = []
+    session = segmenter.session
+
+    def recording(names, feed):
+        sides.append(feed["x"].shape[-1])
+        return session.run(names, feed)
+
+    segmenter.session = SimpleNamespace(run=recording)
+    assert sized(np.zeros((90, 70, 3), np.float32)).shape == (90, 70) and sides == [32]
+    with pytest.raises(ValueError, match="side must be a positive"):
+        segmenter.at_side(0)
+
+    class Recorder(LargestRedThing):
+        """Records the side it was asked for: None for the plain call (the first, whole-photo pass)."""
+
+        def __init__(self, side=None, log=None):
+            super().__init__()
+            self.side, self.log = side, [] if log is None else log
+
+        def at_side(self, side):
+            return Recorder(side, self.log)
+
+        def __call__(self, image):
+            self.log.append(self.side)
+            return super().__call__(image)
+
+    recorder = Recorder()
+    layered = ToolChainDecomposer(segmenter=recorder, tile_side=96, later_round_side=80, extract_shadows=False)(scene())
+    assert recorder.log == [None, 96, 96, 96, 96, 80]  # whole photo, four crops, then round 2
+    assert layered.metadata["tile_side"] == 96 and layered.metadata["later_round_side"] == 80
+    recorder = Recorder()
+    ToolChainDecomposer(segmenter=recorder, tile_side=None, later_round_side=None, extract_shadows=False)(scene())
+    assert recorder.log == [None] * 6
+    with pytest.raises(ValueError, match="tile_side must be None or an int of at least 64"):
+        ToolChainDecomposer(tile_side=10)
+
+
 def test_models_the_preparation_cannot_follow_keep_their_size(tmp_path):
     """A graph with a fixed Reshape keeps its exported size (nominal only); a read-only folder prepares in memory."""
     red_salience_model(tmp_path / "plain.onnx")  # float32, no Resize: nothing to prepare, the file is used

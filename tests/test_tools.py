@@ -351,3 +351,36 @@ def test_closed_form_alpha_keeps_pymattings_performance_print_off_stdout(monkeyp
     alpha = closed_form_alpha(np.zeros((1, 3, 3)), trimap)
     assert np.array_equal(alpha, trimap)
     assert capsys.readouterr().out == ""
+
+
+def test_full_size_layers_are_computed_on_their_box_only():
+    """`_upsampled_in_box` (how `_assemble` brings layers to full size): cv2.resize's values inside the box where
+    the layer can be non-zero, exact zeros outside it; the decomposer's full-size object is zero outside its box."""
+    import cv2
+
+    from liwi_diffusers.layers import alpha_bbox
+    from liwi_diffusers.tools.decomposer import _upsampled_in_box
+
+    rng = np.random.default_rng(11)
+    for small_shape, full in (((40, 30), (157, 101)), ((9, 16), (9, 61)), ((12, 12), (12, 12))):
+        layer = np.zeros((*small_shape, 4), np.float32)
+        layer[3:7, 2:9] = rng.random((4, 7, 4))
+        layer[:, :, :3] = np.clip(layer[:, :, :3] + 0.2, 0, 1)  # colour everywhere, as a matte's colour estimate
+        expected = np.clip(cv2.resize(layer, full[::-1], interpolation=cv2.INTER_LINEAR), 0, 1)
+        out, window = _upsampled_in_box(layer, layer[:, :, 3], full)
+        np.testing.assert_allclose(out[window], expected[window], atol=1e-5)
+        outside = np.ones(full, bool)
+        outside[window] = False
+        assert not out[outside].any() and not expected[:, :, 3][outside].any()
+    empty, window = _upsampled_in_box(np.zeros((5, 5), np.float32), np.zeros((5, 5)), (20, 20))
+    assert window is None and not empty.any()
+
+    image, _ = _disc_image(size=160)
+    layered = ToolChainDecomposer(max_resolution=64)(image)
+    foreground = layered.foregrounds[0]
+    left, top, right, bottom = alpha_bbox(foreground[:, :, 3])
+    assert right - left < 150 and bottom - top < 150
+    inside = np.zeros((160, 160), bool)
+    inside[max(0, top - 4) : bottom + 4, max(0, left - 4) : right + 4] = True  # the window's margin: 1 working px
+    assert not foreground[~inside].any()
+    assert layered.check(image).max_abs_error <= 1 / 255

@@ -470,12 +470,15 @@ class ToolChainDecomposer:
             foregrounds = [np.dstack([m.foreground, m.alpha]).astype(np.float32) for m, _ in mattes]
             return _reconcile(LayeredImage(small_fill, foregrounds, shadows, [label for _, label in mattes]), rgb)
         # Full size, one layer at a time and in place, the background first: the temporaries of each step are
-        # dropped before the next, so the peak is the result plus one full-size RGB buffer.
+        # dropped before the next, so the peak is the result plus one full-size RGB buffer. Each layer is computed
+        # on the box where it can be non-zero only (`_upsampled_in_box`): outside it, its zeros are never written,
+        # and the system does not give them memory (an empty shadow, a small object cost their box, not the canvas).
         ceiling = 1.0 - rgb.max(axis=2)  # lifting a shadow must not go above white
         for k, small in enumerate(shadows):
-            shadow = resize(small, full, cv2.INTER_LINEAR)
-            np.clip(shadow, 0.0, 1.0, out=shadow)
-            shadows[k] = np.minimum(shadow, ceiling, out=shadow)
+            shadow, window = _upsampled_in_box(small, small, full)
+            if window is not None:
+                np.minimum(shadow[window], ceiling[window], out=shadow[window])
+            shadows[k] = shadow
         del ceiling
         lift = np.ones(full, np.float32)
         for shadow in shadows:
@@ -487,16 +490,18 @@ class ToolChainDecomposer:
         if alphas:
             hole = np.zeros(full, bool)
             for matte, _ in mattes:
-                hole |= resize(matte.alpha, full, cv2.INTER_LINEAR) > 0.01
+                alpha, window = _upsampled_in_box(matte.alpha, matte.alpha, full)
+                if window is not None:
+                    hole[window] |= alpha[window] > 0.01
+                del alpha
             hole = dilate(hole, 2)
             fill = resize(small_fill, full, cv2.INTER_LINEAR)
             np.clip(fill, 0.0, 1.0, out=fill)
             np.copyto(background, fill, where=hole[:, :, None])
             del fill, hole
         foregrounds = []
-        for matte, _ in mattes:  # one full-size RGBA at a time, resized as one 4-channel image (no RGB copy)
-            rgba = resize(np.dstack([matte.foreground, matte.alpha]), full, cv2.INTER_LINEAR)
-            np.clip(rgba, 0.0, 1.0, out=rgba)
+        for matte, _ in mattes:  # one full-size RGBA at a time, its colour kept where its alpha can be non-zero
+            rgba, _ = _upsampled_in_box(np.dstack([matte.foreground, matte.alpha]), matte.alpha, full)
             foregrounds.append(rgba)
         layered = LayeredImage(background, foregrounds, shadows, [label for _, label in mattes])
         return _reconcile(layered, rgb)
@@ -511,6 +516,44 @@ class ToolChainDecomposer:
         owner = np.argmax(shadows, axis=0)
         shadows = np.where(np.arange(len(alphas))[:, None, None] == owner[None], shadows, 0.0)
         return [s.astype(np.float32) for s in shadows]
+
+
+def _upsampled_in_box(
+    small: np.ndarray, support: np.ndarray, full: tuple[int, int]
+) -> tuple[np.ndarray, tuple[slice, slice] | None]:
+    """``small`` upsampled (bilinear, clipped to [0, 1]) to ``full``, computed only where ``support`` can reach.
+
+    ``support`` (working size) says where the layer is non-zero (an alpha or a shadow). Full-size pixels whose
+    bilinear footprint holds none of it are zero, and are left as the untouched zeros of ``np.zeros``; the rest
+    (the returned window, None when ``support`` is empty) is one ``cv2.warpAffine`` over the working-size layer,
+    with the pixel-centre mapping of ``cv2.resize``.
+    """
+    height, width = full
+    out = np.zeros((height, width, *small.shape[2:]), np.float32)
+    box = mask_box(support > 0)
+    if box is None:
+        return out, None
+    scale_x, scale_y = width / small.shape[1], height / small.shape[0]
+    # A full-size pixel samples the two working pixels around (x + 0.5) / scale - 0.5: one pixel of margin suffices.
+    left, right = max(0, int(np.floor((box[0] - 1) * scale_x))), min(width, int(np.ceil((box[2] + 1) * scale_x)))
+    top, bottom = max(0, int(np.floor((box[1] - 1) * scale_y))), min(height, int(np.ceil((box[3] + 1) * scale_y)))
+    source = np.ascontiguousarray(small, dtype=np.float32)
+    for rows in row_bands(bottom - top, right - left):  # a band of rows at a time: no box-size temporary
+        y0 = top + rows.start
+        to_small = np.array(
+            [[1 / scale_x, 0, (left + 0.5) / scale_x - 0.5], [0, 1 / scale_y, (y0 + 0.5) / scale_y - 0.5]], np.float64
+        )
+        band = cv2.warpAffine(
+            source,
+            to_small,
+            (right - left, rows.stop - rows.start),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+        target = out[y0 : top + rows.stop, left:right]
+        np.clip(band.reshape(target.shape), 0.0, 1.0, out=target)
+    window = (slice(top, bottom), slice(left, right))
+    return out, window
 
 
 def _object_like(alpha: np.ndarray, min_share: float = 0.0) -> bool:
@@ -545,6 +588,7 @@ def _reconcile(layered: LayeredImage, image: np.ndarray, band_pixels: int = 1 <<
     if box is None:
         return layered
     left, top, right, bottom = box
+    boxes = [mask_box(foreground[:, :, 3] > 0) for foreground in layered.foregrounds]
     rows = max(1, band_pixels // max(1, right - left))
     for start in range(top, bottom, rows):
         window = (slice(start, min(bottom, start + rows)), slice(left, right))
@@ -556,6 +600,13 @@ def _reconcile(layered: LayeredImage, image: np.ndarray, band_pixels: int = 1 <<
         )
         fixed = reconcile_with_image(band, image[window])
         layered.background[window] = fixed.background  # in place: these arrays are ours
-        for whole, part in zip(layered.foregrounds, fixed.foregrounds):
-            whole[window] = part
+        for whole, part, own in zip(layered.foregrounds, fixed.foregrounds, boxes):
+            # Only inside the object's own box: elsewhere its alpha is 0 and reconciling left its colour as it was
+            # (and the untouched zeros there keep costing no memory, see `_upsampled_in_box`).
+            if own is None:
+                continue
+            y0, y1 = max(own[1], window[0].start), min(own[3], window[0].stop)
+            x0, x1 = max(own[0], left), min(own[2], right)
+            if y0 < y1 and x0 < x1:
+                whole[y0:y1, x0:x1] = part[y0 - window[0].start : y1 - window[0].start, x0 - left : x1 - left]
     return layered

@@ -140,6 +140,19 @@ class OnnxSegmenter:
         self._input_name = inputs[0].name
         self._output_name = outputs[self.spec.output_index].name
 
+    def at_side(self, side: int) -> Segmenter:
+        """This model run at a ``side x side`` input whatever the image's size (rounded to the stride).
+
+        The same session; what messages and caches call it is ``"<name>@<side>"``. A model that takes only its
+        nominal size, or ``side`` at least the nominal size, gives this segmenter itself.
+        """
+        side = int(side)
+        if side < 1:
+            raise ValueError(f"side must be a positive number of pixels, got {side}")
+        if self.stride is None or side >= int(self.spec.input_size):
+            return self
+        return _AtSide(self, max(self.stride, round(side / self.stride) * self.stride))
+
     def _free_sizes_work(self, stride: int) -> bool:
         """One tiny pass at twice the stride: does the rewired graph answer at the size it was given?"""
         side = 2 * stride
@@ -169,8 +182,10 @@ class OnnxSegmenter:
     def __call__(self, image: Any) -> np.ndarray:
         """Foreground coverage of ``image`` (PIL or float RGB), ``(H, W)`` float32 in [0, 1]."""
         rgb = as_rgb(image)
+        return self._segment(rgb, self.input_side(*rgb.shape[:2]))
+
+    def _segment(self, rgb: np.ndarray, size: int) -> np.ndarray:
         height, width = rgb.shape[:2]
-        size = self.input_side(height, width)
         shrinking = max(height, width) > size
         square = cv2.resize(rgb * 255.0, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
         mean = np.asarray(self.spec.mean, np.float32)
@@ -182,6 +197,18 @@ class OnnxSegmenter:
         if self.spec.activation == "sigmoid":
             matte = 1.0 / (1.0 + np.exp(-matte))
         return np.clip(resize(matte, (height, width), cv2.INTER_LINEAR), 0.0, 1.0).astype(np.float32)
+
+
+class _AtSide:
+    """An `OnnxSegmenter` at a fixed input side (see `OnnxSegmenter.at_side`)."""
+
+    def __init__(self, segmenter: OnnxSegmenter, side: int) -> None:
+        self.segmenter = segmenter
+        self.side = side
+        self.name = f"{segmenter.name}@{side}"
+
+    def __call__(self, image: Any) -> np.ndarray:
+        return self.segmenter._segment(as_rgb(image), self.side)
 
 
 _PREPARATION = 1  # bump when `prepare_onnx_model` changes what it writes: prepared copies are then made again
