@@ -27,7 +27,7 @@ from results_io import write_results
 RESULTS = Path(__file__).resolve().parent / "results" / "memory.json"
 
 CHILD = r"""
-import json, resource, sys, time
+import contextlib, io, json, re, resource, sys, time
 from pathlib import Path
 import numpy as np
 from PIL import Image
@@ -43,9 +43,13 @@ del photo
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 from liwi_diffusers.cli import main
 start = time.perf_counter()
-code = main(["decompose", str(path), "-o", str(folder / "out"), "-q", "--overwrite", "--method", method,
-             "--max-pixels", str(width * height + 1)])
+line = io.StringIO()
+with contextlib.redirect_stdout(line):  # the CLI's result line: objects found, recomposition error
+    code = main(["decompose", str(path), "-o", str(folder / "out"), "--overwrite", "--method", method,
+                 "--max-pixels", str(width * height + 1)])
 seconds = time.perf_counter() - start
+found = re.search(r"\((\d+) objects?,.*recomposition error mean ([\d.]+) max ([\d.]+)", line.getvalue())
+objects, mean_error, max_error = (int(found[1]), float(found[2]), float(found[3])) if found else (None, None, None)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 segmenter_s = None
 if method == "tools":  # one segmenter pass on the working-size photo, for the ratio
@@ -61,7 +65,8 @@ if method == "tools":  # one segmenter pass on the working-size photo, for the r
     segmenter(work)
     segmenter_s = time.perf_counter() - tick
 print(json.dumps({"megapixels": megapixels, "width": width, "height": height, "exit": code, "seconds": seconds,
-                  "peak_rss_mb": peak, "rss_before_mb": baseline, "segmenter_pass_s": segmenter_s}))
+                  "peak_rss_mb": peak, "rss_before_mb": baseline, "segmenter_pass_s": segmenter_s,
+                  "objects": objects, "recomposition_max_error": max_error, "recomposition_mean_error": mean_error}))
 """
 
 
@@ -93,19 +98,20 @@ def main() -> None:
             rows.append(row)
             print(
                 f"{megapixels:5g} MP ({row['width']}x{row['height']}): {row['seconds']:.1f} s, "
-                f"peak RSS {row['peak_rss_mb']:.0f} MB, exit {row['exit']} (load average before: {load:.1f})",
+                f"peak RSS {row['peak_rss_mb']:.0f} MB, {row['objects']} objects, recomposition max error "
+                f"{row['recomposition_max_error']}, exit {row['exit']} (load average before: {load:.1f})",
                 flush=True,
             )
     print(
-        "\n| MP | size | seconds | s/MP | one segmenter pass s | decomposition / pass | peak RSS MB | load |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- |"
+        "\n| MP | size | objects | seconds | s/MP | segmenter pass s | decomposition / pass | peak RSS MB | load |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     for row in rows:
         if "seconds" in row:
             segmenter = row.get("segmenter_pass_s")
             ratio = f"{row['seconds'] / segmenter:.1f}" if segmenter else "n/a"
             print(
-                f"| {row['megapixels']:g} | {row['width']}x{row['height']} | {row['seconds']:.1f} | "
+                f"| {row['megapixels']:g} | {row['width']}x{row['height']} | {row['objects']} | {row['seconds']:.1f} | "
                 f"{row['seconds'] / row['megapixels']:.2f} | {segmenter or float('nan'):.1f} | {ratio} | "
                 f"{row['peak_rss_mb']:.0f} | {row['load_average_before']:.1f} |"
             )
