@@ -2,8 +2,8 @@
 
 Both engines build the same dataset (same photos, seed and layout) on the same cores: the local
 engine with ``--workers W`` processes, the Ray engine on a local Ray with W CPUs. Runs alternate
-(local, ray, local, ray, ...), so that load from other programs hits both alike; the fastest run of
-each is reported. Each run is a fresh `liwi-build` subprocess, as users run it (see
+in ABBA order (local, ray, ray, local, ...), so that load from other programs, even when it drifts,
+hits both alike; the fastest run of each is reported. Each run is a fresh `liwi-build` subprocess, as users run it (see
 `bench_dataset_builder.run_build`): end-to-end samples/min, and samples/min over the work phase
 (first curation task to last shard, so without start-up: Python imports, the process pool or
 ``ray.init`` and Ray Data's actors). Every shard of every Ray run is compared, byte for byte, with
@@ -58,7 +58,7 @@ def main() -> int:
         count = len(export_sample_photos(photos))
         for attempt in range(args.repeats):
             outs = {}
-            for engine in runs:
+            for engine in list(runs) if attempt % 2 == 0 else list(runs)[::-1]:
                 outs[engine] = Path(scratch) / f"{engine}-{attempt}" / "out"
                 print(
                     f"{engine}: {args.samples} samples at {args.resolution} px, "

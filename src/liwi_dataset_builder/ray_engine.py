@@ -322,19 +322,23 @@ class _DriverCuration(threading.Thread):
 
 
 def _driver_curation(ray: ModuleType, state: _WorkerState, photo_ids: list[str]) -> _DriverCuration | None:
-    """A started `_DriverCuration` when Ray has to start here, locally, and curation loads no model weights."""
+    """A `_DriverCuration` when Ray has to start here, locally, and curation loads no model weights."""
     if not photo_ids or ray.is_initialized() or ray_address(state.config) is not None:
         return None
     if curation_uses_models(state.config.tools) or importlib.util.find_spec("threadpoolctl") is None:
         return None
-    helper = _DriverCuration(state, photo_ids)
-    helper.start()
-    return helper
+    return _DriverCuration(state, photo_ids)
 
 
 @contextlib.contextmanager
-def _session(config: BuildConfig, state: _WorkerState) -> Iterator[tuple[ModuleType, _Start]]:
-    """Ray, initialised (unless the caller already did it), with the build's state in its object store."""
+def _session(
+    config: BuildConfig, state: _WorkerState, meanwhile: threading.Thread | None = None
+) -> Iterator[tuple[ModuleType, _Start]]:
+    """Ray, initialised (unless the caller already did it), with the build's state in its object store.
+
+    ``meanwhile`` is started while Ray starts, with the one-thread settings of a local Ray's workers
+    (numba reads its own when first imported).
+    """
     ray = import_ray()
     address = ray_address(config)
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
@@ -353,6 +357,8 @@ def _session(config: BuildConfig, state: _WorkerState) -> Iterator[tuple[ModuleT
     models = curation_uses_models(config.tools) or verifier_uses_models(config.tools)
     start = _Start(ray, init, state, warm=init is not None and address is None and not models)
     try:
+        if meanwhile is not None:
+            meanwhile.start()
         start.wait()
         try:
             yield ray, start
@@ -408,7 +414,7 @@ def run_on_ray(state: _WorkerState, to_curate: list[str], todo: list[Chunk]) -> 
     ray = import_ray()
     helper = _driver_curation(ray, state, to_curate)  # the driver curates while a local Ray starts
     try:
-        with _session(state.config, state) as (ray, start):
+        with _session(state.config, state, helper) as (ray, start):
             import ray.data
 
             context = ray.data.DataContext.get_current()
@@ -423,7 +429,7 @@ def run_on_ray(state: _WorkerState, to_curate: list[str], todo: list[Chunk]) -> 
                 context.enable_progress_bars, context.memory_usage_poll_interval_s = saved[:2]
                 logger.setLevel(saved[2])
     finally:  # after ray.shutdown, which stops a local Ray's workers; also when the build was stopped
-        if helper is not None:  # its photo finished (a few seconds), so no temporary of it is left
+        if helper is not None and helper.is_alive():  # its photo finished (seconds): no temporary of it is left
             helper.close()
             helper.join()
         _remove_temporaries(state)
