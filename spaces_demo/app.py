@@ -97,13 +97,21 @@ class SpaceConfig:
     may use that many CPU seconds per worker thread (`worker_pool.WorkerPool.run`), however long a loaded
     machine stretches them, and is stopped after `worker_pool.WALL_LIMIT_FACTOR` times as long in wall-clock
     time at the latest; a pipeline stops at its first denoising step past it in wall-clock time (a GPU is not
-    shared like the CPUs). Why: a wall-clock limit stopped ordinary requests whenever the machine was busy, since
-    the time a request takes there grows with the load, not with the photo. Measured on 2 cores (one thread per
-    worker): a 1024 px photo costs 7-13 CPU s at depth 1 (the four bundled photos and a blank one; 12.5 CPU s
-    took 34.6 s at a load average of 9, and the last session's 20-user run saw ~90 s per request at a load of
-    8-20) and 24 CPU s and more at depth 2, where each object is decomposed again. The default of 60 s of
-    computing covers a depth-1 request 4-5 times over and depth 2 for a few objects, while a hostile upload still
-    holds a worker for at most 60 CPU s; a depth-3 request on a busy photo can pass it, and is then told so.
+    shared like the CPUs). Waiting in the queue never counts.
+
+    Why: a wall-clock limit stopped ordinary requests whenever the machine was busy, since the time a request
+    takes there grows with the load, not with the photo (the last session's 20-user run saw ~90 s per request
+    at a load average of 8-20, and its 60 s limit stopped ordinary requests). Measured on 2 cores, one thread
+    per worker, with the learned segmenter, for 1024 px versions of the four example photos (a blank one: 7.0;
+    ``python spaces_demo/request_cost.py`` measures a machine):
+
+        depth 1:  9.6-13.0 CPU s   (wall-clock 20-38 s at a load average of 9-17)
+        depth 2: 23.9-47.8 CPU s   (74-147 s at 11-12; the most for the rocket's 4 objects)
+        depth 3: 36.0-99.0 CPU s   (113-292 s at 11-16)
+
+    The default, 120 s of computing, lets every one of these through (depth 1 nine times over, the costliest
+    depth 3 with 20 % to spare) whatever the load, while a hostile upload still holds a worker for at most
+    2 CPU minutes.
     """
 
     default_model: str = TOOLS
@@ -116,7 +124,7 @@ class SpaceConfig:
     resolution: int | None = None  # working resolution of diffusion pipelines (None: the checkpoint's own)
     queue_size: int = 64  # waiting requests beyond this are turned away ("queue full")
     concurrency: int = 2  # decompositions running at once (tool-chain worker processes)
-    time_limit_s: float = 60.0  # seconds of computing a decomposition may use; then it is stopped, its worker freed
+    time_limit_s: float = 120.0  # seconds of computing a decomposition may use; then it is stopped, its worker freed
     output_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "liwi_space")
 
     @classmethod
