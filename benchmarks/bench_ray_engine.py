@@ -16,7 +16,6 @@ the local run's.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 
 from bench_dataset_builder import SINGLE_THREAD, run_build
+from results_io import write_results
 
 from liwi_dataset_builder import __version__
 from liwi_dataset_builder.sample_data import export_sample_photos
@@ -38,6 +38,13 @@ def same_shards(first: Path, second: Path) -> tuple[int, int]:
         return 0, max(len(names), 1)
     same = sum((first / "data" / name).read_bytes() == (second / "data" / name).read_bytes() for name in names)
     return same, len(names)
+
+
+def machine_load(runs: dict[str, dict]) -> dict:
+    """The highest load average seen around the runs; ``noisy`` when it was above the number of cores."""
+    highest = max(run[key] for run in runs.values() for key in ("load_average_before", "load_average_after"))
+    cpus = os.cpu_count() or 1
+    return {"max_load_average": highest, "cpus": cpus, "noisy": highest > cpus}
 
 
 def main() -> int:
@@ -78,6 +85,7 @@ def main() -> int:
     ratio = round(best["ray"]["samples_per_min"] / best["local"]["samples_per_min"], 3)
     work_ratio = round(best["ray"]["work_samples_per_min"] / best["local"]["work_samples_per_min"], 3)
     same, total = sum(s for s, _ in identical), sum(t for _, t in identical)
+    load = machine_load(best)
     print()
     print(
         "| engine | wall s | samples/min | start-up s | work s | samples/min, work phase | peak RSS MB | CPU s "
@@ -92,6 +100,11 @@ def main() -> int:
         )
     print(f"\nray / local: {ratio}x end to end, {work_ratio}x in the work phase (target >= 0.9x)")
     print(f"byte-identical shards, ray vs local: {same} of {total}")
+    if load["noisy"]:
+        print(
+            f"load average up to {load['max_load_average']} on {load['cpus']} cores: other programs' load weighs "
+            "on these ratios as much as the engines do"
+        )
     result = {
         "benchmark": "liwi-build --engine ray vs local: layered samples per minute",
         "builder_version": __version__,
@@ -107,11 +120,11 @@ def main() -> int:
         "ray_vs_local": ratio,
         "ray_vs_local_work_phase": work_ratio,
         "byte_identical_shards": {"same": same, "of": total},
+        "machine_load": load,
         "runs": best,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.output, result, indent=2)
     print(f"written: {args.output}")
     return 0 if same == total else 1
 
