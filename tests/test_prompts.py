@@ -286,6 +286,23 @@ def test_a_point_on_the_rim_of_a_big_region_looks_again_on_a_smaller_crop():
     assert iou(masks[0], table) > 0.9 and len(calls) == 1
 
 
+def test_a_point_on_a_big_object_the_segmenter_misses_grows_on_a_crop_that_holds_it():
+    """GrabCut from the point runs on the crops from large to small; the small crop inside the object would only
+    give back its seed disc, the whole photo gives the object."""
+    rng = np.random.default_rng(0)
+    image = np.clip(rng.normal((0.45, 0.55, 0.45), 0.02, (128, 128, 3)), 0, 1).astype(np.float32)
+    blue = np.zeros(image.shape[:2], bool)
+    blue[20:108, 24:104] = True
+    image[blue] = (0.1, 0.2, 0.8)
+
+    def blind(patch: np.ndarray) -> np.ndarray:
+        return np.zeros(patch.shape[:2], np.float32)
+
+    prompts = parse_prompts(points=[(64, 64)], size=(128, 128))
+    assert iou(PromptSegmenter()(image, prompts, blind)[0], blue) > 0.9
+    assert iou(PromptSegmenter(point_crops=(0.2,))(image, prompts, blind)[0], blue) < 0.2  # the seed disc only
+
+
 def test_the_whole_photo_pass_is_shared_by_peeling_and_prompts():
     calls = []
 

@@ -402,7 +402,7 @@ class PromptSegmenter:
         point near the edge of a region belongs to something smaller within it, e.g. a dish on a table) and,
         for a crop smaller than the photo, when the region stays inside the crop (else the crop cut it). The
         first plausible candidate is taken, else the one holding the point deepest (regions the crop cut last);
-        with no region under the point anywhere, GrabCut grows one from a disc around the point.
+        with no region under the point anywhere, GrabCut grows one from a disc around the point (`_grow_point`).
         """
         height, width = image.shape[:2]
         x, y = point.pixel(image.shape)
@@ -436,7 +436,26 @@ class PromptSegmenter:
         if best is None and fallback is not None:
             best = fallback[1]
         if best is None:
-            crop = _square_around(x, y, min(self.point_crops) * max(height, width), (height, width))
+            best = self._grow_point(image, (x, y), negatives)
+        (cl, ct, cr, cb), coverage = best
+        out = np.zeros((height, width), np.float32)
+        out[ct:cb, cl:cr] = coverage
+        return out
+
+    def _grow_point(
+        self, image: np.ndarray, at: tuple[int, int], negatives: Sequence[tuple[int, int]]
+    ) -> tuple[tuple[int, int, int, int], np.ndarray]:
+        """GrabCut grown from a disc around the point, on the squares of ``point_crops`` from large to small.
+
+        The disc (sure foreground) and a ring three times its radius (probable) scale with the square, so one of
+        them matches the object's size. As for the segmenter's regions, the first answer that holds the point
+        well inside, stays inside its square and grew beyond its disc is taken; else the one that comes closest.
+        """
+        height, width = image.shape[:2]
+        x, y = at
+        scored = []
+        for share in sorted(self.point_crops, reverse=True):
+            crop = _square_around(x, y, share * max(height, width), (height, width))
             cl, ct, cr, cb = crop
             patch = image[ct:cb, cl:cr]
             seeds_out = _negative_mask(patch.shape[:2], negatives, crop)
@@ -445,16 +464,18 @@ class PromptSegmenter:
             cv2.circle(labels, (x - cl, y - ct), radius * 3, int(cv2.GC_PR_FGD), -1)
             cv2.circle(labels, (x - cl, y - ct), radius, int(cv2.GC_FGD), -1)
             labels[seeds_out] = cv2.GC_BGD
-            grown = self._grabcut(patch, labels)
-            region = _region_at(grown, x - cl, y - ct)
+            region = _region_at(self._grabcut(patch, labels), x - cl, y - ct)
             if region is None:
                 region = np.zeros(patch.shape[:2], bool)
                 cv2.circle(region.view(np.uint8), (x - cl, y - ct), radius, 1, -1)
-            best = (crop, region.astype(np.float32))
-        (cl, ct, cr, cb), coverage = best
-        out = np.zeros((height, width), np.float32)
-        out[ct:cb, cl:cr] = coverage
-        return out
+            grown = float(region.sum()) >= 2.0 * math.pi * radius**2
+            whole = not _runs_into_edge(region, crop, (height, width))
+            depth = _depth_at(region, x - cl, y - ct)
+            answer = (crop, region.astype(np.float32))
+            if grown and whole and depth >= self.min_point_depth:
+                return answer
+            scored.append(((grown, whole, depth), answer))
+        return max(scored, key=lambda item: item[0])[1]
 
     def _cut_point(
         self, patch: np.ndarray, region: np.ndarray, at: tuple[int, int], seeds_out: np.ndarray
