@@ -5,7 +5,8 @@
 normalisation and output activation. Models come from the model cache (`liwi models download isnet`), never
 from the repository; `OnnxSegmenter.from_cache` finds and verifies them.
 
-The model is prepared in memory when it is loaded (the file in the cache stays as downloaded, hash and all):
+The model is prepared for ONNX Runtime when it is first loaded, and the prepared copy is kept beside it
+(``NAME.prepared-cpu.onnx``; the downloaded file stays as it is, hash and all):
 
 - on the CPU, half-precision weights are widened to float32 (ONNX Runtime's CPU kernels run float16 by casting;
   ISNet passes take about 0.82x the time in float32);
@@ -52,6 +53,8 @@ class OnnxSegmenter:
         min_input_side: with a model that takes free input sizes, images and crops smaller than the nominal
             size are segmented at their own long side (rounded up to the stride), and at least this side (see
             `input_side`). None (the default): always at the nominal size.
+        prepare: prepare the model for ONNX Runtime (see the module's docstring); False runs the file exactly as
+            exported (float16 weights stay float16, the nominal size only).
 
     Raises:
         SegmenterError: the file is not a readable ONNX model, or its input/output shapes do not match ``spec``.
@@ -65,6 +68,7 @@ class OnnxSegmenter:
         threads: int | None = None,
         name: str = "",
         min_input_side: int | None = None,
+        prepare: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -82,7 +86,8 @@ class OnnxSegmenter:
         if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
             index = int(device.split(":")[1]) if device.startswith("cuda:") else 0
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
-        prepared = _prepared_model(model_path, int(spec.input_size), widen=providers == ["CPUExecutionProvider"])
+        widen = providers == ["CPUExecutionProvider"]
+        prepared = _prepared_model(model_path, int(spec.input_size), widen=widen) if prepare else None
         self.stride: int | None = None  # input sides other than the nominal one must be multiples of this
         if prepared is not None:
             try:
@@ -101,7 +106,9 @@ class OnnxSegmenter:
         del prepared
 
     @classmethod
-    def from_cache(cls, name: str | None = None, device: str = "cpu", threads: int | None = None) -> OnnxSegmenter:
+    def from_cache(
+        cls, name: str | None = None, device: str = "cpu", threads: int | None = None, prepare: bool = True
+    ) -> OnnxSegmenter:
         """The model ``name`` (default: the default segmenter) from the model cache, hash-checked.
 
         Raises `liwi_diffusers.model_zoo.ModelError` when it is not downloaded or its file is damaged.
@@ -113,7 +120,7 @@ class OnnxSegmenter:
         card = MODELS[name]
         if card.segmenter is None:
             raise ModelError(f"model {name!r} is not a segmenter")
-        return cls(path, card.segmenter, device=device, threads=threads, name=name)
+        return cls(path, card.segmenter, device=device, threads=threads, name=name, prepare=prepare)
 
     def _check_shapes(self) -> None:
         size = int(self.spec.input_size)

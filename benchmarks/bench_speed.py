@@ -1,0 +1,224 @@
+"""Where the time of a decomposition goes, by stage, and what the segmenter settings cost: seconds per photo.
+
+    python benchmarks/bench_speed.py                         # 1, 4, 12 MP; before / after configurations
+    python benchmarks/bench_speed.py --megapixels 1 --photos 3
+
+Photos: real photos of the real-photo benchmark (``benchmarks/data/real/``, the first ``--photos`` multi-object
+ones), upscaled (Lanczos) to each size. Configurations, all measured in the same process and run (ratios between
+them are what to compare on a shared machine):
+
+- ``as-exported``: the segmenter file as downloaded (float16 weights), every pass at 1024 (the previous default);
+- ``prepared``: the prepared model (float32 weights, see `liwi_diffusers.tools.segmenter`), every pass at 1024;
+- ``default``: prepared, crops at ``TILE_SIDE`` and later rounds at ``LATER_ROUND_SIDE`` (today's default);
+- ``no-crops``: the default without the first round's crops (``tiles=0``).
+
+Stages, timed by wrapping the decomposer's tools: segmenter passes (first / crops / later rounds), instance
+splitting, matting, shadows, fill (inpainting), and the rest (full-resolution layers, reconcile). "one pass" is a
+segmenter pass on the working-size photo at the nominal side; "ratio" is the decomposition over that pass (the
+issue's target: at most 3). Loading the image and writing files are not included (`bench_memory.py` times the
+whole command). Results: ``benchmarks/results/speed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from real_data import load_real_benchmark
+from results_io import write_results
+
+RESULTS = Path(__file__).resolve().parent / "results" / "speed.json"
+CONFIGS = ("as-exported", "prepared", "default", "no-crops")
+
+
+class Timed:
+    """A tool that adds the seconds of its calls to ``clock[stage]`` (the stage can be chosen per call)."""
+
+    def __init__(self, tool: Any, clock: dict[str, float], stage: str) -> None:
+        self.tool, self.clock, self.stage = tool, clock, stage
+        self.name = getattr(tool, "name", type(tool).__name__)
+
+    def at_side(self, side: int) -> Timed:
+        return Timed(self.tool.at_side(side), self.clock, self.stage)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tool, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return self.tool(*args, **kwargs)
+        finally:
+            self.clock[self.stage] += time.perf_counter() - start
+
+
+class RoleSegmenter:
+    """The segmenter, timed as 'first pass', 'crops' or 'later rounds' by how the decomposer calls it."""
+
+    def __init__(self, segmenter: Any, clock: dict[str, float]) -> None:
+        self.segmenter, self.clock, self.name = segmenter, clock, segmenter.name
+        self.whole_calls = 0
+        self.passes: dict[str, int] = defaultdict(int)
+
+    def _run(self, segmenter: Any, stage: str, image: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        try:
+            return segmenter(image)
+        finally:
+            self.clock[stage] += time.perf_counter() - start
+            self.passes[stage] += 1
+
+    def at_side(self, side: int) -> Any:
+        sized = self.segmenter.at_side(side)
+        role = self
+
+        class Sized:
+            name = sized.name
+
+            def __call__(self, image: np.ndarray) -> np.ndarray:
+                stage = "segmenter: crops" if role.in_crops else "segmenter: later rounds"
+                return role._run(sized, stage, image)
+
+        return Sized()
+
+    in_crops = False
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        if self.in_crops:
+            return self._run(self.segmenter, "segmenter: crops", image)
+        self.whole_calls += 1
+        stage = "segmenter: first pass" if self.whole_calls == 1 else "segmenter: later rounds"
+        return self._run(self.segmenter, stage, image)
+
+
+def decomposer_for(config: str, segmenter: Any, clock: dict[str, float]) -> tuple[Any, RoleSegmenter]:
+    from liwi_diffusers.tools import ToolChainDecomposer
+
+    role = RoleSegmenter(segmenter, clock)
+    sides = {} if config == "default" else {"tile_side": None, "later_round_side": None}
+    if config == "no-crops":
+        sides = {"tiles": 0}
+    decomposer = ToolChainDecomposer(segmenter=role, **sides)
+    decomposer._matter = Timed(decomposer.matter, clock, "matting")
+    decomposer._inpainter = Timed(decomposer.inpainter, clock, "fill")
+    decomposer._shadow_extractor = Timed(decomposer.shadow_extractor, clock, "shadows")
+    decomposer.splitter = Timed(decomposer.splitter, clock, "splitting")
+    tile_objects = decomposer._tile_objects
+
+    def crops(*args: Any, **kwargs: Any) -> Any:
+        role.in_crops = True
+        try:
+            return tile_objects(*args, **kwargs)
+        finally:
+            role.in_crops = False
+
+    decomposer._tile_objects = crops
+    return decomposer, role
+
+
+def upscaled(image: np.ndarray, megapixels: float) -> np.ndarray:
+    height, width = image.shape[:2]
+    scale = (megapixels * 1e6 / (height * width)) ** 0.5
+    size = (round(width * scale), round(height * scale))
+    return np.asarray(Image.fromarray((image * 255).round().astype(np.uint8)).resize(size, Image.LANCZOS)) / 255.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--megapixels", nargs="+", type=float, default=[1, 4, 12])
+    parser.add_argument("--photos", type=int, default=2, help="multi-object photos of the real-photo benchmark")
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    from liwi_diffusers.tools._utils import resize, scale_for
+    from liwi_diffusers.tools.segmenter import OnnxSegmenter
+
+    photos = load_real_benchmark(groups=["multi"])[: args.photos]
+    segmenters = {"exported": OnnxSegmenter.from_cache(prepare=False), "prepared": OnnxSegmenter.from_cache()}
+    rows = []
+    for sample in photos:
+        for megapixels in args.megapixels:
+            image = upscaled(sample.image, megapixels).astype(np.float32)
+            scale = scale_for(image.shape, 1024)
+            work = resize(image, (round(image.shape[0] * scale), round(image.shape[1] * scale)))
+            one_pass = {}
+            for kind, segmenter in segmenters.items():
+                segmenter(work)  # warm
+                start = time.perf_counter()
+                segmenter(work)
+                one_pass[kind] = time.perf_counter() - start
+            for config in args.configs:
+                clock: dict[str, float] = defaultdict(float)
+                segmenter = segmenters["exported" if config == "as-exported" else "prepared"]
+                decomposer, role = decomposer_for(config, segmenter, clock)
+                load = os.getloadavg()[0]
+                start = time.perf_counter()
+                layered = decomposer(image)
+                seconds = time.perf_counter() - start
+                clock["rest (full-size layers, reconcile)"] = seconds - sum(clock.values())
+                reference = one_pass["prepared"]  # one pass of today's segmenter: the ratio's unit for all rows
+                row = {
+                    "photo": sample.id,
+                    "megapixels": megapixels,
+                    "size": list(image.shape[:2]),
+                    "config": config,
+                    "seconds": seconds,
+                    "seconds_per_mp": seconds / megapixels,
+                    "one_pass_s": one_pass,
+                    "ratio_to_one_pass": seconds / reference,
+                    "objects": layered.num_objects,
+                    "passes": dict(role.passes),
+                    "stages_s": dict(clock),
+                    "load_average": load,
+                }
+                rows.append(row)
+                stages = ", ".join(f"{k} {v:.1f}" for k, v in clock.items())
+                print(
+                    f"{sample.id} {megapixels:g} MP {config:12s} {seconds:6.1f} s = {row['ratio_to_one_pass']:.1f} "
+                    f"passes, {layered.num_objects} objects ({stages}; load {load:.1f})",
+                    flush=True,
+                )
+    print("\n| config | MP | seconds (mean) | s/MP | ratio to one pass | segmenter share |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    summary = {}
+    for config in args.configs:
+        for megapixels in args.megapixels:
+            chosen = [r for r in rows if r["config"] == config and r["megapixels"] == megapixels]
+            seconds = float(np.mean([r["seconds"] for r in chosen]))
+            ratio = float(np.mean([r["ratio_to_one_pass"] for r in chosen]))
+            share = float(
+                np.mean(
+                    [
+                        sum(v for k, v in r["stages_s"].items() if k.startswith("segmenter")) / r["seconds"]
+                        for r in chosen
+                    ]
+                )
+            )
+            summary[f"{config}@{megapixels:g}"] = {
+                "seconds": seconds,
+                "ratio_to_one_pass": ratio,
+                "segmenter_share": share,
+            }
+            print(
+                f"| {config} | {megapixels:g} | {seconds:.1f} | {seconds / megapixels:.2f} | {ratio:.2f} "
+                f"| {share:.0%} |"
+            )
+    write_results(
+        args.output,
+        {"command": "python " + " ".join(sys.argv), "cpu_count": os.cpu_count(), "summary": summary, "rows": rows},
+    )
+
+
+if __name__ == "__main__":
+    main()
