@@ -15,11 +15,13 @@ decimal point), e.g. ``(0.1, 0.2, 0.6, 0.9)`` or ``(0.5, 0.5)``; otherwise it is
 a `ValueError` with a one-line message.
 
 How a prompt becomes a mask (`PromptSegmenter`): the learned segmenter runs on a crop around the prompt (a box
-plus a margin; for a point, squares of a few sizes centred on it), and the connected regions inside the box, or
-the region that holds the point, are kept. Where the segmenter finds nothing there, or there is no segmenter
-(weight-free), GrabCut seeded by the prompt (the box as its rectangle, a disc around the point as sure
-foreground) draws the mask instead. The decomposer then mattes it, finds its shadow and fills the background as
-for any object.
+plus a margin; for a point, squares of a few sizes centred on it). For a box, the segmenter's regions inside it
+are kept when they fit the box (touch its four sides, fill more than a speck), else GrabCut started from the box
+(its middle sure; the box, then only its inscribed ellipse, probable foreground), else that ellipse. For a
+point, the region under it is kept when the point lies well inside it and the crop did not cut it; else a
+smaller crop is tried, and with no region under the point GrabCut grows one from a disc around it. Without a
+segmenter (weight-free) only the GrabCut steps run. The decomposer then mattes the mask, finds its shadow and
+fills the background as for any object.
 """
 
 from __future__ import annotations
@@ -332,8 +334,9 @@ class PromptSegmenter:
         """Coverage of the object inside ``box``: nothing outside the box.
 
         Candidates, in order of preference: the segmenter's regions in the box (at its own threshold, then at
-        half its peak there when it is unsure), GrabCut started from the segmenter's matte, and GrabCut started
-        from the box's shape (`_shape_prior_labels`: the ellipse the box holds probable, its middle sure). A box
+        half its peak there when it is unsure), GrabCut started from the segmenter's matte, then GrabCut started
+        from the box alone (`_shape_prior_labels`: its middle sure; the box, then only the ellipse it holds,
+        probable). A box
         drawn around an object touches it on all four sides and is not mostly empty, so the first candidate whose
         bounding box fits the prompt's (IoU >= ``min_box_fit``) and that covers at least ``min_box_fill`` of the
         box is taken (with a negative point in the box, the first that found anything). When none passes, the
@@ -372,8 +375,9 @@ class PromptSegmenter:
             if peak >= 0.1:
                 seeded = self._grabcut(patch, _labels_from(matte >= min(0.5, 0.5 * peak), inside, seeds_out))
                 candidates.append(_box_regions(_without_regions_at(seeded & inside, seeds_out)).astype(np.float32))
-        shaped = self._grabcut(patch, _shape_prior_labels(inside, target, seeds_out)) & inside
-        candidates.append(_box_regions(_without_regions_at(shaped, seeds_out)).astype(np.float32))
+        for ellipse in (False, True):
+            shaped = self._grabcut(patch, _shape_prior_labels(inside, target, seeds_out, ellipse)) & inside
+            candidates.append(_box_regions(_without_regions_at(shaped, seeds_out)).astype(np.float32))
         area = float(inside.sum())
         cut = bool((seeds_out & inside).any())  # the user cut part of the box away: it no longer bounds the object
         fits = [_box_fit(c >= 0.5, target) for c in candidates]
@@ -643,17 +647,23 @@ def _ellipse_in(shape: tuple[int, int], box: tuple[int, int, int, int]) -> np.nd
     return mask.astype(bool)
 
 
-def _shape_prior_labels(inside: np.ndarray, box: tuple[int, int, int, int], seeds_out: np.ndarray) -> np.ndarray:
-    """GrabCut labels from a box alone: an object fills the middle of the box drawn around it and leaves its
-    corners. The ellipse the box holds is probable foreground, the ellipse of half its size at its centre sure
-    foreground, the box's corners probable background, the outside of the box and the negative points sure
-    background. (The whole box as probable foreground lets GrabCut settle on whatever colour dominates it.)"""
+def _shape_prior_labels(
+    inside: np.ndarray, box: tuple[int, int, int, int], seeds_out: np.ndarray, ellipse: bool = True
+) -> np.ndarray:
+    """GrabCut labels from a box alone: an object fills the middle of the box drawn around it. The ellipse of
+    half the box's size at its centre is sure foreground; the rest of the box probable foreground, or with
+    ``ellipse`` only the ellipse the box holds (its corners probable background: on a cluttered box the whole box
+    as probable foreground lets GrabCut settle on whatever colour dominates it); the outside of the box and the
+    negative points sure background."""
     left, top, right, bottom = box
     half_w, half_h = (right - left) / 4, (bottom - top) / 4
     middle = (round(left + half_w), round(top + half_h), round(right - half_w), round(bottom - half_h))
     labels = np.full(inside.shape, cv2.GC_BGD, np.uint8)
-    labels[inside] = cv2.GC_PR_BGD
-    labels[_ellipse_in(inside.shape, box) & inside] = cv2.GC_PR_FGD
+    if ellipse:
+        labels[inside] = cv2.GC_PR_BGD
+        labels[_ellipse_in(inside.shape, box) & inside] = cv2.GC_PR_FGD
+    else:
+        labels[inside] = cv2.GC_PR_FGD
     labels[_ellipse_in(inside.shape, middle) & inside & ~dilate(seeds_out, 3)] = cv2.GC_FGD
     labels[seeds_out] = cv2.GC_BGD
     return labels
