@@ -21,7 +21,7 @@ install_requires = [
     "opencv-contrib-python-headless>=4.8",
     # the learned segmenter (ISNet and other ONNX exports); weights are downloaded by `liwi models download`
     "onnxruntime>=1.17",
-    # prepares the segmenter once for the CPU (float32 weights: 0.82x the time per pass; free input sizes)
+    # prepares the segmenter once for free input sizes (later peeling rounds run at 640: 0.39 of a pass)
     "onnx>=1.15",
     "scikit-image>=0.22",
     "pymatting>=1.1.12",

@@ -7,9 +7,9 @@ Photos: real photos of the real-photo benchmark (``benchmarks/data/real/``, the 
 ones), upscaled (Lanczos) to each size. Configurations, all measured in the same process and run (ratios between
 them are what to compare on a shared machine):
 
-- ``as-exported``: the segmenter file as downloaded (float16 weights), every pass at 1024 (the previous default);
-- ``prepared``: the prepared model (float32 weights, see `liwi_diffusers.tools.segmenter`), every pass at 1024;
-- ``default``: prepared, crops at ``TILE_SIDE`` and later rounds at ``LATER_ROUND_SIDE`` (today's default);
+- ``default``: today's default (every pass at the nominal 1024, the model file as exported);
+- ``later-640``: peeling rounds after the first at 640 (``later_round_side=640``, a second ONNX Runtime session);
+- ``crops-768``: also the crops at 768 (``tile_side=768``);
 - ``no-crops``: the default without the first round's crops (``tiles=0``).
 
 Stages, timed by wrapping the decomposer's tools: segmenter passes (first / crops / later rounds), instance
@@ -38,7 +38,7 @@ from real_data import load_real_benchmark
 from results_io import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "speed.json"
-CONFIGS = ("as-exported", "prepared", "default", "no-crops")
+CONFIGS = ("default", "later-640", "crops-768", "no-crops")
 
 
 class Timed:
@@ -105,9 +105,12 @@ def decomposer_for(config: str, segmenter: Any, clock: dict[str, float]) -> tupl
     from liwi_diffusers.tools import ToolChainDecomposer
 
     role = RoleSegmenter(segmenter, clock)
-    sides = {} if config == "default" else {"tile_side": None, "later_round_side": None}
-    if config == "no-crops":
-        sides = {"tiles": 0}
+    sides = {
+        "default": {},
+        "later-640": {"later_round_side": 640},
+        "crops-768": {"tile_side": 768, "later_round_side": 640},
+        "no-crops": {"tiles": 0},
+    }[config]
     decomposer = ToolChainDecomposer(segmenter=role, **sides)
     decomposer._matter = Timed(decomposer.matter, clock, "matting")
     decomposer._inpainter = Timed(decomposer.inpainter, clock, "fill")
@@ -145,29 +148,26 @@ def main() -> None:
     from liwi_diffusers.tools.segmenter import OnnxSegmenter
 
     photos = load_real_benchmark(groups=["multi"])[: args.photos]
-    segmenters = {"exported": OnnxSegmenter.from_cache(prepare=False), "prepared": OnnxSegmenter.from_cache()}
+    segmenter = OnnxSegmenter.from_cache()
     rows = []
     for sample in photos:
         for megapixels in args.megapixels:
             image = upscaled(sample.image, megapixels).astype(np.float32)
             scale = scale_for(image.shape, 1024)
             work = resize(image, (round(image.shape[0] * scale), round(image.shape[1] * scale)))
-            one_pass = {}
-            for kind, segmenter in segmenters.items():
-                segmenter(work)  # warm
-                start = time.perf_counter()
-                segmenter(work)
-                one_pass[kind] = time.perf_counter() - start
+            segmenter(work)  # warm
+            start = time.perf_counter()
+            segmenter(work)
+            one_pass = time.perf_counter() - start
             for config in args.configs:
                 clock: dict[str, float] = defaultdict(float)
-                segmenter = segmenters["exported" if config == "as-exported" else "prepared"]
                 decomposer, role = decomposer_for(config, segmenter, clock)
                 load = os.getloadavg()[0]
                 start = time.perf_counter()
                 layered = decomposer(image)
                 seconds = time.perf_counter() - start
                 clock["rest (full-size layers, reconcile)"] = seconds - sum(clock.values())
-                reference = one_pass["prepared"]  # one pass of today's segmenter: the ratio's unit for all rows
+                reference = one_pass  # the ratio's unit for all rows
                 row = {
                     "photo": sample.id,
                     "megapixels": megapixels,

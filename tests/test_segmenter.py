@@ -2,9 +2,9 @@
 
 - `OnnxSegmenter` runs a tiny ONNX graph with ISNet's input/output contract (1x3xSxS in, 1x1xSxS alpha out) that
   calls red things salient; wrong shapes and unreadable files are one-line errors.
-- Model preparation: an exported-like graph with float16 weights and fixed-size upsampling runs in float32 and at
-  other input sizes (multiples of its stride), gives the exported answer at the nominal size, is kept on disk and
-  reused, and small images are segmented at their own size.
+- Model preparation: an exported-like graph (float16, fixed-size upsampling) runs at other input sizes (multiples of
+  its stride), gives the exported answer at the nominal size, is kept on disk and reused; small images are
+  segmented at their own size when asked, and `at_side` runs the same session at a fixed side.
 - `split_salient_matte` separates regions and cuts touching instances along a neck.
 - Peeling: a segmenter that only ever sees the largest red thing still finds both objects, in two rounds, and
   the front one (removed first) ends up in front; metadata says how many and why it stopped.
@@ -138,42 +138,44 @@ def exported_like_model(path, size: int = 64) -> None:
     onnx.save(model, str(path))
 
 
-def test_prepared_models_run_in_float32_at_free_sizes_and_are_kept(tmp_path):
+def test_prepared_models_run_at_free_sizes_and_are_kept(tmp_path):
     import onnxruntime as ort
 
     exported_like_model(tmp_path / "exported.onnx")
     segmenter = OnnxSegmenter(tmp_path / "exported.onnx", SPEC, min_input_side=16)
-    assert segmenter.stride == 4  # 64 in, 16 at the smallest feature map
-    copy = tmp_path / "exported.prepared-cpu.onnx"
-    assert copy.is_file() and (tmp_path / "exported.prepared-cpu.json").is_file()
+    assert segmenter.stride is None and not (tmp_path / "exported.prepared.onnx").exists()  # prepared on first use
+    assert segmenter.input_side(64, 48) == 64 and segmenter.stride == 4  # 64 in, 16 at the smallest feature map
+    copy = tmp_path / "exported.prepared.onnx"
+    assert copy.is_file() and (tmp_path / "exported.prepared.json").is_file()
     prepared = onnx.load(str(copy))
-    assert {t.data_type for t in prepared.graph.initializer} <= {TensorProto.FLOAT, TensorProto.INT64}
+    assert TensorProto.FLOAT16 in {t.data_type for t in prepared.graph.initializer}  # the weights as exported
     # At the nominal size the prepared graph answers what the exported one does (float16 rounding aside).
     x = np.random.default_rng(1).normal(0, 0.5, (1, 3, 64, 64)).astype(np.float32)
     exported = ort.InferenceSession(str(tmp_path / "exported.onnx"), providers=["CPUExecutionProvider"])
     want = exported.run(["alpha"], {"x": x})[0]
-    got = segmenter.session.run(["alpha"], {"x": x})[0]
-    assert np.abs(got - want).max() < 5e-3
+    got = segmenter._free_session().run(["alpha"], {"x": x})[0]
+    assert np.abs(got - want).max() < 1e-3
     # Smaller images run at their own side (rounded up to the stride), at least min_input_side.
     assert segmenter.input_side(64, 48) == 64 and segmenter.input_side(100, 30) == 64
     assert segmenter.input_side(38, 20) == 40 and segmenter.input_side(5, 5) == 16
     sides = []
-    session = segmenter.session
+    session = segmenter._free_session()
 
     def recording(names, feed):
         sides.append(feed["x"].shape)
         return session.run(names, feed)
 
-    segmenter.session = SimpleNamespace(run=recording)
+    segmenter._free = SimpleNamespace(run=recording)
     coverage = segmenter(np.random.default_rng(2).random((38, 20, 3)).astype(np.float32))
     assert sides == [(1, 3, 40, 40)] and coverage.shape == (38, 20)
     # The copy is reused (not made again) while the model file is unchanged; a changed file gets a new copy.
     made = copy.stat().st_mtime_ns
-    OnnxSegmenter(tmp_path / "exported.onnx", SPEC)
+    OnnxSegmenter(tmp_path / "exported.onnx", SPEC).at_side(32)
     assert copy.stat().st_mtime_ns == made
     exported_like_model(tmp_path / "exported.onnx", size=32)
     other = OnnxSegmenter(tmp_path / "exported.onnx", SimpleNamespace(**{**vars(SPEC), "input_size": 32}))
-    assert other.stride == 4 and onnx.load(str(copy)).graph.input[0].type.tensor_type.shape.dim[2].dim_param
+    assert other.at_side(16).name.endswith("@16") and other.stride == 4
+    assert onnx.load(str(copy)).graph.input[0].type.tensor_type.shape.dim[2].dim_param
 
 
 def test_at_side_runs_the_same_session_at_a_fixed_side_and_the_decomposer_uses_it(tmp_path):
@@ -183,13 +185,13 @@ def test_at_side_runs_the_same_session_at_a_fixed_side_and_the_decomposer_uses_i
     sized = segmenter.at_side(31)  # rounded to the stride (4)
     assert sized.name == "tiny@32" and sized.side == 32
     sides = []
-    session = segmenter.session
+    session = segmenter._free_session()
 
     def recording(names, feed):
         sides.append(feed["x"].shape[-1])
         return session.run(names, feed)
 
-    segmenter.session = SimpleNamespace(run=recording)
+    segmenter._free = SimpleNamespace(run=recording)
     assert sized(np.zeros((90, 70, 3), np.float32)).shape == (90, 70) and sides == [32]
     with pytest.raises(ValueError, match="side must be a positive"):
         segmenter.at_side(0)
@@ -223,13 +225,14 @@ def test_models_the_preparation_cannot_follow_keep_their_size(tmp_path):
     """A graph with a fixed Reshape keeps its exported size (nominal only); a read-only folder prepares in memory."""
     red_salience_model(tmp_path / "plain.onnx")  # float32, no Resize: nothing to prepare, the file is used
     plain = OnnxSegmenter(tmp_path / "plain.onnx", SPEC, min_input_side=16)
-    assert plain.stride is None and plain.input_side(20, 20) == 64
-    assert not (tmp_path / "plain.prepared-cpu.onnx").exists()
+    assert plain.input_side(20, 20) == 64 and plain.stride is None
+    assert not (tmp_path / "plain.prepared.onnx").exists()
     model = onnx.load(str(tmp_path / "plain.onnx"))
     model.graph.node.append(helper.make_node("Reshape", ["alpha", "fixed_shape"], ["flat"]))
     model.graph.initializer.append(helper.make_tensor("fixed_shape", TensorProto.INT64, [2], [1, 64 * 64]))
     onnx.save(model, str(tmp_path / "reshaped.onnx"))
-    assert OnnxSegmenter(tmp_path / "reshaped.onnx", SPEC, min_input_side=16).stride is None
+    reshaped = OnnxSegmenter(tmp_path / "reshaped.onnx", SPEC, min_input_side=16)
+    assert reshaped.stride is None and reshaped.at_side(32) is reshaped
     import liwi_diffusers.export.atomic as atomic
 
     def refuse(path):
@@ -239,7 +242,8 @@ def test_models_the_preparation_cannot_follow_keep_their_size(tmp_path):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(atomic, "atomic_write", refuse)
         in_memory = OnnxSegmenter(tmp_path / "exported.onnx", SPEC, min_input_side=16)
-    assert in_memory.stride == 4 and not (tmp_path / "exported.prepared-cpu.onnx").exists()
+        assert in_memory.input_side(20, 20) == 20
+    assert in_memory.stride == 4 and not (tmp_path / "exported.prepared.onnx").exists()
 
 
 def test_onnx_segmenter_errors_are_one_line(tmp_path):

@@ -34,15 +34,15 @@ from .shadows import DarkeningShadowExtractor, ShadowExtractor, remove_attached_
 __all__ = ["DecomposerNote", "ToolChainDecomposer"]
 
 DEFAULT_MAX_OBJECTS = 8
-# Input sides of the segmenter passes after the first one (the whole photo, at the model's nominal 1024). On the
-# real-photo benchmark (45 photos; share of the objects found, and the cost of one crop in passes at 1024), crops at
-# 1024 found single / pair / multi 1.000 / 0.433 / 0.281 (1.0 each), at 768 0.933 / 0.433 / 0.271 (0.56), at 512
-# pair / multi 0.433 / 0.240 (0.25): the zoom is what lets a salient-object model see small things, so crops stay
-# at the nominal side (None) by default; `tile_side=768` is the faster choice. Later peeling rounds look for
-# sizeable objects only: at 640 instead of 1024 (0.39 of a pass) single / multi found 1.000 / 0.281 (mean IoU
-# 0.821 / 0.278) against 1.000 / 0.292 (0.816 / 0.289).
+# Input sides of the segmenter passes after the first one (the whole photo, at the model's nominal 1024); None: the
+# nominal side. On the real-photo benchmark (45 photos; share of the objects found, and the cost of one pass in
+# passes at 1024), crops at 1024 found single / pair / multi 1.000 / 0.433 / 0.292 (1.0 each), at 768 0.933 / 0.433
+# / 0.271 (0.56), at 512 pair / multi 0.433 / 0.240 (0.25): the zoom is what lets a salient-object model see small
+# things. Later peeling rounds (sizeable objects only) at 640 found 1.000 / 0.433 / 0.281 for 0.3-0.4 of a pass, a
+# tenth of a decomposition's time, but other sides run in a second ONNX Runtime session that holds 0.3-0.5 GB more,
+# which a 12 MP photo's peak cannot afford (1.3 GB against the 1.5 GB target). So both default to the nominal side.
 TILE_SIDE: int | None = None
-LATER_ROUND_SIDE: int | None = 640
+LATER_ROUND_SIDE: int | None = None
 _Found = tuple[np.ndarray, str, int]  # (coverage at working resolution, label, peeling round)
 
 

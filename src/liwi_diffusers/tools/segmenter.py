@@ -5,14 +5,12 @@
 normalisation and output activation. Models come from the model cache (`liwi models download isnet`), never
 from the repository; `OnnxSegmenter.from_cache` finds and verifies them.
 
-The model is prepared for ONNX Runtime when it is first loaded, and the prepared copy is kept beside it
-(``NAME.prepared-cpu.onnx``; the downloaded file stays as it is, hash and all):
-
-- on the CPU, half-precision weights are widened to float32 (ONNX Runtime's CPU kernels run float16 by casting;
-  ISNet passes take about 0.82x the time in float32);
-- upsampling nodes exported with fixed target sizes get sizes computed from their input's shape, so that the
-  model takes other input sizes (multiples of its stride) with the same weights. `OnnxSegmenter.input_side`
-  then segments small images and crops at their own resolution instead of upsampling them to the nominal size.
+The model is prepared once, when it is first loaded: upsampling nodes exported with fixed target sizes get sizes
+computed from their input's shape, so that the same weights take other input sides (multiples of the model's
+stride). The prepared copy is kept beside the download (``NAME.prepared.onnx``; the downloaded file stays as it is,
+hash and all). `OnnxSegmenter.at_side` then runs passes that need less detail at a smaller side: a pass at 640
+costs 0.39 of one at 1024. (Widening ISNet's float16 weights to float32 was measured too: no faster on a quiet
+2-core machine, 0.9-1.2x the time, so the weights stay as exported.)
 """
 
 from __future__ import annotations
@@ -53,8 +51,8 @@ class OnnxSegmenter:
         min_input_side: with a model that takes free input sizes, images and crops smaller than the nominal
             size are segmented at their own long side (rounded up to the stride), and at least this side (see
             `input_side`). None (the default): always at the nominal size.
-        prepare: prepare the model for ONNX Runtime (see the module's docstring); False runs the file exactly as
-            exported (float16 weights stay float16, the nominal size only).
+        prepare: prepare the model for free input sizes (see the module's docstring); False runs the file exactly
+            as exported, at the nominal size only.
 
     Raises:
         SegmenterError: the file is not a readable ONNX model, or its input/output shapes do not match ``spec``.
@@ -86,24 +84,19 @@ class OnnxSegmenter:
         if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
             index = int(device.split(":")[1]) if device.startswith("cuda:") else 0
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
-        widen = providers == ["CPUExecutionProvider"]
-        prepared = _prepared_model(model_path, int(spec.input_size), widen=widen) if prepare else None
-        self.stride: int | None = None  # input sides other than the nominal one must be multiples of this
-        if prepared is not None:
-            try:
-                self.session = ort.InferenceSession(prepared[0], sess_options=options, providers=providers)
-                self._check_shapes()
-                self.stride = prepared[1] if prepared[1] is not None and self._free_sizes_work(prepared[1]) else None
-            except Exception:  # the prepared graph does not run: use the file as it was exported
-                prepared = None
-        if prepared is None:
-            try:
-                self.session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
-            except Exception as error:  # onnxruntime raises its own exception types for unreadable files
-                first = (str(error).splitlines() or [type(error).__name__])[0][:200]
-                raise SegmenterError(f"{model_path}: not a usable ONNX model ({first})") from None
-            self._check_shapes()
-        del prepared
+        try:
+            self.session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+        except Exception as error:  # onnxruntime raises its own exception types for unreadable files
+            first = (str(error).splitlines() or [type(error).__name__])[0][:200]
+            raise SegmenterError(f"{model_path}: not a usable ONNX model ({first})") from None
+        self._check_shapes()
+        # Passes at the nominal side run the file as exported: its fixed shapes let ONNX Runtime plan memory ahead
+        # (the prepared graph at 1024 took 1.14x the time). Other sides run the prepared copy, in a second session
+        # made on first use (it holds about 0.3-0.5 GB more).
+        self._options, self._providers = options, providers
+        self._model_path, self._prepare = Path(model_path), prepare
+        self.stride: int | None = None  # known once the prepared model is loaded; other sides are multiples of it
+        self._free: Any = None
 
     @classmethod
     def from_cache(
@@ -150,22 +143,37 @@ class OnnxSegmenter:
     def at_side(self, side: int) -> Segmenter:
         """This model run at a ``side x side`` input whatever the image's size (rounded to the stride).
 
-        The same session; what messages and caches call it is ``"<name>@<side>"``. A model that takes only its
-        nominal size, or ``side`` at least the nominal size, gives this segmenter itself.
+        The same weights (the prepared model's session); what messages and caches call it is ``"<name>@<side>"``.
+        A model that takes only its nominal size, or ``side`` at least the nominal size, gives this segmenter.
         """
         side = int(side)
         if side < 1:
             raise ValueError(f"side must be a positive number of pixels, got {side}")
-        if self.stride is None or side >= int(self.spec.input_size):
+        if side >= int(self.spec.input_size) or self._free_session() is None:
             return self
         return _AtSide(self, max(self.stride, round(side / self.stride) * self.stride))
 
-    def _free_sizes_work(self, stride: int) -> bool:
-        """One tiny pass at twice the stride: does the rewired graph answer at the size it was given?"""
-        side = 2 * stride
-        probe = np.zeros((1, 3, side, side), self._input_dtype())
-        (out,) = self.session.run([self._output_name], {self._input_name: probe})
-        return tuple(out.shape[-2:]) == (side, side)
+    def _free_session(self) -> Any:
+        """The session of the prepared model (free input sizes), made on first use; None when it does not run.
+
+        One tiny pass at twice the stride proves that the rewired graph answers at the size it is given.
+        """
+        if self._prepare:
+            self._prepare = False  # one try
+            prepared = _prepared_model(self._model_path, int(self.spec.input_size))
+            if prepared is not None:
+                import onnxruntime as ort
+
+                try:
+                    session = ort.InferenceSession(prepared[0], sess_options=self._options, providers=self._providers)
+                    side = 2 * int(prepared[1])
+                    probe = np.zeros((1, 3, side, side), self._input_dtype())
+                    (out,) = session.run([self._output_name], {self._input_name: probe})
+                    if tuple(out.shape[-2:]) == (side, side):
+                        self._free, self.stride = session, int(prepared[1])
+                except Exception:  # a graph the preparation got wrong: the nominal size only
+                    pass
+        return self._free
 
     def _input_dtype(self) -> type:
         return np.float16 if self.spec.input_dtype == "float16" else np.float32
@@ -181,7 +189,7 @@ class OnnxSegmenter:
         of multi-object photos; hence the default.)
         """
         size = int(self.spec.input_size)
-        if self.stride is None or self.min_input_side is None or self.min_input_side >= size:
+        if self.min_input_side is None or self.min_input_side >= size or self._free_session() is None:
             return size
         wanted = -(-max(height, width, self.min_input_side) // self.stride) * self.stride
         return min(size, wanted)
@@ -199,7 +207,8 @@ class OnnxSegmenter:
         std = np.asarray(self.spec.std, np.float32)
         tensor = ((square - mean) / std).transpose(2, 0, 1)[None]
         tensor = np.ascontiguousarray(tensor, dtype=self._input_dtype())
-        (matte,) = self.session.run([self._output_name], {self._input_name: tensor})
+        session = self.session if size == int(self.spec.input_size) else self._free_session()
+        (matte,) = session.run([self._output_name], {self._input_name: tensor})
         matte = np.asarray(matte, np.float32).reshape(matte.shape[-2:])
         if self.spec.activation == "sigmoid":
             matte = 1.0 / (1.0 + np.exp(-matte))
@@ -218,11 +227,11 @@ class _AtSide:
         return self.segmenter._segment(as_rgb(image), self.side)
 
 
-_PREPARATION = 1  # bump when `prepare_onnx_model` changes what it writes: prepared copies are then made again
+_PREPARATION = 2  # bump when `prepare_onnx_model` changes what it writes: prepared copies are then made again
 
 
-def _prepared_model(path: str | os.PathLike, nominal: int, widen: bool) -> tuple[str | bytes, int | None] | None:
-    """`prepare_onnx_model`'s answer, kept on disk beside the model (``NAME.prepared-cpu.onnx`` and its ``.json``).
+def _prepared_model(path: str | os.PathLike, nominal: int) -> tuple[str | bytes, int | None] | None:
+    """`prepare_onnx_model`'s answer, kept on disk beside the model (``NAME.prepared.onnx`` and its ``.json``).
 
     The copy is made once (a few seconds) and used while the model file keeps its size and modification time.
     Where the folder is read-only the prepared model is made in memory at every load instead.
@@ -235,8 +244,7 @@ def _prepared_model(path: str | os.PathLike, nominal: int, widen: bool) -> tuple
     except OSError:
         return None
     key = {"version": _PREPARATION, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "nominal": nominal}
-    kind = "cpu" if widen else "any"
-    copy = source.with_name(f"{source.stem}.prepared-{kind}.onnx")
+    copy = source.with_name(f"{source.stem}.prepared.onnx")
     record = copy.with_suffix(".json")
     try:
         known = json.loads(record.read_text())
@@ -245,7 +253,7 @@ def _prepared_model(path: str | os.PathLike, nominal: int, widen: bool) -> tuple
     except (OSError, ValueError, AttributeError):
         pass
     try:
-        prepared = prepare_onnx_model(source, nominal=nominal, widen=widen)
+        prepared = prepare_onnx_model(source, nominal=nominal)
     except Exception:  # not a graph the preparation understands (or not ONNX): the caller loads the file itself
         return None
     if prepared is None:
@@ -263,18 +271,14 @@ def _prepared_model(path: str | os.PathLike, nominal: int, widen: bool) -> tuple
     return str(copy), stride
 
 
-def prepare_onnx_model(path: str | os.PathLike, nominal: int, widen: bool = True) -> tuple[bytes, int | None] | None:
-    """The model at ``path`` as this package runs it, ``(model bytes, stride)``; None when there is nothing to do.
+def prepare_onnx_model(path: str | os.PathLike, nominal: int) -> tuple[bytes, int] | None:
+    """The model at ``path`` with free input sizes, ``(model bytes, stride)``; None when it cannot have them.
 
-    None also without the ``onnx`` package, or when the model's input is not ``1 x 3 x nominal x nominal`` (the
-    caller then loads the file as it is, and its shape check names the mismatch).
-
-    - ``widen``: float16 weights and constants become float32, and casts to float16 casts to float32 (for the
-      CPU, whose float16 kernels cast anyway);
-    - upsampling (``Resize``) nodes whose target sizes were fixed at export get ``Shape(input) x ratio`` instead,
-      the ratio read from the exported shapes. ``stride`` is the input-side multiple that keeps every feature map
-      an integer ratio of the input (nominal side / smallest feature side), or None when some node keeps the
-      graph at its exported size (the model then runs at that size only).
+    Upsampling (``Resize``) nodes whose target sizes were fixed at export get ``Shape(input) x ratio`` instead, the
+    ratio read from the exported shapes. ``stride`` is the input-side multiple that keeps every feature map an
+    integer ratio of the input (nominal side / smallest feature side). None without the ``onnx`` package, when
+    the model's input is not ``1 x 3 x nominal x nominal`` (the caller then loads the file as it is, and its shape
+    check names the mismatch), or when some node keeps the graph at its exported size.
     """
     try:
         import onnx
@@ -286,25 +290,8 @@ def prepare_onnx_model(path: str | os.PathLike, nominal: int, widen: bool = True
     declared = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] if len(graph.input) == 1 else []
     if declared != [1, 3, nominal, nominal]:
         return None
-    widened = False
-    if widen:
-        for index, tensor in enumerate(graph.initializer):
-            if tensor.data_type == TensorProto.FLOAT16:
-                wide = numpy_helper.to_array(tensor).astype(np.float32)
-                graph.initializer[index].CopyFrom(numpy_helper.from_array(wide, tensor.name))
-                widened = True
-        for node in graph.node:
-            for attribute in node.attribute:
-                if node.op_type == "Cast" and attribute.name == "to" and attribute.i == TensorProto.FLOAT16:
-                    attribute.i = TensorProto.FLOAT
-                elif node.op_type == "Constant" and attribute.name == "value" and attribute.t.data_type == 10:
-                    wide = numpy_helper.to_array(attribute.t).astype(np.float32)  # 10: TensorProto.FLOAT16
-                    attribute.t.CopyFrom(numpy_helper.from_array(wide, attribute.t.name))
-        for info in [*graph.value_info, *graph.input, *graph.output]:
-            if info.type.tensor_type.elem_type == TensorProto.FLOAT16:
-                info.type.tensor_type.elem_type = TensorProto.FLOAT
     stride = _free_input_sizes(model, onnx, helper, numpy_helper, shape_inference, TensorProto)
-    if stride is None and not widened:
+    if stride is None:
         return None
     return model.SerializeToString(), stride
 
