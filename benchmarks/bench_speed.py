@@ -68,6 +68,7 @@ class RoleSegmenter:
     def __init__(self, segmenter: Any, clock: dict[str, float]) -> None:
         self.segmenter, self.clock, self.name = segmenter, clock, segmenter.name
         self.whole_calls = 0
+        self.in_crops = False  # set while the decomposer segments the first round's crops
         self.passes: dict[str, int] = defaultdict(int)
 
     def _run(self, segmenter: Any, stage: str, image: np.ndarray) -> np.ndarray:
@@ -90,8 +91,6 @@ class RoleSegmenter:
                 return role._run(sized, stage, image)
 
         return Sized()
-
-    in_crops = False
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         if self.in_crops:

@@ -3,8 +3,8 @@
 - `OnnxSegmenter` runs a tiny ONNX graph with ISNet's input/output contract (1x3xSxS in, 1x1xSxS alpha out) that
   calls red things salient; wrong shapes and unreadable files are one-line errors.
 - Model preparation: an exported-like graph (float16, fixed-size upsampling) runs at other input sizes (multiples of
-  its stride), gives the exported answer at the nominal size, is kept on disk and reused; small images are
-  segmented at their own size when asked, and `at_side` runs the same session at a fixed side.
+  its stride), gives the exported answer at the nominal size, is kept on disk and reused; `at_side` runs it at a
+  fixed side.
 - `split_salient_matte` separates regions and cuts touching instances along a neck.
 - Peeling: a segmenter that only ever sees the largest red thing still finds both objects, in two rounds, and
   the front one (removed first) ends up in front; metadata says how many and why it stopped.
@@ -142,9 +142,9 @@ def test_prepared_models_run_at_free_sizes_and_are_kept(tmp_path):
     import onnxruntime as ort
 
     exported_like_model(tmp_path / "exported.onnx")
-    segmenter = OnnxSegmenter(tmp_path / "exported.onnx", SPEC, min_input_side=16)
+    segmenter = OnnxSegmenter(tmp_path / "exported.onnx", SPEC)
     assert segmenter.stride is None and not (tmp_path / "exported.prepared.onnx").exists()  # prepared on first use
-    assert segmenter.input_side(64, 48) == 64 and segmenter.stride == 4  # 64 in, 16 at the smallest feature map
+    assert segmenter.at_side(40).side == 40 and segmenter.stride == 4  # 64 in, 16 at the smallest feature map
     copy = tmp_path / "exported.prepared.onnx"
     assert copy.is_file() and (tmp_path / "exported.prepared.json").is_file()
     prepared = onnx.load(str(copy))
@@ -155,9 +155,9 @@ def test_prepared_models_run_at_free_sizes_and_are_kept(tmp_path):
     want = exported.run(["alpha"], {"x": x})[0]
     got = segmenter._free_session().run(["alpha"], {"x": x})[0]
     assert np.abs(got - want).max() < 1e-3
-    # Smaller images run at their own side (rounded up to the stride), at least min_input_side.
-    assert segmenter.input_side(64, 48) == 64 and segmenter.input_side(100, 30) == 64
-    assert segmenter.input_side(38, 20) == 40 and segmenter.input_side(5, 5) == 16
+    # Other sides are rounded to the stride; the nominal side or above is the segmenter itself.
+    assert segmenter.at_side(64) is segmenter and segmenter.at_side(100) is segmenter
+    assert segmenter.at_side(39).side == 40 and segmenter.at_side(1).side == 4
     sides = []
     session = segmenter._free_session()
 
@@ -166,7 +166,7 @@ def test_prepared_models_run_at_free_sizes_and_are_kept(tmp_path):
         return session.run(names, feed)
 
     segmenter._free = SimpleNamespace(run=recording)
-    coverage = segmenter(np.random.default_rng(2).random((38, 20, 3)).astype(np.float32))
+    coverage = segmenter.at_side(40)(np.random.default_rng(2).random((38, 20, 3)).astype(np.float32))
     assert sides == [(1, 3, 40, 40)] and coverage.shape == (38, 20)
     # The copy is reused (not made again) while the model file is unchanged; a changed file gets a new copy.
     made = copy.stat().st_mtime_ns
@@ -224,14 +224,14 @@ def test_at_side_runs_the_same_session_at_a_fixed_side_and_the_decomposer_uses_i
 def test_models_the_preparation_cannot_follow_keep_their_size(tmp_path):
     """A graph with a fixed Reshape keeps its exported size (nominal only); a read-only folder prepares in memory."""
     red_salience_model(tmp_path / "plain.onnx")  # float32, no Resize: nothing to prepare, the file is used
-    plain = OnnxSegmenter(tmp_path / "plain.onnx", SPEC, min_input_side=16)
-    assert plain.input_side(20, 20) == 64 and plain.stride is None
+    plain = OnnxSegmenter(tmp_path / "plain.onnx", SPEC)
+    assert plain.at_side(20) is plain and plain.stride is None
     assert not (tmp_path / "plain.prepared.onnx").exists()
     model = onnx.load(str(tmp_path / "plain.onnx"))
     model.graph.node.append(helper.make_node("Reshape", ["alpha", "fixed_shape"], ["flat"]))
     model.graph.initializer.append(helper.make_tensor("fixed_shape", TensorProto.INT64, [2], [1, 64 * 64]))
     onnx.save(model, str(tmp_path / "reshaped.onnx"))
-    reshaped = OnnxSegmenter(tmp_path / "reshaped.onnx", SPEC, min_input_side=16)
+    reshaped = OnnxSegmenter(tmp_path / "reshaped.onnx", SPEC)
     assert reshaped.stride is None and reshaped.at_side(32) is reshaped
     import liwi_diffusers.export.atomic as atomic
 
@@ -241,8 +241,8 @@ def test_models_the_preparation_cannot_follow_keep_their_size(tmp_path):
     exported_like_model(tmp_path / "exported.onnx")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(atomic, "atomic_write", refuse)
-        in_memory = OnnxSegmenter(tmp_path / "exported.onnx", SPEC, min_input_side=16)
-        assert in_memory.input_side(20, 20) == 20
+        in_memory = OnnxSegmenter(tmp_path / "exported.onnx", SPEC)
+        assert in_memory.at_side(20).side == 20
     assert in_memory.stride == 4 and not (tmp_path / "exported.prepared.onnx").exists()
 
 

@@ -48,9 +48,6 @@ class OnnxSegmenter:
         device: "cpu", "cuda"/"cuda:N" or "auto" (CUDA when ONNX Runtime's CUDA provider is installed).
         threads: intra-op threads; None lets ONNX Runtime use every core.
         name: what messages call the model.
-        min_input_side: with a model that takes free input sizes, images and crops smaller than the nominal
-            size are segmented at their own long side (rounded up to the stride), and at least this side (see
-            `input_side`). None (the default): always at the nominal size.
         prepare: prepare the model for free input sizes (see the module's docstring); False runs the file exactly
             as exported, at the nominal size only.
 
@@ -65,14 +62,12 @@ class OnnxSegmenter:
         device: str = "cpu",
         threads: int | None = None,
         name: str = "",
-        min_input_side: int | None = None,
         prepare: bool = True,
     ) -> None:
         import onnxruntime as ort
 
         self.spec = spec
         self.name = name or Path(model_path).stem
-        self.min_input_side = None if min_input_side is None else int(min_input_side)
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = int(threads)
@@ -178,26 +173,9 @@ class OnnxSegmenter:
     def _input_dtype(self) -> type:
         return np.float16 if self.spec.input_dtype == "float16" else np.float32
 
-    def input_side(self, height: int, width: int) -> int:
-        """The square input side for an ``height x width`` image.
-
-        The nominal ``spec.input_size`` for images at least that large, always without ``min_input_side``, and
-        for a model that takes only that size. Otherwise smaller images and crops are segmented at their own long
-        side rounded up to the model's stride, and at least ``min_input_side``: a 600-pixel crop at 640 costs
-        0.39x a pass at 1024. (Upsampling does help a salient-object model see small objects: on the real-photo
-        benchmark, crops of 640-pixel photos at 512 instead of 1024 found 0.24 instead of 0.29 of the objects
-        of multi-object photos; hence the default.)
-        """
-        size = int(self.spec.input_size)
-        if self.min_input_side is None or self.min_input_side >= size or self._free_session() is None:
-            return size
-        wanted = -(-max(height, width, self.min_input_side) // self.stride) * self.stride
-        return min(size, wanted)
-
     def __call__(self, image: Any) -> np.ndarray:
         """Foreground coverage of ``image`` (PIL or float RGB), ``(H, W)`` float32 in [0, 1]."""
-        rgb = as_rgb(image)
-        return self._segment(rgb, self.input_side(*rgb.shape[:2]))
+        return self._segment(as_rgb(image), int(self.spec.input_size))
 
     def _segment(self, rgb: np.ndarray, size: int) -> np.ndarray:
         height, width = rgb.shape[:2]
