@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from test_segmenter import SPEC, red_salience_model
@@ -22,6 +23,8 @@ from liwi_diffusers.tools.prompts import (
     PointPrompt,
     PromptSegmenter,
     RememberingSegmenter,
+    _depth_at,
+    _shape_prior_labels,
     parse_numbers,
     parse_prompts,
 )
@@ -196,6 +199,123 @@ def test_a_point_where_the_segmenter_sees_nothing_falls_back_to_grabcut(onnx_seg
     blue[40:60, 40:60] = True
     masks = PromptSegmenter()(image, parse_prompts(points=[(50, 50)], size=(96, 96)), onnx_segmenter)
     assert iou(masks[0], blue) > 0.8
+
+
+def test_the_box_shape_prior_is_sure_in_the_middle_and_outside_and_unsure_between():
+    inside = np.zeros((40, 60), bool)
+    inside[10:30, 10:50] = True
+    negative = np.zeros_like(inside)
+    negative[20, 40] = True
+    labels = _shape_prior_labels(inside, (10, 10, 50, 30), negative)
+    assert labels[20, 30] == cv2.GC_FGD  # the box's middle
+    assert labels[20, 13] == cv2.GC_PR_FGD  # inside the ellipse, off the middle
+    assert labels[10, 10] == labels[29, 49] == cv2.GC_PR_BGD  # the box's corners
+    assert labels[5, 30] == labels[20, 55] == cv2.GC_BGD  # outside the box
+    assert labels[20, 40] == cv2.GC_BGD and labels[20, 38] != cv2.GC_FGD  # a negative point and around it
+    assert (labels == cv2.GC_FGD).sum() < (labels == cv2.GC_PR_FGD).sum()
+
+
+def test_a_box_skips_a_thin_outline_the_segmenter_sees_for_the_object_it_frames():
+    rng = np.random.default_rng(0)
+    image = np.clip(rng.normal((0.45, 0.55, 0.45), 0.02, (128, 128, 3)), 0, 1).astype(np.float32)
+    blue = np.zeros(image.shape[:2], bool)
+    blue[21:99, 21:99] = True
+    image[blue] = (0.1, 0.2, 0.8)
+    frame = np.zeros_like(blue)
+    frame[20:100, 20:100] = True
+    frame[21:99, 21:99] = False
+
+    def outline(patch: np.ndarray) -> np.ndarray:  # a segmenter that sees only the frame around the square
+        assert patch.shape[:2] == frame.shape  # box_margin=1.0: the crop around the box is the whole photo
+        return frame.astype(np.float32)
+
+    prompts = parse_prompts(boxes=[(20, 20, 100, 100)], size=(128, 128))
+    # The frame fits the box perfectly but covers a twentieth of it: not what the box was drawn around.
+    assert iou(PromptSegmenter(box_margin=1.0)(image, prompts, outline)[0], blue) > 0.9
+    assert iou(PromptSegmenter(box_margin=1.0, min_box_fill=0.0)(image, prompts, outline)[0], blue) < 0.2
+
+
+def test_a_box_whose_middle_is_the_background_around_it_does_not_take_that_background():
+    """A loose box that cuts its object (a detector's box): the box's middle is the grey the photo shows all around
+    the box, so GrabCut from the box's shape fills the box with grey. That candidate is refused; with the rule off
+    (likeness above 1) the grey is taken and the red square mostly left out."""
+    image = np.full((60, 80, 3), 150 / 255, np.float32)
+    image[18:42, 28:52] = (200 / 255, 30 / 255, 30 / 255)
+    red_in_box = np.zeros(image.shape[:2], bool)
+    red_in_box[25:42, 28:52] = True
+    prompts = parse_prompts(boxes=[(25, 25, 80, 60)], size=(80, 60))
+    mask = PromptSegmenter()(image, prompts)[0] >= 0.5
+    assert mask[red_in_box].mean() > 0.8 and mask[30, 40]
+    blind = PromptSegmenter(max_surroundings_likeness=1.01)(image, prompts)[0] >= 0.5
+    assert blind[red_in_box].mean() < 0.5
+
+
+def test_a_box_around_nothing_it_can_find_gives_the_ellipse_it_holds():
+    image = np.full((64, 64, 3), 0.5, np.float32)  # flat grey: GrabCut finds nothing to separate
+    mask = PromptSegmenter()(image, parse_prompts(boxes=[(10, 20, 50, 40)], size=(64, 64)))[0]
+    assert mask[30, 30] == 1.0 and mask[21, 11] == 0.0 and mask[30, 11] == 1.0 and mask[:20].max() == 0.0
+
+
+def test_depth_is_one_at_a_regions_middle_and_small_on_its_rim():
+    region = np.zeros((30, 30), bool)
+    region[5:25, 5:25] = True
+    assert _depth_at(region, 14, 14) > 0.9
+    assert _depth_at(region, 5, 14) < 0.15
+    assert _depth_at(region, 0, 0) == 0.0
+
+
+def test_a_point_on_the_rim_of_a_big_region_looks_again_on_a_smaller_crop():
+    """The whole photo's answer is a big region with the point near its rim (a cup on a table): the crop around
+    the point, where the cup is a region of its own with the point in its middle, gives the object."""
+    size = 128
+    image = np.zeros((size, size, 3), np.float32)
+    cup = np.zeros((size, size), bool)
+    cup[30:46, 30:46] = True
+    table = np.zeros((size, size), bool)
+    table[30:120, 30:120] = True
+
+    class ByCrop:
+        def __call__(self, patch: np.ndarray) -> np.ndarray:
+            if patch.shape[:2] == (size, size):  # the whole photo: one region, table and cup together
+                return table.astype(np.float32)
+            return np.zeros(patch.shape[:2], np.float32)
+
+    calls = []
+
+    class Crops(ByCrop):
+        def __call__(self, patch: np.ndarray) -> np.ndarray:
+            calls.append(patch.shape[:2])
+            if patch.shape[:2] == (size, size):
+                return super().__call__(patch)
+            out = np.zeros(patch.shape[:2], np.float32)
+            side = patch.shape[0]
+            out[side // 2 - 8 : side // 2 + 8, side // 2 - 8 : side // 2 + 8] = 1.0  # the cup, centred on the point
+            return out
+
+    masks = PromptSegmenter(split_instances=False)(image, parse_prompts(points=[(38, 38)], size=(size, size)), Crops())
+    assert iou(masks[0], cup) > 0.9
+    assert calls[0] == (size, size) and len(calls) == 2  # the whole photo, then the first crop
+    # The point in the table's middle is well inside: the whole photo's region is taken at once.
+    calls.clear()
+    masks = PromptSegmenter(split_instances=False)(image, parse_prompts(points=[(75, 75)], size=(size, size)), Crops())
+    assert iou(masks[0], table) > 0.9 and len(calls) == 1
+
+
+def test_a_point_on_a_big_object_the_segmenter_misses_grows_on_a_crop_that_holds_it():
+    """GrabCut from the point runs on the crops from large to small; the small crop inside the object would only
+    give back its seed disc, the whole photo gives the object."""
+    rng = np.random.default_rng(0)
+    image = np.clip(rng.normal((0.45, 0.55, 0.45), 0.02, (128, 128, 3)), 0, 1).astype(np.float32)
+    blue = np.zeros(image.shape[:2], bool)
+    blue[20:108, 24:104] = True
+    image[blue] = (0.1, 0.2, 0.8)
+
+    def blind(patch: np.ndarray) -> np.ndarray:
+        return np.zeros(patch.shape[:2], np.float32)
+
+    prompts = parse_prompts(points=[(64, 64)], size=(128, 128))
+    assert iou(PromptSegmenter()(image, prompts, blind)[0], blue) > 0.9
+    assert iou(PromptSegmenter(point_crops=(0.2,))(image, prompts, blind)[0], blue) < 0.2  # the seed disc only
 
 
 def test_the_whole_photo_pass_is_shared_by_peeling_and_prompts():

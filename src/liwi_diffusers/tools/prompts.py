@@ -15,11 +15,13 @@ decimal point), e.g. ``(0.1, 0.2, 0.6, 0.9)`` or ``(0.5, 0.5)``; otherwise it is
 a `ValueError` with a one-line message.
 
 How a prompt becomes a mask (`PromptSegmenter`): the learned segmenter runs on a crop around the prompt (a box
-plus a margin; for a point, squares of a few sizes centred on it), and the connected regions inside the box, or
-the region that holds the point, are kept. Where the segmenter finds nothing there, or there is no segmenter
-(weight-free), GrabCut seeded by the prompt (the box as its rectangle, a disc around the point as sure
-foreground) draws the mask instead. The decomposer then mattes it, finds its shadow and fills the background as
-for any object.
+plus a margin; for a point, squares of a few sizes centred on it). For a box, the segmenter's regions inside it
+are kept when they fit the box (touch its four sides, fill more than a speck), else GrabCut started from the box
+(its middle sure; the box, then only its inscribed ellipse, probable foreground), else that ellipse. For a
+point, the region under it is kept when the point lies well inside it and the crop did not cut it; else a
+smaller crop is tried, and with no region under the point GrabCut grows one from a disc around it. Without a
+segmenter (weight-free) only the GrabCut steps run. The decomposer then mattes the mask, finds its shadow and
+fills the background as for any object.
 """
 
 from __future__ import annotations
@@ -287,10 +289,19 @@ class PromptSegmenter:
         box_margin: the crop around a box is the box grown by this share of its longer side on each side.
         point_crops: for a point, squares of these shares of the photo's longer side (1.0: the whole photo, the
             pass the automatic objects use too), centred on the point, are segmented from large to small; the
-            first with a region under the point gives the object (a small crop finds what the whole photo's
-            pass misses; more context keeps a part from passing for the object).
+            first with a plausible region under the point gives the object (a small crop finds what the whole
+            photo's pass misses or merges with its surroundings; more context keeps a part from passing for
+            the object).
+        min_point_depth: a point's region is plausible when the point's distance to its edge is at least this
+            share of the region's largest (the point is well inside it, not on its rim).
         grabcut_margin: GrabCut works on the box grown by this share of its longer side (background to learn).
-        min_box_fit: a box candidate is taken when its bounding box has at least this IoU with the prompt's.
+        min_box_fit: a box candidate is taken when its bounding box has at least this IoU with the prompt's...
+        min_box_fill: ... and it covers at least this share of the box (a speck is not what a box was drawn for).
+        loose_box_fit: when no candidate fits that well, the best-fitting one above this IoU is taken (a loose
+            box); below it, the ellipse the box holds.
+        max_surroundings_likeness: a candidate drawn from the box's shape alone is refused when its colours match
+            those around the box at least this much (histogram intersection, 0-1): a box that is loose or cuts
+            its object has background in its middle, and GrabCut then fills the box with that background.
         split_instances: cut a point's region into instances (`split_salient_matte`) and keep the one under it.
         grabcut_size: GrabCut runs on the crop at most this many pixels on its long side.
         grabcut_iterations: GrabCut iterations.
@@ -299,7 +310,11 @@ class PromptSegmenter:
     box_margin: float = 0.1
     grabcut_margin: float = 0.3
     min_box_fit: float = 0.8
-    point_crops: tuple[float, ...] = (1.0, 0.4)
+    min_box_fill: float = 0.1
+    loose_box_fit: float = 0.5
+    max_surroundings_likeness: float = 0.7
+    point_crops: tuple[float, ...] = (1.0, 0.4, 0.2)
+    min_point_depth: float = 0.5
     split_instances: bool = True
     grabcut_size: int = 320
     grabcut_iterations: int = 5
@@ -322,11 +337,16 @@ class PromptSegmenter:
     ) -> np.ndarray:
         """Coverage of the object inside ``box``: nothing outside the box.
 
-        Candidates: the segmenter's regions in the box (at its own threshold, then at half its peak there when
-        it is unsure), GrabCut started from the segmenter's matte, and GrabCut started from the box alone. An
-        object touches every side of its box, so the first candidate in that order whose bounding box fits the
-        prompt's (IoU >= ``min_box_fit``) is taken, else the one that fits best (with a negative point in the box,
-        the first that found anything).
+        Candidates, in order of preference: the segmenter's regions in the box (at its own threshold, then at
+        half its peak there when it is unsure), GrabCut started from the segmenter's matte, then GrabCut started
+        from the box alone (`_shape_prior_labels`: its middle sure; the box, then only the ellipse it holds,
+        probable). A box
+        drawn around an object touches it on all four sides and is not mostly empty, so the first candidate whose
+        bounding box fits the prompt's (IoU >= ``min_box_fit``) and that covers at least ``min_box_fill`` of the
+        box is taken (with a negative point in the box, the first that found anything). When none passes, the
+        best-fitting one with a fit of at least ``loose_box_fit`` (a box drawn loosely), else the ellipse the box
+        holds: on cluttered photos a guess from the box's shape is closer to the object than a confident mask of
+        something else.
         """
         height, width = image.shape[:2]
         left, top, right, bottom = box.pixels(image.shape)
@@ -359,22 +379,29 @@ class PromptSegmenter:
             if peak >= 0.1:
                 seeded = self._grabcut(patch, _labels_from(matte >= min(0.5, 0.5 * peak), inside, seeds_out))
                 candidates.append(_box_regions(_without_regions_at(seeded & inside, seeds_out)).astype(np.float32))
-        labels = np.full(patch.shape[:2], cv2.GC_BGD, np.uint8)
-        labels[inside] = cv2.GC_PR_FGD
-        labels[seeds_out] = cv2.GC_BGD
-        plain = self._grabcut(patch, labels) & inside
-        candidates.append(_box_regions(_without_regions_at(plain, seeds_out)).astype(np.float32))
+        from_shape = len(candidates)  # the candidates from the box's shape alone start here
+        for ellipse in (False, True):
+            shaped = self._grabcut(patch, _shape_prior_labels(inside, target, seeds_out, ellipse)) & inside
+            candidates.append(_box_regions(_without_regions_at(shaped, seeds_out)).astype(np.float32))
+        area = float(inside.sum())
+        cut = bool((seeds_out & inside).any())  # the user cut part of the box away: it no longer bounds the object
         fits = [_box_fit(c >= 0.5, target) for c in candidates]
-        good = [c for c, fit in zip(candidates, fits) if fit >= self.min_box_fit]
-        if (seeds_out & inside).any():  # the user cut part of the box away: it no longer bounds the object
+        filled = [float((c >= 0.5).sum()) >= self.min_box_fill * area for c in candidates]
+        # The box's shape says its middle is the object; where that middle looks like what surrounds the box
+        # (a loose box, or one that cuts its object), GrabCut fills the box with the background it was drawn on.
+        surroundings = _colour_histogram(patch, ~dilate(inside, 2))
+        if surroundings is not None:
+            for i, candidate in enumerate(candidates[from_shape:], start=from_shape):
+                mine = _colour_histogram(patch, candidate >= 0.5)
+                if mine is not None and float(np.minimum(mine, surroundings).sum()) >= self.max_surroundings_likeness:
+                    fits[i] = 0.0
+        good = [c for c, fit, full in zip(candidates, fits, filled) if fit >= self.min_box_fit and full]
+        if cut:
             good = [c for c, fit in zip(candidates, fits) if fit > 0.0]
-        coverage = good[0] if good else candidates[int(np.argmax(fits))]
-        if max(fits) == 0.0:  # nothing found at all: the ellipse the box holds
-            coverage = np.zeros(patch.shape[:2], np.uint8)
-            cx, cy = (target[0] + target[2] - 1) / 2, (target[1] + target[3] - 1) / 2
-            axes = (max(1, round((target[2] - target[0]) / 2)), max(1, round((target[3] - target[1]) / 2)))
-            cv2.ellipse(coverage, (round(cx), round(cy)), axes, 0, 0, 360, 1, -1)
-            coverage = (coverage.astype(bool) & ~seeds_out).astype(np.float32)
+        loose = [(fit, i) for i, (fit, full) in enumerate(zip(fits, filled)) if fit >= self.loose_box_fit and full]
+        coverage = good[0] if good else candidates[max(loose)[1]] if loose else None
+        if coverage is None:  # nothing plausible: the ellipse the box holds
+            coverage = (_ellipse_in(patch.shape[:2], target) & ~seeds_out).astype(np.float32)
         out = np.zeros((height, width), np.float32)
         out[ct:cb, cl:cr] = coverage * inside
         return out
@@ -383,10 +410,21 @@ class PromptSegmenter:
     def segment_point(
         self, image: np.ndarray, point: PointPrompt, segmenter: Any = None, negatives: Sequence[tuple[int, int]] = ()
     ) -> np.ndarray:
-        """Coverage of the object under ``point``."""
+        """Coverage of the object under ``point``.
+
+        The segmenter runs on squares of ``point_crops`` shares of the photo centred on the point, from large to
+        small, and the region under the point (cut into instances, `_instance_at`) is a candidate. People click
+        on the middle of what they mean, so a candidate is plausible when the point lies well inside it (its
+        distance to the region's edge is at least ``min_point_depth`` of the region's largest such distance: a
+        point near the edge of a region belongs to something smaller within it, e.g. a dish on a table) and,
+        for a crop smaller than the photo, when the region stays inside the crop (else the crop cut it). The
+        first plausible candidate is taken, else the one holding the point deepest (regions the crop cut last);
+        with no region under the point anywhere, GrabCut grows one from a disc around the point (`_grow_point`).
+        """
         height, width = image.shape[:2]
         x, y = point.pixel(image.shape)
         best = None
+        fallback: tuple[tuple[bool, float], tuple[tuple[int, int, int, int], np.ndarray]] | None = None
         if segmenter is not None:
             for share in sorted(self.point_crops, reverse=True):
                 crop = _square_around(x, y, share * max(height, width), (height, width))
@@ -404,10 +442,37 @@ class PromptSegmenter:
                     if region is None:
                         continue
                     matte = np.maximum(matte, 0.5 * region)
-                best = (crop, np.where(dilate(region, 2), matte, 0.0))
-                break
+                answer = (crop, np.where(dilate(region, 2), matte, 0.0))
+                whole = not _runs_into_edge(region, crop, (height, width))
+                depth = _depth_at(region, x - cl, y - ct)
+                if whole and depth >= self.min_point_depth:
+                    best = answer
+                    break
+                if fallback is None or (whole, depth) > fallback[0]:
+                    fallback = ((whole, depth), answer)
+        if best is None and fallback is not None:
+            best = fallback[1]
         if best is None:
-            crop = _square_around(x, y, min(self.point_crops) * max(height, width), (height, width))
+            best = self._grow_point(image, (x, y), negatives)
+        (cl, ct, cr, cb), coverage = best
+        out = np.zeros((height, width), np.float32)
+        out[ct:cb, cl:cr] = coverage
+        return out
+
+    def _grow_point(
+        self, image: np.ndarray, at: tuple[int, int], negatives: Sequence[tuple[int, int]]
+    ) -> tuple[tuple[int, int, int, int], np.ndarray]:
+        """GrabCut grown from a disc around the point, on the squares of ``point_crops`` from large to small.
+
+        The disc (sure foreground) and a ring three times its radius (probable) scale with the square, so one of
+        them matches the object's size. As for the segmenter's regions, the first answer that holds the point
+        well inside, stays inside its square and grew beyond its disc is taken; else the one that comes closest.
+        """
+        height, width = image.shape[:2]
+        x, y = at
+        scored = []
+        for share in sorted(self.point_crops, reverse=True):
+            crop = _square_around(x, y, share * max(height, width), (height, width))
             cl, ct, cr, cb = crop
             patch = image[ct:cb, cl:cr]
             seeds_out = _negative_mask(patch.shape[:2], negatives, crop)
@@ -416,16 +481,18 @@ class PromptSegmenter:
             cv2.circle(labels, (x - cl, y - ct), radius * 3, int(cv2.GC_PR_FGD), -1)
             cv2.circle(labels, (x - cl, y - ct), radius, int(cv2.GC_FGD), -1)
             labels[seeds_out] = cv2.GC_BGD
-            grown = self._grabcut(patch, labels)
-            region = _region_at(grown, x - cl, y - ct)
+            region = _region_at(self._grabcut(patch, labels), x - cl, y - ct)
             if region is None:
                 region = np.zeros(patch.shape[:2], bool)
                 cv2.circle(region.view(np.uint8), (x - cl, y - ct), radius, 1, -1)
-            best = (crop, region.astype(np.float32))
-        (cl, ct, cr, cb), coverage = best
-        out = np.zeros((height, width), np.float32)
-        out[ct:cb, cl:cr] = coverage
-        return out
+            grown = float(region.sum()) >= 2.0 * math.pi * radius**2
+            whole = not _runs_into_edge(region, crop, (height, width))
+            depth = _depth_at(region, x - cl, y - ct)
+            answer = (crop, region.astype(np.float32))
+            if grown and whole and depth >= self.min_point_depth:
+                return answer
+            scored.append(((grown, whole, depth), answer))
+        return max(scored, key=lambda item: item[0])[1]
 
     def _cut_point(
         self, patch: np.ndarray, region: np.ndarray, at: tuple[int, int], seeds_out: np.ndarray
@@ -559,6 +626,14 @@ def _instance_at(matte: np.ndarray, x: int, y: int, region: np.ndarray) -> np.nd
     return best >= 0.5 if best[y, x] >= 0.5 else region
 
 
+def _depth_at(region: np.ndarray, x: int, y: int) -> float:
+    """How deep ``(x, y)`` lies in ``region``: its distance to the region's edge over the largest such distance
+    (1 at the region's innermost pixel, near 0 on its rim, 0 outside it)."""
+    distance = cv2.distanceTransform(np.pad(region.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    peak = float(distance.max())
+    return float(distance[y, x]) / peak if peak > 0 else 0.0
+
+
 def _runs_into_edge(region: np.ndarray, crop: tuple[int, int, int, int], shape: tuple[int, int]) -> bool:
     """Whether ``region`` touches a side of ``crop`` that is not also the photo's edge (it may go on outside)."""
     left, top, right, bottom = crop
@@ -573,6 +648,49 @@ def _runs_into_edge(region: np.ndarray, crop: tuple[int, int, int, int], shape: 
     if bottom < height:
         sides.append(region[-1, :])
     return any(side.any() for side in sides)
+
+
+def _colour_histogram(patch: np.ndarray, where: np.ndarray, levels: int = 8) -> np.ndarray | None:
+    """The normalised histogram of the colours of ``patch`` (float RGB in [0, 1]) at ``where``, ``levels`` bins a
+    channel; None for fewer than 64 pixels (too few to say what they look like)."""
+    if int(where.sum()) < 64:
+        return None
+    quantised = np.clip((patch[where][:, :3] * levels).astype(np.int64), 0, levels - 1)
+    codes = (quantised[:, 0] * levels + quantised[:, 1]) * levels + quantised[:, 2]
+    histogram = np.bincount(codes, minlength=levels**3).astype(np.float64)
+    return histogram / histogram.sum()
+
+
+def _ellipse_in(shape: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
+    """The filled ellipse inscribed in ``box = (left, top, right, bottom)`` (right/bottom exclusive)."""
+    left, top, right, bottom = box
+    mask = np.zeros(shape, np.uint8)
+    centre = (round((left + right - 1) / 2), round((top + bottom - 1) / 2))
+    axes = (max(1, round((right - left) / 2)), max(1, round((bottom - top) / 2)))
+    cv2.ellipse(mask, centre, axes, 0, 0, 360, 1, -1)
+    return mask.astype(bool)
+
+
+def _shape_prior_labels(
+    inside: np.ndarray, box: tuple[int, int, int, int], seeds_out: np.ndarray, ellipse: bool = True
+) -> np.ndarray:
+    """GrabCut labels from a box alone: an object fills the middle of the box drawn around it. The ellipse of
+    half the box's size at its centre is sure foreground; the rest of the box probable foreground, or with
+    ``ellipse`` only the ellipse the box holds (its corners probable background: on a cluttered box the whole box
+    as probable foreground lets GrabCut settle on whatever colour dominates it); the outside of the box and the
+    negative points sure background."""
+    left, top, right, bottom = box
+    half_w, half_h = (right - left) / 4, (bottom - top) / 4
+    middle = (round(left + half_w), round(top + half_h), round(right - half_w), round(bottom - half_h))
+    labels = np.full(inside.shape, cv2.GC_BGD, np.uint8)
+    if ellipse:
+        labels[inside] = cv2.GC_PR_BGD
+        labels[_ellipse_in(inside.shape, box) & inside] = cv2.GC_PR_FGD
+    else:
+        labels[inside] = cv2.GC_PR_FGD
+    labels[_ellipse_in(inside.shape, middle) & inside & ~dilate(seeds_out, 3)] = cv2.GC_FGD
+    labels[seeds_out] = cv2.GC_BGD
+    return labels
 
 
 def _labels_from(kept: np.ndarray, inside: np.ndarray, seeds_out: np.ndarray) -> np.ndarray:
