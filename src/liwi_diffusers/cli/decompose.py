@@ -132,6 +132,19 @@ def add_parser(subparsers: Any) -> None:
         "with degradation-restoration), 'clean-only' (its ablation control) or an AlphaDecoder folder (tools only)",
     )
     parser.add_argument(
+        "--shadow-head",
+        default=None,
+        metavar="NAME_OR_PATH",
+        help="estimate each object's cast shadow with a trained shadow head instead of the classical darkening "
+        "estimate: 'shadow-guided' (shipped, trained with shadow-guided learning) or a ShadowHead folder (tools only)",
+    )
+    parser.add_argument(
+        "--shadow-head-mode",
+        choices=("alone", "refine"),
+        default="alone",
+        help="with --shadow-head: the head alone, or refining the classical estimate (default: alone)",
+    )
+    parser.add_argument(
         "--prompt",
         action="append",
         default=[],
@@ -179,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--method pipeline needs --model PATH_OR_ID (a LiWiDecompositionPipeline folder or Hub id)")
     if args.refiner is not None and method == "pipeline":
         raise CLIError("--refiner works with the tool chain (--method tools or weight-free), not with --model")
+    if args.shadow_head is not None and method == "pipeline":
+        raise CLIError("--shadow-head works with the tool chain (--method tools or weight-free), not with --model")
     layers = _layer_count(args.layers)
     _check_box_point_prompts(args, inputs, method, layers)
     _check_text_prompts(args, method)
@@ -320,10 +335,17 @@ def _load_method(method: str, args: argparse.Namespace, layers: int | None) -> C
             options["refiner"] = args.refiner
         if args.tiles is not None:
             options["tiles"] = args.tiles
+    from ..tools.learned_shadows import LearnedShadowExtractor, ShadowHeadError
     from ..tools.refiner import RefinerError
 
     try:
+        if args.shadow_head is not None and method != "pipeline":
+            options["shadow_extractor"] = LearnedShadowExtractor.from_pretrained(
+                args.shadow_head, mode=args.shadow_head_mode
+            )
         decomposer = load_decomposer(name, device=args.device, dtype=args.dtype, **options)
+    except ShadowHeadError as error:
+        raise CLIError(f"--shadow-head: {error}") from None
     except RefinerError as error:
         raise CLIError(f"--refiner: {error}") from None
     except DecomposerLoadError as error:

@@ -5,7 +5,8 @@ Each tool is an interface (a `typing.Protocol`) with a CPU default that needs no
 - `ObjectProposer` -> `SaliencyProposer` (saliency, focus and frame hypotheses refined by GrabCut);
 - `AlphaMatter` -> `ClosedFormMatter` (pymatting closed-form matting, straight colour estimation);
 - `Inpainter` -> `OpenCVInpainter` (coarse-to-fine OpenCV inpainting);
-- `ShadowExtractor` -> `DarkeningShadowExtractor` (darkening against a shadow-free reference).
+- `ShadowExtractor` -> `DarkeningShadowExtractor` (darkening against a shadow-free reference); the trained
+  shadow head plugs in as `LearnedShadowExtractor`.
 
 Adapters for real models (``transformers`` mask-generation / detection / depth pipelines, a
 ``diffusers`` inpainting pipeline) implement the same call signatures and plug into
@@ -25,6 +26,7 @@ from ._utils import dilate, erode, mask_box
 from .decomposer import DecomposerNote, ToolChainDecomposer
 from .detector import Detection, DetectorError, TextPromptDetector
 from .inpainting import Inpainter, OpenCVInpainter
+from .learned_shadows import LearnedShadowExtractor, ShadowHeadError
 from .matting import AlphaMatter, ClosedFormMatter, Matte, make_trimap
 from .prompts import BoxPrompt, PointPrompt, Prompts, parse_prompts
 from .proposals import ObjectProposal, ObjectProposer, SaliencyProposer, focus_map, saliency_map
@@ -42,6 +44,7 @@ __all__ = [
     "Detection",
     "DetectorError",
     "Inpainter",
+    "LearnedShadowExtractor",
     "Matte",
     "MatteRefiner",
     "ObjectProposal",
@@ -55,6 +58,7 @@ __all__ = [
     "Segmenter",
     "SegmenterError",
     "ShadowExtractor",
+    "ShadowHeadError",
     "TextPromptDetector",
     "ToolChainDecomposer",
     "decompose_layer",
