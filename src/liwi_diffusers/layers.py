@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "LayerCrop",
     "LayerPart",
     "LayeredImage",
     "LayeredImageError",
@@ -267,7 +268,129 @@ def _check_same_layer(parts: np.ndarray, layer: np.ndarray, what: str, target: s
         )
 
 
+# 16-bit storage: a value v in [0, 1] is kept as round(v * 65535); 65535 = 255 * 257, so 8-bit values are exact.
+_UINT16_SCALE = np.float32(65535.0)
+
+
 @dataclass
+class LayerCrop:
+    """A layer stored as its box only: ``pixels`` placed at ``(left, top)`` on the canvas, zero everywhere else.
+
+    ``pixels`` is ``(h, w, 4)`` straight RGBA for an object, ``(h, w)`` for a shadow and ``(H, W, 3)`` for the
+    background (whose crop is the whole canvas), either float32 in [0, 1] or uint16 holding ``round(value * 65535)``
+    (half the memory of float32; every value within 0.5 / 65535 = 7.6e-6 of the float it stands for, and 8-bit values
+    exactly). ``(0, 0, ...)`` pixels: a layer that is zero everywhere. `LayeredImage` takes crops wherever it takes
+    full-canvas layers and keeps them as they are (see `LayeredImage.compact`).
+    """
+
+    pixels: np.ndarray
+    left: int = 0
+    top: int = 0
+
+    @classmethod
+    def of(cls, layer: Any, channel: int | None = None, dtype: Any = np.uint16) -> LayerCrop:
+        """A full-canvas float layer cut to the box where ``layer[..., channel]`` (2-D: ``layer``) is non-zero."""
+        layer = np.asarray(layer)
+        support = layer if channel is None else layer[..., channel]
+        box = alpha_bbox(support)
+        if box is None:
+            return cls(np.zeros((0, 0, *layer.shape[2:]), dtype))
+        left, top, right, bottom = box
+        return cls(_stored_as(layer[top:bottom, left:right], dtype), left, top)
+
+    @property
+    def box(self) -> tuple[int, int, int, int] | None:
+        """``(left, top, right, bottom)`` of the stored pixels on the canvas (None when empty)."""
+        height, width = self.pixels.shape[:2]
+        if height == 0 or width == 0:
+            return None
+        return self.left, self.top, self.left + width, self.top + height
+
+    def read(self, rows: slice, cols: slice) -> np.ndarray:
+        """float32 values of the canvas window ``rows`` x ``cols`` (slices with start and stop), 0 outside the crop.
+
+        A window inside a float32 crop is a view of it (do not write to it); otherwise a new array.
+        """
+        top, bottom, left, right = rows.start, rows.stop, cols.start, cols.stop
+        box = self.box
+        inside = box is not None and box[0] <= left and box[1] <= top and right <= box[2] and bottom <= box[3]
+        if inside and self.pixels.dtype == np.float32:
+            return self.pixels[top - self.top : bottom - self.top, left - self.left : right - self.left]
+        out = np.zeros((bottom - top, right - left, *self.pixels.shape[2:]), np.float32)
+        if box is None:
+            return out
+        y0, y1, x0, x1 = max(top, box[1]), min(bottom, box[3]), max(left, box[0]), min(right, box[2])
+        if y0 < y1 and x0 < x1:
+            stored = self.pixels[y0 - self.top : y1 - self.top, x0 - self.left : x1 - self.left]
+            _as_float(stored, out[y0 - top : y1 - top, x0 - left : x1 - left])
+        return out
+
+    def full(self, height: int, width: int) -> np.ndarray:
+        """The layer on a ``height x width`` canvas, float32 (a new array)."""
+        if self.box == (0, 0, width, height) and self.pixels.dtype == np.float32:
+            return self.pixels.copy()
+        return self.read(slice(0, height), slice(0, width))
+
+    def write(self, top: int, left: int, values: np.ndarray) -> None:
+        """Store float ``values`` (in [0, 1]) at canvas ``(top, left)``, the part that falls inside the crop only."""
+        box = self.box
+        if box is None:
+            return
+        bottom, right = top + values.shape[0], left + values.shape[1]
+        y0, y1, x0, x1 = max(top, box[1]), min(bottom, box[3]), max(left, box[0]), min(right, box[2])
+        if y0 < y1 and x0 < x1:
+            target = self.pixels[y0 - self.top : y1 - self.top, x0 - self.left : x1 - self.left]
+            target[...] = _stored_as(values[y0 - top : y1 - top, x0 - left : x1 - left], self.pixels.dtype)
+
+    def nonzero_box(self, channel: int | None = None, threshold: float = 0.0) -> tuple[int, int, int, int] | None:
+        """Canvas box of the pixels whose ``channel`` (a 2-D crop: its value) is above ``threshold``, or None."""
+        if self.box is None:
+            return None
+        limit = threshold * _UINT16_SCALE if self.pixels.dtype == np.uint16 else np.float32(threshold)
+        row_hits, col_hits = [], np.zeros(self.pixels.shape[1], bool)
+        for rows in row_bands(*self.pixels.shape[:2]):
+            band = self.pixels[rows] if channel is None else self.pixels[rows, :, channel]
+            hits = band > limit
+            row_hits.append(hits.any(axis=1))
+            col_hits |= hits.any(axis=0)
+        hit_rows, hit_cols = np.flatnonzero(np.concatenate(row_hits)), np.flatnonzero(col_hits)
+        if hit_rows.size == 0:
+            return None
+        return (
+            self.left + int(hit_cols[0]),
+            self.top + int(hit_rows[0]),
+            self.left + int(hit_cols[-1]) + 1,
+            self.top + int(hit_rows[-1]) + 1,
+        )
+
+    def copy(self) -> LayerCrop:
+        return LayerCrop(self.pixels.copy(), self.left, self.top)
+
+
+def _as_float(pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Stored pixels (float32, or uint16 in 1/65535 steps) as float32 in [0, 1], into ``out`` when given."""
+    if pixels.dtype != np.uint16:
+        if out is None:
+            return pixels
+        out[...] = pixels
+        return out
+    # A true division (not a multiplication by 1/65535): an 8-bit value v stored as 257 v reads back as v / 255 does.
+    return np.divide(pixels, _UINT16_SCALE, out=out, dtype=np.float32)
+
+
+def _stored_as(values: np.ndarray, dtype: Any) -> np.ndarray:
+    """Float ``values`` in [0, 1] as ``dtype`` (float32, or uint16 rounded to 1/65535 steps), a band at a time."""
+    if np.dtype(dtype) != np.uint16:
+        return np.ascontiguousarray(values, dtype=np.float32)
+    out = np.empty(values.shape, np.uint16)
+    for rows in row_bands(values.shape[0], values.size // max(1, values.shape[0])):
+        out[rows] = np.round(np.clip(values[rows], 0.0, 1.0) * _UINT16_SCALE)
+    return out
+
+
+_Entry = Any  # a stored layer: a full-canvas float32 array or a `LayerCrop`
+
+
 class LayeredImage:
     """A photo taken apart: background, then per object (back to front) a shadow and a foreground.
 
@@ -283,37 +406,158 @@ class LayeredImage:
             shadow (the object's shadow stays with the object). The parts must recompose to the object's layer
             within 1/255; `compose` (so `check`) and the flat stacks of `to_rgba_stack` use the parts.
     Inputs may be PIL images or uint8/float arrays; they are converted and checked on creation.
+
+    Any layer may also be given as a `LayerCrop` (its box only, float32 or 16-bit; `compact` makes them): it is kept
+    as it is, and ``background``, ``foregrounds`` and ``shadows`` bring such layers to the full-canvas float32
+    arrays above the first time they are asked for. Composing, checking, `object_boxes`, `layer_crop` and the file
+    writers read the crops directly, so a large photo's layers cost their boxes, not the canvas.
     """
 
-    background: np.ndarray
-    foregrounds: list[np.ndarray] = field(default_factory=list)
-    shadows: list[np.ndarray] | None = None
-    labels: list[str] | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    parts: dict[int, list[LayerPart]] | None = None
+    def __init__(
+        self,
+        background: Any,
+        foregrounds: Sequence[Any] = (),
+        shadows: Sequence[Any] | None = None,
+        labels: Sequence[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        parts: dict[int, list[LayerPart]] | None = None,
+    ) -> None:
+        self._background = self._checked_background(background)
+        height, width = self.height, self.width
+        self._foregrounds: list[_Entry] = [
+            self._checked_layer(fg, 4, f"foreground {k + 1}", height, width) for k, fg in enumerate(foregrounds)
+        ]
+        count = len(self._foregrounds)
+        if shadows is None:
+            shadows = [LayerCrop(np.zeros((0, 0), np.float32)) for _ in range(count)]
+        if len(shadows) != count:
+            raise LayeredImageError(f"got {len(shadows)} shadow layers for {count} foregrounds; need one each")
+        self._shadows: list[_Entry] = [
+            self._checked_layer(shadow, 1, f"shadow {k + 1}", height, width) for k, shadow in enumerate(shadows)
+        ]
+        if labels is None:
+            labels = [""] * count
+        if len(labels) != count:
+            raise LayeredImageError(f"got {len(labels)} labels for {count} foregrounds; need one each")
+        self.labels: list[str] = [str(label) for label in labels]
+        self.metadata: dict[str, Any] = {} if metadata is None else metadata
+        self.parts: dict[int, list[LayerPart]] = self._checked_parts(parts or {}, height, width)
 
-    def __post_init__(self) -> None:
-        self.background = to_float_image(self.background, 3, "background")
-        height, width = self.background.shape[:2]
-        self.foregrounds = [
-            self._same_size(to_float_image(fg, 4, f"foreground {k + 1}"), height, width, f"foreground {k + 1}")
-            for k, fg in enumerate(self.foregrounds)
-        ]
-        count = len(self.foregrounds)
-        if self.shadows is None:
-            self.shadows = [np.zeros((height, width), np.float32) for _ in range(count)]
-        if len(self.shadows) != count:
-            raise LayeredImageError(f"got {len(self.shadows)} shadow layers for {count} foregrounds; need one each")
-        self.shadows = [
-            self._same_size(to_float_image(shadow, 1, f"shadow {k + 1}"), height, width, f"shadow {k + 1}")[:, :, 0]
-            for k, shadow in enumerate(self.shadows)
-        ]
-        if self.labels is None:
-            self.labels = [""] * count
-        if len(self.labels) != count:
-            raise LayeredImageError(f"got {len(self.labels)} labels for {count} foregrounds; need one each")
-        self.labels = [str(label) for label in self.labels]
-        self.parts = self._checked_parts(self.parts or {}, height, width)
+    # ------------------------------------------------------------------ the layers, full canvas or as stored
+    @property
+    def background(self) -> np.ndarray:
+        if isinstance(self._background, LayerCrop):
+            self._background = self._background.full(self.height, self.width)
+        return self._background
+
+    @background.setter
+    def background(self, value: np.ndarray) -> None:
+        self._background = value
+
+    @property
+    def foregrounds(self) -> list[np.ndarray]:
+        for k, entry in enumerate(self._foregrounds):
+            if isinstance(entry, LayerCrop):
+                self._foregrounds[k] = entry.full(self.height, self.width)
+        return self._foregrounds
+
+    @foregrounds.setter
+    def foregrounds(self, value: list[np.ndarray]) -> None:
+        self._foregrounds = value
+
+    @property
+    def shadows(self) -> list[np.ndarray]:
+        for k, entry in enumerate(self._shadows):
+            if isinstance(entry, LayerCrop):
+                self._shadows[k] = entry.full(self.height, self.width)
+        return self._shadows
+
+    @shadows.setter
+    def shadows(self, value: list[np.ndarray]) -> None:
+        self._shadows = value
+
+    def layer_crop(self, role: str, index: int | None = None) -> LayerCrop:
+        """Layer ``role`` ("background", "shadow" or "object"; ``index`` 0-based) as stored, without a copy.
+
+        A full-canvas layer is a crop at ``(0, 0)`` over the whole canvas. An object with parts gives its own layer.
+        """
+        if role == "background":
+            entry = self._background
+        elif role in ("object", "shadow") and index is not None:
+            entry = (self._foregrounds if role == "object" else self._shadows)[index]
+        else:
+            raise ValueError(f"role must be 'background', or 'object'/'shadow' with an index, got {role!r}")
+        return entry if isinstance(entry, LayerCrop) else LayerCrop(entry)
+
+    def compact(self, dtype: Any = np.uint16) -> LayeredImage:
+        """The same layers stored as `LayerCrop`s: objects and shadows cut to their non-zero box, all in ``dtype``.
+
+        ``np.uint16`` (default) halves float32's memory and moves no value by more than 7.6e-6, so the layers still
+        recompose within 1/255 (within about 2e-5 of the float32 error); ``np.float32`` keeps the values exactly.
+        Objects with parts keep their parts as they are.
+        """
+        height, width = self.height, self.width
+
+        def cut(entry: _Entry, channel: int | None) -> LayerCrop:
+            if isinstance(entry, LayerCrop):
+                box = entry.nonzero_box(channel)
+                if box is None:
+                    return LayerCrop(np.zeros((0, 0, *entry.pixels.shape[2:]), dtype))
+                left, top, right, bottom = box
+                pixels = entry.read(slice(top, bottom), slice(left, right))
+                return LayerCrop(_stored_as(pixels, dtype), left, top)
+            return LayerCrop.of(entry, channel, dtype)
+
+        background = LayerCrop(_stored_as(self.layer_crop("background").full(height, width), dtype))
+        return LayeredImage(
+            background,
+            [cut(entry, 3) for entry in self._foregrounds],
+            [cut(entry, None) for entry in self._shadows],
+            list(self.labels),
+            dict(self.metadata),
+            {k: [part.copy() for part in tree] for k, tree in (self.parts or {}).items()},
+        )
+
+    def _full(self, entry: _Entry) -> np.ndarray:
+        """A stored layer on the full canvas (the array itself when it is one, else a new float32 array)."""
+        return entry.full(self.height, self.width) if isinstance(entry, LayerCrop) else entry
+
+    def _checked_background(self, background: Any) -> _Entry:
+        if not isinstance(background, LayerCrop):
+            return to_float_image(background, 3, "background")
+        if background.left != 0 or background.top != 0 or background.box is None:
+            raise LayeredImageError("background: a crop of the background must cover the whole canvas, from (0, 0)")
+        return self._checked_crop(background, 3, "background")
+
+    def _checked_layer(self, layer: Any, channels: int, what: str, height: int, width: int) -> _Entry:
+        """A layer converted and checked: a full-canvas float32 array, or a `LayerCrop` that fits the canvas."""
+        if not isinstance(layer, LayerCrop):
+            array = self._same_size(to_float_image(layer, channels, what), height, width, what)
+            return array[:, :, 0] if channels == 1 else array
+        crop = self._checked_crop(layer, channels, what)
+        box = crop.box
+        if box is not None and (box[0] < 0 or box[1] < 0 or box[2] > width or box[3] > height):
+            raise LayeredImageError(
+                f"{what}: its crop spans {box} (left, top, right, bottom), outside the {width}x{height} canvas"
+            )
+        return crop
+
+    @staticmethod
+    def _checked_crop(crop: LayerCrop, channels: int, what: str) -> LayerCrop:
+        pixels = np.asarray(crop.pixels)
+        if isinstance(crop.left, bool) or isinstance(crop.top, bool):
+            raise LayeredImageError(f"{what}: crop offsets must be ints, got ({crop.left!r}, {crop.top!r})")
+        left, top = int(crop.left), int(crop.top)
+        if pixels.ndim == 2 and channels == 1:
+            pixels = pixels[:, :, None]
+        if pixels.ndim != 3 or pixels.shape[2] != channels:
+            shape = "(h, w)" if channels == 1 else f"(h, w, {channels})"
+            raise LayeredImageError(f"{what}: crop pixels must be {shape}, got shape {pixels.shape}")
+        if pixels.shape[0] == 0 or pixels.shape[1] == 0:
+            pixels = np.zeros((0, 0, channels), np.float32)
+        elif pixels.dtype != np.uint16:
+            pixels = to_float_image(pixels, channels, what)
+        return LayerCrop(pixels[:, :, 0] if channels == 1 else pixels, left, top)
 
     def _checked_parts(self, parts: dict[int, Any], height: int, width: int) -> dict[int, list[LayerPart]]:
         """Parts converted and checked: known objects, full canvas, recomposing to the object layer."""
@@ -327,7 +571,8 @@ class LayeredImage:
             tree = [
                 self._checked_part(part, f"{what}, part {j}", height, width) for j, part in enumerate(parts[index], 1)
             ]
-            _check_same_layer(flatten_parts(tree), self.foregrounds[index], what, f"object {index + 1}'s layer")
+            layer = self._full(self._foregrounds[index])
+            _check_same_layer(flatten_parts(tree), layer, what, f"object {index + 1}'s layer")
             checked[int(index)] = tree
         return checked
 
@@ -357,11 +602,15 @@ class LayeredImage:
     # ------------------------------------------------------------------ basic facts
     @property
     def height(self) -> int:
-        return int(self.background.shape[0])
+        return int(self._canvas_shape()[0])
 
     @property
     def width(self) -> int:
-        return int(self.background.shape[1])
+        return int(self._canvas_shape()[1])
+
+    def _canvas_shape(self) -> tuple[int, ...]:
+        background = self._background
+        return (background.pixels if isinstance(background, LayerCrop) else background).shape
 
     @property
     def size(self) -> tuple[int, int]:
@@ -370,7 +619,7 @@ class LayeredImage:
 
     @property
     def num_objects(self) -> int:
-        return len(self.foregrounds)
+        return len(self._foregrounds)
 
     def __repr__(self) -> str:
         labels = ", ".join(label or "?" for label in self.labels)
@@ -380,7 +629,7 @@ class LayeredImage:
     def object_layer(self, index: int) -> np.ndarray:
         """Straight RGBA of object ``index`` (0-based) as it is shown: its parts' composite when it has parts."""
         parts = (self.parts or {}).get(index)
-        return flatten_parts(parts) if parts else self.foregrounds[index]
+        return flatten_parts(parts) if parts else self._full(self._foregrounds[index])
 
     # ------------------------------------------------------------------ maths
     def compose(self) -> np.ndarray:
@@ -402,17 +651,19 @@ class LayeredImage:
         def q(array: np.ndarray) -> np.ndarray:
             return np.round(array * 255.0).astype(np.float32) / 255.0 if quantize else array
 
+        cols = slice(0, self.width)
         layers = []
         for k in range(self.num_objects):
             parts = (self.parts or {}).get(k)
             if parts:
                 layers.append(flatten_parts([part.copy(lambda array: q(array[rows])) for part in parts]))
             else:
-                layers.append(q(self.foregrounds[k][rows]))
+                layers.append(q(self.layer_crop("object", k).read(rows, cols)))
         alphas = [fg[:, :, 3:4] for fg in layers]
         colors = [fg[:, :, :3] for fg in layers]
-        shadows = [q(shadow[rows])[:, :, None] for shadow in self.shadows]
-        return np.asarray(compose_layers(q(self.background[rows]), colors, alphas, shadows), dtype=np.float32)
+        shadows = [q(self.layer_crop("shadow", k).read(rows, cols))[:, :, None] for k in range(self.num_objects)]
+        background = q(self.layer_crop("background").read(rows, cols))
+        return np.asarray(compose_layers(background, colors, alphas, shadows), dtype=np.float32)
 
     def check(self, image: Any) -> RecompositionReport:
         """Recomposition error against ``image`` (see `check_decomposition`)."""
@@ -420,7 +671,7 @@ class LayeredImage:
 
     def object_boxes(self, threshold: float = 0.0) -> list[tuple[int, int, int, int] | None]:
         """Per object, the box of its foreground alpha (None when the layer is empty)."""
-        return [alpha_bbox(fg[:, :, 3], threshold) for fg in self.foregrounds]
+        return [self.layer_crop("object", k).nonzero_box(3, threshold) for k in range(self.num_objects)]
 
     def quantized(self) -> LayeredImage:
         """A copy with every value rounded to 8 bits, exactly what PNG/PSD/ORA files hold."""
@@ -429,12 +680,17 @@ class LayeredImage:
             return np.round(array * 255.0).astype(np.float32) / 255.0
 
         # An object with parts is what its rounded parts show (rounded parts of a soft split may differ by a step).
+        def q_entry(entry: _Entry) -> _Entry:  # a crop stays a crop (float32)
+            if isinstance(entry, LayerCrop):
+                return LayerCrop(q(_as_float(entry.pixels)), entry.left, entry.top)
+            return q(entry)
+
         parts = {k: [part.copy(q) for part in tree] for k, tree in (self.parts or {}).items()}
-        foregrounds = [flatten_parts(parts[k]) if k in parts else q(fg) for k, fg in enumerate(self.foregrounds)]
+        foregrounds = [flatten_parts(parts[k]) if k in parts else q_entry(fg) for k, fg in enumerate(self._foregrounds)]
         return LayeredImage(
-            q(self.background),
+            q_entry(self._background),
             foregrounds,
-            [q(s) for s in self.shadows],
+            [q_entry(s) for s in self._shadows],
             list(self.labels),
             dict(self.metadata),
             parts,
@@ -442,9 +698,9 @@ class LayeredImage:
 
     def copy(self) -> LayeredImage:
         return LayeredImage(
-            self.background.copy(),
-            [fg.copy() for fg in self.foregrounds],
-            [s.copy() for s in self.shadows],
+            self._background.copy(),
+            [fg.copy() for fg in self._foregrounds],
+            [s.copy() for s in self._shadows],
             list(self.labels),
             dict(self.metadata),
             {k: [part.copy() for part in tree] for k, tree in (self.parts or {}).items()},
@@ -457,9 +713,9 @@ class LayeredImage:
                 raise IndexError(f"object index {index} out of range for {self.num_objects} objects")
         parts = self.parts or {}
         return LayeredImage(
-            self.background,
-            [self.foregrounds[i] for i in indices],
-            [self.shadows[i] for i in indices],
+            self._background,
+            [self._foregrounds[i] for i in indices],
+            [self._shadows[i] for i in indices],
             [self.labels[i] for i in indices],
             dict(self.metadata),
             {new: parts[old] for new, old in enumerate(indices) if old in parts},
@@ -495,11 +751,12 @@ class LayeredImage:
         stack = []
         for name, source in self._named_layers():
             if source is None:
-                stack.append((name, np.concatenate([self.background, opaque], axis=2)))
+                stack.append((name, np.concatenate([self._full(self._background), opaque], axis=2)))
             elif source[0] == "shadow":
-                stack.append((name, np.concatenate([black, self.shadows[source[1]][:, :, None]], axis=2)))
+                shadow = self._full(self._shadows[source[1]])
+                stack.append((name, np.concatenate([black, shadow[:, :, None]], axis=2)))
             elif source[0] == "object":
-                stack.append((name, self.foregrounds[source[1]]))
+                stack.append((name, self._full(self._foregrounds[source[1]])))
             else:
                 stack.append((name, source[1].rgba))
         return stack
@@ -600,14 +857,14 @@ class LayeredImage:
         )
 
     def background_pil(self) -> Image.Image:
-        return Image.fromarray(to_uint8(self.background), "RGB")
+        return Image.fromarray(to_uint8(self._full(self._background)), "RGB")
 
     def foreground_pil(self, index: int) -> Image.Image:
-        return Image.fromarray(to_uint8(self.foregrounds[index]), "RGBA")
+        return Image.fromarray(to_uint8(self._full(self._foregrounds[index])), "RGBA")
 
     def shadow_pil(self, index: int) -> Image.Image:
         """Shadow alpha of object ``index`` (0-based) as an L image."""
-        return Image.fromarray(to_uint8(self.shadows[index]), "L")
+        return Image.fromarray(to_uint8(self._full(self._shadows[index])), "L")
 
     def composite_pil(self) -> Image.Image:
         return Image.fromarray(to_uint8(self.compose()), "RGB")
@@ -744,12 +1001,15 @@ def reconcile_with_image(layered: LayeredImage, image: Any, iterations: int | No
             f"image is {target.shape[1]}x{target.shape[0]} but the layers are {layered.width}x{layered.height}"
         )
     count = layered.num_objects
-    background = layered.background.copy()
-    foregrounds = [fg.copy() for fg in layered.foregrounds]
+    # Full-canvas float32 copies (of crops too, without changing how ``layered`` stores them).
+    height, width = layered.height, layered.width
+    background = layered.layer_crop("background").full(height, width)
+    foregrounds = [layered.layer_crop("object", k).full(height, width) for k in range(count)]
+    shadows = [layered.layer_crop("shadow", k).full(height, width) for k in range(count)]
     # Where no object or shadow covers a pixel only the background shows: it simply becomes the image there.
     # The least-squares update below runs on the covered pixels only (memory grows with them, not the canvas).
     covered = np.zeros(target.shape[:2], bool)
-    for fg, shadow in zip(layered.foregrounds, layered.shadows):
+    for fg, shadow in zip(foregrounds, shadows):
         covered |= (fg[:, :, 3] > 0) | (shadow > 0)
     background[~covered] = target[~covered]
     if covered.any():
@@ -762,7 +1022,7 @@ def reconcile_with_image(layered: LayeredImage, image: Any, iterations: int | No
         alphas = np.stack([np.ones(pixels.size, np.float32)] + [gather(fg[:, :, 3]) for fg in foregrounds])
         transmittance = np.stack(
             [np.ones(pixels.size, np.float32)]
-            + [(1 - gather(fg[:, :, 3])) * (1 - gather(s)) for fg, s in zip(foregrounds, layered.shadows)]
+            + [(1 - gather(fg[:, :, 3])) * (1 - gather(s)) for fg, s in zip(foregrounds, shadows)]
         )
         # Visible weight of layer k: its alpha times the transmittance of every layer above it.
         above = np.ones_like(alphas)
@@ -782,4 +1042,4 @@ def reconcile_with_image(layered: LayeredImage, image: Any, iterations: int | No
         background.reshape(-1, 3)[pixels] = colors[0]
         for k, fg in enumerate(foregrounds):
             fg.reshape(-1, 4)[pixels, :3] = colors[k + 1]
-    return LayeredImage(background, foregrounds, [s.copy() for s in layered.shadows], list(layered.labels))
+    return LayeredImage(background, foregrounds, shadows, list(layered.labels))

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..layers import (
+    LayerCrop,
     LayeredImage,
     LayeredImageError,
     LayerPart,
@@ -78,41 +79,34 @@ def iter_file_layers(layered: LayeredImage, crop: bool = True) -> Iterator[FileL
     full = (0, 0, layered.width, layered.height)
     for name, source in layered._named_layers():
         if source is None:  # the opaque background
-            left, top, right, bottom = full
             pixels = np.full((layered.height, layered.width, 4), 255, np.uint8)
-            pixels[:, :, :3] = to_uint8(layered.background)
-            yield FileLayer(name, pixels, left, top)
+            pixels[:, :, :3] = _uint8_window(layered.layer_crop("background"), full)
+            yield FileLayer(name, pixels)
             continue
-        if source[0] == "shadow":  # black, its alpha the shadow
-            alpha, rgba = layered.shadows[source[1]], None
-        else:
-            rgba = layered.foregrounds[source[1]] if source[0] == "object" else source[1].rgba
-            alpha = rgba[:, :, 3]
-        box = _stored_box(alpha) if crop else full
+        part = source[0] == "part"
+        stored = LayerCrop(source[1].rgba) if part else layered.layer_crop(source[0], source[1])
+        channel = 3 if stored.pixels.ndim == 3 else None
+        # The box of the pixels whose 8-bit alpha is non-zero (alpha * 255 rounds above 0).
+        box = stored.nonzero_box(channel, threshold=0.5 / 255.0) if crop else full
         if box is None:
             yield FileLayer(name, np.zeros((0, 0, 4), np.uint8))
             continue
         left, top, right, bottom = box
-        if rgba is None:
+        if channel is None:  # a shadow: black, its alpha the shadow
             pixels = np.zeros((bottom - top, right - left, 4), np.uint8)
-            pixels[:, :, 3] = to_uint8(alpha[top:bottom, left:right])
+            pixels[:, :, 3] = _uint8_window(stored, box)
         else:
-            pixels = to_uint8(rgba[top:bottom, left:right])
+            pixels = _uint8_window(stored, box)
         yield FileLayer(name, pixels, left, top)
 
 
-def _stored_box(alpha: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Box of the pixels whose 8-bit alpha is non-zero (alpha * 255 rounds above 0), a band of rows at a time."""
-    row_hits, col_hits = [], np.zeros(alpha.shape[1], bool)
-    for rows in row_bands(*alpha.shape):
-        visible = alpha[rows] * np.float32(255.0) > 0.5
-        row_hits.append(visible.any(axis=1))
-        col_hits |= visible.any(axis=0)
-    hit_rows = np.flatnonzero(np.concatenate(row_hits)) if row_hits else np.zeros(0, int)
-    if hit_rows.size == 0:
-        return None
-    hit_cols = np.flatnonzero(col_hits)
-    return int(hit_cols[0]), int(hit_rows[0]), int(hit_cols[-1]) + 1, int(hit_rows[-1]) + 1
+def _uint8_window(stored: LayerCrop, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The 8-bit values of the canvas window ``box`` of a stored layer, read and converted a band of rows at a time."""
+    left, top, right, bottom = box
+    out = np.empty((bottom - top, right - left, *stored.pixels.shape[2:]), np.uint8)
+    for rows in row_bands(bottom - top, right - left):
+        out[rows] = to_uint8(stored.read(slice(top + rows.start, top + rows.stop), slice(left, right)))
+    return out
 
 
 def group_names(labels: Sequence[str]) -> list[str]:

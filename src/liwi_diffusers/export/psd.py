@@ -57,7 +57,9 @@ def write_psd(layered: LayeredImage, path: str | os.PathLike, *, composite: Any 
                 f"layer name {name[:40]!r}... is {len(name)} characters; a PSD layer name holds at most "
                 f"{MAX_NAME_LENGTH}: shorten the label, or save as .ora or .zip"
             )
-    document = PSDImage.new("RGBA", layered.size)
+    # The merged image is replaced when saving (`_save`): start it run-length encoded, a few MB instead of 4 bytes a
+    # pixel held while the layers are added.
+    document = PSDImage.new("RGBA", layered.size, compression=Compression.RLE)
     # One layer at a time: each is cut, converted and handed to psd-tools (which keeps it compressed) before the next.
     pixel_layers = [_add_pixel_layer(document, layer) for layer in iter_file_layers(layered, crop)]
     _, groups = grouped_layers(layered, pixel_layers)

@@ -21,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..layers import LayeredImage, reconcile_with_image, row_bands
+from ..layers import LayerCrop, LayeredImage, _image_rows, reconcile_with_image, row_bands
 from ._utils import as_rgb, dilate, mask_box, resize, scale_for
 from .inpainting import Inpainter, OpenCVInpainter
 from .instances import InstanceSplitter
@@ -243,13 +243,13 @@ class ToolChainDecomposer:
             from ..image_io import load_image
 
             image = load_image(image)
-        rgb = as_rgb(image)
+        photo = _photo_array(image)  # 8/16-bit pixels stay integers: no full-size float copy is kept
         if num_layers is not None and (isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer))):
             raise TypeError(f"num_layers must be an int or None, got {type(num_layers).__name__}")
         if num_layers is not None and num_layers < 0:
             raise ValueError(f"num_layers must be >= 0 (0 or None: automatic), got {num_layers}")
         limit = min(int(num_layers), self.max_objects) if num_layers else self.max_objects
-        height, width = rgb.shape[:2]
+        height, width = photo.shape[:2]
         prompts = parse_prompts(boxes, points, negative_points, (width, height))
         if len(prompts) > limit:
             raise ValueError(
@@ -262,8 +262,10 @@ class ToolChainDecomposer:
         if self._fallback_note is not None:
             warnings.warn(self._fallback_note, DecomposerNote, stacklevel=2)
             self._fallback_note = None
-        scale = scale_for(rgb.shape, self.max_resolution)
-        work = resize(rgb, (max(1, round(height * scale)), max(1, round(width * scale)))) if scale < 1 else rgb
+        scale = scale_for(photo.shape, self.max_resolution)
+        work = as_rgb(photo)  # float32; for a large photo only until it is resized
+        if scale < 1:
+            work = resize(work, (max(1, round(height * scale)), max(1, round(width * scale))))
         if prompts and segmenter is not None:
             segmenter = RememberingSegmenter(segmenter)  # the whole-photo pass serves peeling and point prompts
 
@@ -291,7 +293,7 @@ class ToolChainDecomposer:
                 mattes.append((matte, label, round_index, tag))
         # Back to front: later peeling rounds are further back; within a round, lower in the frame is nearer.
         mattes.sort(key=lambda item: (-item[2], *_depth_key(item[0].alpha)))
-        layered = self._assemble(rgb, work, [(m, label) for m, label, _, _ in mattes])
+        layered = self._assemble(photo, work, [(m, label) for m, label, _, _ in mattes])
         layered.metadata.update(
             {
                 "method": "tools",
@@ -475,62 +477,63 @@ class ToolChainDecomposer:
             return found, 1, f"layer limit {limit} reached"
         return found, 1, "weight-free proposer found no more objects"
 
-    def _assemble(self, rgb: np.ndarray, work: np.ndarray, mattes: list[tuple[Matte, str]]) -> LayeredImage:
+    def _assemble(self, photo: np.ndarray, work: np.ndarray, mattes: list[tuple[Matte, str]]) -> LayeredImage:
         """Shadows, background and full-resolution layers from the working-resolution mattes.
 
-        Everything is computed at the working resolution; only the results are brought to full size, one layer
-        at a time, so that memory grows with the photo (one RGBA buffer per object) and not with the tools.
-        The background's fill is made at working size too and pasted into the full-size hole.
+        Everything is computed at the working resolution; only the results are brought to full size. There each
+        object and shadow is a `LayerCrop` of the box where it can be non-zero, and every layer is stored in 16 bits
+        (within 7.6e-6 of float32), made a band of rows at a time from the 8-bit photo (``photo`` is never converted
+        whole): the result costs 6 bytes a pixel for the background plus 8 (an object) or 2 (a shadow) a pixel of
+        each box, and the temporaries stay the same size whatever the photo's size. The background's fill is made at
+        working size too and pasted into the full-size hole.
         """
-        height, width = rgb.shape[:2]
+        height, width = photo.shape[:2]
         full = (height, width)
+        labels = [label for _, label in mattes]
         if work.shape[:2] != full:
             _release_free_memory()  # what the working-resolution steps freed, before the full-size layers are made
         alphas = [matte.alpha for matte, _ in mattes]
         occupied = np.max(alphas, axis=0) if alphas else np.zeros(work.shape[:2], np.float32)
-        shadows = self._shadows(work, alphas, occupied)
-        small_lift = 1.0 - np.sum(shadows, axis=0) if shadows else np.ones(work.shape[:2], np.float32)
+        small_shadows = self._shadows(work, alphas, occupied)
+        small_lift = 1.0 - np.sum(small_shadows, axis=0) if small_shadows else np.ones(work.shape[:2], np.float32)
         small_free = np.clip(work / np.maximum(small_lift, 1e-3)[:, :, None], 0.0, 1.0)
         small_fill = self.inpainter(small_free, occupied > 0.01) if alphas else small_free
         if work.shape[:2] == full:
             foregrounds = [np.dstack([m.foreground, m.alpha]).astype(np.float32) for m, _ in mattes]
-            return _reconcile(LayeredImage(small_fill, foregrounds, shadows, [label for _, label in mattes]), rgb)
-        # Full size, one layer at a time and in place, the background first: the temporaries of each step are
-        # dropped before the next, so the peak is the result plus one full-size RGB buffer. Each layer is computed
-        # on the box where it can be non-zero only (`_upsampled_in_box`): outside it, its zeros are never written,
-        # and the system does not give them memory (an empty shadow, a small object cost their box, not the canvas).
-        ceiling = 1.0 - rgb.max(axis=2)  # lifting a shadow must not go above white
-        for k, small in enumerate(shadows):
-            shadow, window = _upsampled_in_box(small, small, full)
+            return _reconcile(LayeredImage(small_fill, foregrounds, small_shadows, labels), photo)
+
+        def ceiling(rows: slice, cols: slice) -> np.ndarray:  # lifting a shadow must not go above white
+            return 1.0 - _photo_rows(photo, rows, cols).max(axis=2)
+
+        shadows = [_upsampled_crop(small, small, full, cap=ceiling) for small in small_shadows]
+        hole = np.zeros(full, bool)  # where the fill replaces the photo: under every object, 2 px wider
+        for alpha in alphas:
+            window = _full_window(alpha, full)
             if window is not None:
-                np.minimum(shadow[window], ceiling[window], out=shadow[window])
-            shadows[k] = shadow
-        del ceiling
-        lift = np.ones(full, np.float32)
-        for shadow in shadows:
-            lift -= shadow
-        np.maximum(lift, 1e-3, out=lift)
-        background = np.divide(rgb, lift[:, :, None])
-        del lift
-        np.clip(background, 0.0, 1.0, out=background)
-        if alphas:
-            hole = np.zeros(full, bool)
-            for matte, _ in mattes:
-                alpha, window = _upsampled_in_box(matte.alpha, matte.alpha, full)
-                if window is not None:
-                    hole[window] |= alpha[window] > 0.01
-                del alpha
-            hole = dilate(hole, 2)
-            fill = resize(small_fill, full, cv2.INTER_LINEAR)
-            np.clip(fill, 0.0, 1.0, out=fill)
-            np.copyto(background, fill, where=hole[:, :, None])
-            del fill, hole
-        foregrounds = []
-        for matte, _ in mattes:  # one full-size RGBA at a time, its colour kept where its alpha can be non-zero
-            rgba, _ = _upsampled_in_box(np.dstack([matte.foreground, matte.alpha]), matte.alpha, full)
-            foregrounds.append(rgba)
-        layered = LayeredImage(background, foregrounds, shadows, [label for _, label in mattes])
-        return _reconcile(layered, rgb)
+                source = np.ascontiguousarray(alpha, dtype=np.float32)
+                for rows in row_bands(window[0].stop - window[0].start, window[1].stop - window[1].start):
+                    rows = slice(window[0].start + rows.start, window[0].start + rows.stop)
+                    hole[rows, window[1]] |= _upsampled_window(source, full, rows, window[1]) > 0.01
+        hole = dilate(hole, 2) if alphas else hole
+        background = np.empty((height, width, 3), np.uint16)
+        fill_source = np.ascontiguousarray(small_fill, dtype=np.float32)
+        every_column = slice(0, width)
+        for rows in row_bands(height, width):
+            lift = np.ones((rows.stop - rows.start, width), np.float32)
+            for shadow in shadows:
+                lift -= shadow.read(rows, every_column)
+            np.maximum(lift, 1e-3, out=lift)
+            band = np.divide(_photo_rows(photo, rows), lift[:, :, None])
+            np.clip(band, 0.0, 1.0, out=band)
+            if hole[rows].any():
+                fill = _upsampled_window(fill_source, full, rows, every_column)
+                np.copyto(band, fill, where=hole[rows][:, :, None])
+            background[rows] = np.round(band * np.float32(65535.0))
+        del hole
+        foregrounds = [  # colour kept where its alpha can be non-zero
+            _upsampled_crop(np.dstack([matte.foreground, matte.alpha]), matte.alpha, full) for matte, _ in mattes
+        ]
+        return _reconcile(LayeredImage(LayerCrop(background), foregrounds, shadows, labels), photo)
 
     def _shadows(self, image: np.ndarray, alphas: list[np.ndarray], occupied: np.ndarray) -> list[np.ndarray]:
         """Per object shadow alpha; where shadows overlap, the strongest one owns the pixel."""
@@ -568,42 +571,85 @@ def _release_free_memory() -> None:
         trim(0)
 
 
-def _upsampled_in_box(
-    small: np.ndarray, support: np.ndarray, full: tuple[int, int]
-) -> tuple[np.ndarray, tuple[slice, slice] | None]:
-    """``small`` upsampled (bilinear, clipped to [0, 1]) to ``full``, computed only where ``support`` can reach.
+def _photo_array(image: Any) -> np.ndarray:
+    """``image`` as an ``(H, W, 3)`` array: 8- and 16-bit pixels as they are, anything else as checked float32."""
+    array = _image_rows(image, 3, "image")
+    return array if array.dtype in (np.uint8, np.uint16) else as_rgb(array)
 
-    ``support`` (working size) says where the layer is non-zero (an alpha or a shadow). Full-size pixels whose
-    bilinear footprint holds none of it are zero, and are left as the untouched zeros of ``np.zeros``; the rest
-    (the returned window, None when ``support`` is empty) is one ``cv2.warpAffine`` over the working-size layer,
-    with the pixel-centre mapping of ``cv2.resize``.
+
+def _photo_rows(photo: np.ndarray, rows: slice, cols: slice = slice(None)) -> np.ndarray:
+    """A window of `_photo_array`'s pixels as float32 in [0, 1] (the values `as_rgb` gives for them)."""
+    window = photo[rows, cols]
+    if window.dtype == np.float32:
+        return window
+    return np.divide(window, np.float32(255.0 if window.dtype == np.uint8 else 65535.0), dtype=np.float32)
+
+
+def _full_window(support: np.ndarray, full: tuple[int, int]) -> tuple[slice, slice] | None:
+    """The full-size window outside which a layer upsampled from working size is zero, where ``support > 0``.
+
+    Full-size pixels whose bilinear footprint holds none of the support are zero; None when ``support`` is empty.
     """
-    height, width = full
-    out = np.zeros((height, width, *small.shape[2:]), np.float32)
     box = mask_box(support > 0)
     if box is None:
-        return out, None
-    scale_x, scale_y = width / small.shape[1], height / small.shape[0]
+        return None
+    height, width = full
+    scale_x, scale_y = width / support.shape[1], height / support.shape[0]
     # A full-size pixel samples the two working pixels around (x + 0.5) / scale - 0.5: one pixel of margin suffices.
     left, right = max(0, int(np.floor((box[0] - 1) * scale_x))), min(width, int(np.ceil((box[2] + 1) * scale_x)))
     top, bottom = max(0, int(np.floor((box[1] - 1) * scale_y))), min(height, int(np.ceil((box[3] + 1) * scale_y)))
+    return slice(top, bottom), slice(left, right)
+
+
+def _upsampled_window(source: np.ndarray, full: tuple[int, int], rows: slice, cols: slice) -> np.ndarray:
+    """Rows ``rows`` x columns ``cols`` of working-size float32 ``source`` upsampled to ``full``, clipped to [0, 1].
+
+    Bilinear, with the pixel-centre mapping of ``cv2.resize``: one ``cv2.warpAffine`` over the working-size layer.
+    """
+    height, width = full
+    scale_x, scale_y = width / source.shape[1], height / source.shape[0]
+    to_small = np.array(
+        [[1 / scale_x, 0, (cols.start + 0.5) / scale_x - 0.5], [0, 1 / scale_y, (rows.start + 0.5) / scale_y - 0.5]],
+        np.float64,
+    )
+    shape = (rows.stop - rows.start, cols.stop - cols.start)
+    band = cv2.warpAffine(
+        source, to_small, shape[::-1], flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
+    ).reshape(*shape, *source.shape[2:])
+    return np.clip(band, 0.0, 1.0, out=band)
+
+
+def _upsampled_crop(
+    small: np.ndarray, support: np.ndarray, full: tuple[int, int], dtype: Any = np.uint16, cap: Any = None
+) -> LayerCrop:
+    """``small`` upsampled (bilinear, clipped to [0, 1]) to ``full``, as the crop of the window ``support`` can reach.
+
+    ``support`` (working size) says where the layer is non-zero (an alpha or a shadow); outside `_full_window` the
+    layer is zero and is not stored. Made a band of rows at a time, in ``dtype`` (uint16: 1/65535 steps). ``cap``
+    (``(rows, cols) -> values``) is an upper bound applied to each band (a shadow's: what the photo allows).
+    """
+    window = _full_window(support, full)
+    if window is None:
+        return LayerCrop(np.zeros((0, 0, *small.shape[2:]), dtype))
+    top, left = window[0].start, window[1].start
+    pixels = np.empty((window[0].stop - top, window[1].stop - left, *small.shape[2:]), dtype)
     source = np.ascontiguousarray(small, dtype=np.float32)
-    for rows in row_bands(bottom - top, right - left):  # a band of rows at a time: no box-size temporary
-        y0 = top + rows.start
-        to_small = np.array(
-            [[1 / scale_x, 0, (left + 0.5) / scale_x - 0.5], [0, 1 / scale_y, (y0 + 0.5) / scale_y - 0.5]], np.float64
-        )
-        band = cv2.warpAffine(
-            source,
-            to_small,
-            (right - left, rows.stop - rows.start),
-            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
-        target = out[y0 : top + rows.stop, left:right]
-        np.clip(band.reshape(target.shape), 0.0, 1.0, out=target)
-    window = (slice(top, bottom), slice(left, right))
-    return out, window
+    for rows in row_bands(*pixels.shape[:2]):  # a band of rows at a time: no box-size float temporary
+        band = _upsampled_window(source, full, slice(top + rows.start, top + rows.stop), window[1])
+        if cap is not None:
+            np.minimum(band, cap(slice(top + rows.start, top + rows.stop), window[1]), out=band)
+        pixels[rows] = np.round(band * np.float32(65535.0)) if pixels.dtype == np.uint16 else band
+    return LayerCrop(pixels, left, top)
+
+
+def _upsampled_in_box(
+    small: np.ndarray, support: np.ndarray, full: tuple[int, int]
+) -> tuple[np.ndarray, tuple[slice, slice] | None]:
+    """`_upsampled_crop` in float32 on the full canvas: ``(layer, window)`` (window None when ``support`` is empty)."""
+    crop = _upsampled_crop(small, support, full, np.float32)
+    box = crop.box
+    window = None if box is None else (slice(box[1], box[3]), slice(box[0], box[2]))
+    return crop.full(*full), window
 
 
 def _object_like(alpha: np.ndarray, min_share: float = 0.0) -> bool:
@@ -620,43 +666,47 @@ def _depth_key(alpha: np.ndarray) -> tuple[int, float]:
     return bottom, -float(alpha.sum())
 
 
-def _reconcile(layered: LayeredImage, image: np.ndarray, band_pixels: int = 1 << 18) -> LayeredImage:
+def _reconcile(layered: LayeredImage, photo: np.ndarray, band_pixels: int = 1 << 18) -> LayeredImage:
     """`reconcile_with_image`, in place, on the box where the layers differ from the photo, a band of rows at a time.
 
     Outside that box the background is the photo itself and nothing covers or darkens it, so the layers already
     recompose exactly there. Reconciling is independent per pixel, so the box is done in bands of about
-    ``band_pixels`` pixels: its working memory stays the same whatever the photo's size.
+    ``band_pixels`` pixels: its working memory stays the same whatever the photo's size. ``photo`` is a
+    `_photo_array`; the layers are read and written through `LayeredImage.layer_crop` (full-canvas or cropped, float32
+    or 16-bit), and an object's layer changes inside its crop only.
     """
-    support = np.zeros(image.shape[:2], bool)
-    for rows in row_bands(*image.shape[:2]):  # no full-size (H, W, 3) comparison
-        support[rows] = np.any(layered.background[rows] != image[rows], axis=2)
-    for foreground, shadow in zip(layered.foregrounds, layered.shadows):
-        support |= foreground[:, :, 3] > 0
-        support |= shadow > 0
-    box = mask_box(support)
-    del support
-    if box is None:
+    height, width = photo.shape[:2]
+    background = layered.layer_crop("background")
+    objects = [layered.layer_crop("object", k) for k in range(layered.num_objects)]
+    shadows = [layered.layer_crop("shadow", k) for k in range(layered.num_objects)]
+    changed_rows, changed_cols = np.zeros(height, bool), np.zeros(width, bool)  # where the background is not the photo
+    every_column = slice(0, width)
+    for rows in row_bands(height, width):  # no full-size (H, W, 3) comparison
+        # Not bit for bit: 16-bit storage moves a float photo's values by up to 7.6e-6 (8-bit values stay exact).
+        differs = np.any(np.abs(background.read(rows, every_column) - _photo_rows(photo, rows)) > 1e-5, axis=2)
+        changed_rows[rows] = differs.any(axis=1)
+        changed_cols |= differs.any(axis=0)
+    boxes = [o.nonzero_box(3) for o in objects] + [s.nonzero_box() for s in shadows]
+    if changed_rows.any():
+        hit_rows, hit_cols = np.flatnonzero(changed_rows), np.flatnonzero(changed_cols)
+        boxes.append((int(hit_cols[0]), int(hit_rows[0]), int(hit_cols[-1]) + 1, int(hit_rows[-1]) + 1))
+    boxes = [box for box in boxes if box is not None]
+    if not boxes:
         return layered
-    left, top, right, bottom = box
-    boxes = [mask_box(foreground[:, :, 3] > 0) for foreground in layered.foregrounds]
-    rows = max(1, band_pixels // max(1, right - left))
-    for start in range(top, bottom, rows):
-        window = (slice(start, min(bottom, start + rows)), slice(left, right))
+    left, top = min(box[0] for box in boxes), min(box[1] for box in boxes)
+    right, bottom = max(box[2] for box in boxes), max(box[3] for box in boxes)
+    cols = slice(left, right)
+    step = max(1, band_pixels // max(1, right - left))
+    for start in range(top, bottom, step):
+        rows = slice(start, min(bottom, start + step))
         band = LayeredImage(
-            layered.background[window],
-            [fg[window] for fg in layered.foregrounds],
-            [s[window] for s in layered.shadows],
+            background.read(rows, cols),
+            [o.read(rows, cols) for o in objects],
+            [s.read(rows, cols) for s in shadows],
             list(layered.labels),
         )
-        fixed = reconcile_with_image(band, image[window])
-        layered.background[window] = fixed.background  # in place: these arrays are ours
-        for whole, part, own in zip(layered.foregrounds, fixed.foregrounds, boxes):
-            # Only inside the object's own box: elsewhere its alpha is 0 and reconciling left its colour as it was
-            # (and the untouched zeros there keep costing no memory, see `_upsampled_in_box`).
-            if own is None:
-                continue
-            y0, y1 = max(own[1], window[0].start), min(own[3], window[0].stop)
-            x0, x1 = max(own[0], left), min(own[2], right)
-            if y0 < y1 and x0 < x1:
-                whole[y0:y1, x0:x1] = part[y0 - window[0].start : y1 - window[0].start, x0 - left : x1 - left]
+        fixed = reconcile_with_image(band, _photo_rows(photo, rows, cols))
+        background.write(start, left, fixed.background)  # in place: these arrays are ours
+        for crop, reconciled in zip(objects, fixed.foregrounds):
+            crop.write(start, left, reconciled)
     return layered
