@@ -53,6 +53,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "fill.json"
 # label -> OpenCVInpainter keyword arguments
 METHODS: dict[str, dict[str, Any]] = {
     "smooth": {"method": "smooth"},  # the default, OpenCVInpainter()
+    "smooth+texture": {"method": "smooth", "texture": True},  # the smooth fill with the photo's detail transferred
+    "telea@1024+texture": {"method": "telea", "working_size": 1024, "texture": True},
     "telea@256": {"method": "telea", "working_size": 256},
     "ns@256": {"method": "ns", "working_size": 256},
     "telea@1024": {"method": "telea", "working_size": 1024},

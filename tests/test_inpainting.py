@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from liwi_diffusers.tools import Inpainter
-from liwi_diffusers.tools.inpainting import INPAINT_METHODS, OpenCVInpainter
+from liwi_diffusers.tools._utils import dilate
+from liwi_diffusers.tools.inpainting import INPAINT_METHODS, OpenCVInpainter, transfer_detail
 
 
 def textured(size: int = 96) -> np.ndarray:
@@ -104,3 +106,36 @@ def test_default_is_the_smooth_fill() -> None:
     truth = textured(64)
     hole = square_hole(64, 20)
     np.testing.assert_array_equal(default(truth, hole), OpenCVInpainter(method="smooth")(truth, hole))
+
+
+def _grass(size: int = 128, seed: int = 0) -> np.ndarray:
+    """A stochastic texture: green with fine noise, the kind of surface a smooth fill turns into a smear."""
+    rng = np.random.default_rng(seed)
+    noise = cv2.GaussianBlur(rng.normal(0.0, 0.12, (size, size)).astype(np.float32), (0, 0), 0.8)
+    return np.clip(np.stack([0.25 + noise, 0.5 + noise, 0.2 + noise], axis=2), 0.0, 1.0).astype(np.float32)
+
+
+def test_texture_brings_the_surroundings_detail_into_a_large_hole() -> None:
+    image = _grass()
+    hole = np.zeros(image.shape[:2], bool)
+    hole[32:96, 40:100] = True
+    core = np.zeros_like(hole)
+    core[44:84, 52:88] = True  # well inside the hole, past the fade-in
+    smooth = OpenCVInpainter()(image, hole)
+    textured = OpenCVInpainter(texture=True)(image, hole)
+    truth_std = float(image[core].std(axis=0).mean())
+    assert float(smooth[core].std(axis=0).mean()) < 0.3 * truth_std  # the smear
+    assert 0.5 * truth_std < float(textured[core].std(axis=0).mean()) < 1.5 * truth_std
+    assert np.array_equal(textured[~dilate(hole, 2)], image[~dilate(hole, 2)])  # outside untouched
+    # The colour stays the fill's: detail averages out.
+    assert np.abs(textured[core].mean(axis=0) - smooth[core].mean(axis=0)).max() < 0.03
+    assert np.array_equal(textured, OpenCVInpainter(texture=True)(image, hole))  # deterministic
+    assert not np.array_equal(textured, OpenCVInpainter(texture=True, seed=1)(image, hole))
+
+
+def test_texture_without_known_tiles_leaves_the_fill_as_it_is() -> None:
+    image = _grass(64)
+    hole = np.ones(image.shape[:2], bool)
+    hole[:3] = False  # a strip too thin for one whole tile
+    filled = OpenCVInpainter()(image, hole)
+    assert np.array_equal(transfer_detail(image, hole, filled, np.random.default_rng(0)), filled)

@@ -52,6 +52,11 @@ class OpenCVInpainter:
     The coarse fill is upsampled, and a ring of ``seam`` pixels along the hole's edge is then inpainted again at
     full resolution so that the fill meets the untouched pixels without a seam. When no reduction is needed the
     chosen method runs at full resolution directly. Pixels outside the (dilated) mask are returned unchanged.
+
+    With ``texture``, the smooth fill of a large hole gets the photo's own fine detail back (`transfer_detail`):
+    the high frequencies of tiles from around the hole, each chosen to match the fill's colour where it goes, are
+    added with overlapping windows, so that a hole in sand or foliage is not a smear. ``seed`` picks among the
+    best-matching tiles (the result is deterministic).
     """
 
     def __init__(
@@ -62,6 +67,8 @@ class OpenCVInpainter:
         dilation: int = 2,
         working_size: int = 256,
         seam: int = 4,
+        texture: bool = False,
+        seed: int = 0,
     ) -> None:
         if method not in INPAINT_METHODS:
             raise ValueError(f"method must be one of {', '.join(map(repr, INPAINT_METHODS))}, got {method!r}")
@@ -75,6 +82,8 @@ class OpenCVInpainter:
         self.dilation = dilation
         self.working_size = working_size
         self.seam = seam
+        self.texture = texture
+        self.seed = seed
 
     def _inpaint(self, image: np.ndarray, hole: np.ndarray, method: str) -> np.ndarray:
         """OpenCV inpainting of a float RGB image, channel by channel at 16-bit precision.
@@ -161,4 +170,94 @@ class OpenCVInpainter:
         filled = np.where(hole[:, :, None], np.clip(coarse, 0.0, 1.0), rgb).astype(np.float32)
         # Fine seam: re-inpaint the outer ring of the hole at full resolution.
         ring = hole & (distance <= self.seam)
-        return np.where(ring[:, :, None], self._inpaint(filled, ring, self.fine_method), filled).astype(np.float32)
+        filled = np.where(ring[:, :, None], self._inpaint(filled, ring, self.fine_method), filled).astype(np.float32)
+        if self.texture:
+            filled = transfer_detail(rgb, hole, filled, np.random.default_rng(self.seed))
+        return filled
+
+
+def _known_blur(rgb: np.ndarray, known: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of ``rgb`` over its ``known`` pixels only (normalised convolution)."""
+    weights = cv2.GaussianBlur(known.astype(np.float32), (0, 0), sigma)
+    blurred = cv2.GaussianBlur(rgb * known[:, :, None], (0, 0), sigma)
+    return blurred / np.maximum(weights, 1e-4)[:, :, None]
+
+
+def transfer_detail(
+    rgb: np.ndarray,
+    hole: np.ndarray,
+    filled: np.ndarray,
+    rng: np.random.Generator,
+    tiles_across: int = 32,
+    choices: int = 3,
+    max_sources: int = 4000,
+) -> np.ndarray:
+    """``filled`` with the photo's fine detail added inside ``hole``.
+
+    The detail is the photo minus its blur over known pixels (so the removed object does not leak in). Tiles of
+    ``1 / tiles_across`` of the image's longer side (8 to 64 px) cover the hole at half-tile steps; each takes the
+    detail of one of the ``choices`` known tiles that best match the place (blurred colour close to the fill's,
+    as much detail as the surroundings carry inwards, nearer first), scaled down when it has more detail than
+    expected there, and weighted by a periodic Hann window. The detail fades in over the first half tile inside
+    the hole, so the seam stays as smooth as the fill made it. Returns ``filled`` unchanged when fewer than eight
+    whole known tiles exist.
+    """
+    height, width = hole.shape
+    tile = int(np.clip(round(max(height, width) / tiles_across), 8, 64))
+    tile += tile % 2
+    step = tile // 2
+    known = ~dilate(hole, 2)
+    sigma = tile / 4.0
+    base = _known_blur(rgb, known, sigma)
+    detail = (rgb - base) * known[:, :, None]
+    # Source tiles: every half-tile grid position whose tile is wholly known.
+    integral = cv2.integral(known.astype(np.uint8))
+    ys, xs = np.mgrid[0 : height - tile + 1 : step, 0 : width - tile + 1 : step]
+    ys, xs = ys.ravel(), xs.ravel()
+    whole = (integral[ys + tile, xs + tile] - integral[ys, xs + tile] - integral[ys + tile, xs] + integral[ys, xs]) == (
+        tile * tile
+    )
+    ys, xs = ys[whole], xs[whole]
+    if len(ys) < 8:
+        return filled
+    if len(ys) > max_sources:
+        keep = np.sort(rng.choice(len(ys), max_sources, replace=False))
+        ys, xs = ys[keep], xs[keep]
+    centre = step
+    source_colour = base[ys + centre, xs + centre]
+    smooth_fill = cv2.GaussianBlur(filled, (0, 0), sigma)
+    # How much detail each place has: a tile's own, and for the hole the amount around it carried inwards, so
+    # that an edge from elsewhere is not pasted into a plain wall (nor a plain patch into foliage).
+    energy = cv2.GaussianBlur((detail**2).mean(axis=2), (0, 0), tile / 2.0)
+    expected = push_pull_fill(np.where(known, energy, 0.0).astype(np.float32), known.astype(np.float32))
+    floor = 1e-5
+    source_energy = np.log(energy[ys + centre, xs + centre] + floor)
+    window_1d = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(tile) / tile)  # periodic Hann: 50 % overlaps sum to 1
+    window = np.outer(window_1d, window_1d).astype(np.float32)
+    left, top, right, bottom = mask_box(hole)  # type: ignore[misc]  # the hole is not empty here
+    added = np.zeros_like(filled)
+    weight = np.zeros(hole.shape, np.float32)
+    diagonal = float(np.hypot(height, width))
+    for y in range(max(0, top - step) // step * step, min(bottom, height - tile) + 1, step):
+        for x in range(max(0, left - step) // step * step, min(right, width - tile) + 1, step):
+            if not hole[y : y + tile, x : x + tile].any():
+                continue
+            colour_gap = np.abs(source_colour - smooth_fill[y + centre, x + centre]).sum(axis=1)
+            energy_gap = np.abs(source_energy - np.log(expected[y + centre, x + centre] + floor))
+            distance = np.hypot(ys - y, xs - x) / diagonal
+            cost = colour_gap + 0.2 * energy_gap + 0.05 * distance
+            best = np.argpartition(cost, min(choices, len(ys) - 1))[:choices]
+            pick = int(best[rng.integers(len(best))])
+            sy, sx = int(ys[pick]), int(xs[pick])
+            # Never more detail than expected here: a stronger tile is scaled down to the expected amount.
+            gain = min(
+                1.0, float(np.sqrt(expected[y + centre, x + centre] / max(energy[sy + centre, sx + centre], floor)))
+            )
+            added[y : y + tile, x : x + tile] += detail[sy : sy + tile, sx : sx + tile] * (gain * window)[:, :, None]
+            weight[y : y + tile, x : x + tile] += window**2
+    inside = cv2.distanceTransform(hole.astype(np.uint8), cv2.DIST_L2, 3)
+    fade = np.clip(inside / step, 0.0, 1.0) * (weight > 1e-6)
+    # Overlapping tiles are unrelated, so their weighted sum is divided by the root of the summed squared weights:
+    # the blend keeps the detail's strength (dividing by the summed weights would average it away by a third).
+    added /= np.sqrt(np.maximum(weight, 1e-6))[:, :, None]
+    return np.clip(filled + added * fade[:, :, None], 0.0, 1.0).astype(np.float32)
