@@ -1,7 +1,7 @@
 """Shadow-head ablation (issue 12, items 3 and 5: the shadow rows), on held-out synthetic composites.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_shadow_head.py                       # 3 seeds x 150 composites
-    OMP_NUM_THREADS=1 python benchmarks/bench_shadow_head.py --sheet docs/images/shadow_head_real.png
+    OMP_NUM_THREADS=1 python benchmarks/bench_shadow_head.py --sheet docs/images/shadow_head_real.jpg
 
 Rows (every row gets the same photo, the object's matte as a segmenter would give it and the union of all mattes):
 
@@ -132,7 +132,7 @@ def evaluate(rows: dict[str, Any], data: tuple, seeds: list[int], count: int, si
     return {"summary": summary, "per_seed": per_seed}
 
 
-def contact_sheet(rows: dict[str, Any], path: Path, photos: tuple[str, ...], side: int = 320) -> None:
+def contact_sheet(rows: dict[str, Any], path: Path, photos: tuple[str, ...], side: int = 400) -> None:
     """Photo | classical | head | head refining classical, shadows drawn in red over the photo (human masks)."""
     import cv2
     from PIL import Image, ImageDraw
@@ -154,7 +154,7 @@ def contact_sheet(rows: dict[str, Any], path: Path, photos: tuple[str, ...], sid
             tile = small * (1 - 0.35 * occupied[:, :, None])  # objects dimmed a little
             red = np.clip(sigma / 0.6, 0, 1)[:, :, None]
             tiles.append(tile * (1 - red) + red * np.array([1.0, 0.0, 0.0], np.float32))
-        canvas = np.full((side, side * len(tiles), 3), 1.0, np.float32)
+        canvas = np.full((small.shape[0] + 4, side * len(tiles), 3), 1.0, np.float32)
         for k, tile in enumerate(tiles):
             canvas[: tile.shape[0], k * side : k * side + tile.shape[1]] = tile
         lines.append(canvas)
@@ -167,8 +167,11 @@ def contact_sheet(rows: dict[str, Any], path: Path, photos: tuple[str, ...], sid
     full.paste(header, (0, 0))
     full.paste(sheet, (0, 24))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    full.save(tmp)
+    tmp = path.with_suffix(".tmp" + path.suffix)
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        full.save(tmp, quality=88)
+    else:
+        full.save(tmp)
     tmp.replace(path)
     print(f"wrote {path}")
 

@@ -161,7 +161,7 @@ def test_decomposer_with_the_shadow_head_recomposes():
     layered = ToolChainDecomposer(segmenter=BoxMatte(), shadow_extractor=extractor, max_rounds=1)(photo)
     assert layered.num_objects == 1
     assert layered.check(photo).mean_abs_error < 1 / 255
-    assert layered.metadata["shadow_extractor"] == "LearnedShadowExtractor"
+    assert ToolChainDecomposer(shadow_extractor=extractor).tool_names()["shadow_extractor"] == "LearnedShadowExtractor"
     assert float(layered.shadows[0].max()) > 0.1  # the cast shadow went to the shadow layer
 
 

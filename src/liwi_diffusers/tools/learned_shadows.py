@@ -1,9 +1,9 @@
 """The learned shadow extractor: the LiWi shadow head (trained with shadow-guided learning) as a `ShadowExtractor`.
 
 `LearnedShadowExtractor` runs a `ShadowHead` (the module the LiWi pipeline uses as its ``shadow_head``) on the photo
-and the object's matte at a small working size (cast shadows are smooth), either alone or refining the classical
-estimate of `DarkeningShadowExtractor` (a head with 4 image channels takes that estimate as its fourth channel; the
-shipped head was trained both ways, with the estimate zeroed for half of its samples).
+and the object's matte at the scale it was trained at (the photo's shorter side at 192 px), either alone or refining
+the classical estimate of `DarkeningShadowExtractor` (a head with 4 image channels takes that estimate as its fourth
+channel; the shipped head was trained both ways, with the estimate zeroed for half of its samples).
 
     >>> from liwi_diffusers.tools import LearnedShadowExtractor, ToolChainDecomposer
     >>> shadows = LearnedShadowExtractor.from_pretrained("shadow-guided")              # the shipped weights
@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ._utils import as_mask, as_rgb, resize, scale_for
+from ._utils import as_mask, as_rgb, resize
 from .shadows import DarkeningShadowExtractor
 
 __all__ = ["SHIPPED_SHADOW_HEADS", "LearnedShadowExtractor", "ShadowHeadError", "shipped_shadow_head_path"]
@@ -58,7 +58,9 @@ class LearnedShadowExtractor:
             estimate; needs a 4-channel head).
         classical: the classical extractor whose estimate ``"refine"`` starts from (default
             `DarkeningShadowExtractor()`).
-        working_size: the head runs with the photo's long side brought down to this (never up).
+        working_side: the head runs with the photo's shorter side resized to this many pixels, down or up (the
+            head was trained on 192 px squares and is sensitive to scale: a small photo is enlarged); the longer side
+            is kept within 4 times this.
         min_sigma: smaller predicted sigma is set to 0 (a faint haze is no shadow).
         max_sigma: the largest sigma given (lifting the shadow divides by ``1 - sigma``).
         device: where the head runs.
@@ -69,7 +71,7 @@ class LearnedShadowExtractor:
         head: Any,
         mode: str = "alone",
         classical: Any = None,
-        working_size: int = 256,
+        working_side: int = 192,
         min_sigma: float = 0.02,
         max_sigma: float = 0.9,
         device: str = "cpu",
@@ -90,15 +92,15 @@ class LearnedShadowExtractor:
                 "this shadow head was trained without the classical estimate (3 image channels): it cannot refine "
                 "it; use mode 'alone'"
             )
-        if working_size < 16 or not 0.0 <= min_sigma < max_sigma <= 1.0:
+        if working_side < 16 or not 0.0 <= min_sigma < max_sigma <= 1.0:
             raise ShadowHeadError(
-                f"need working_size >= 16 and 0 <= min_sigma < max_sigma <= 1; got {working_size}, {min_sigma}, "
+                f"need working_side >= 16 and 0 <= min_sigma < max_sigma <= 1; got {working_side}, {min_sigma}, "
                 f"{max_sigma}"
             )
         self.head = head.eval().to(device)
         self.mode = mode
         self.classical = classical if classical is not None else DarkeningShadowExtractor()
-        self.working_size, self.min_sigma, self.max_sigma = working_size, min_sigma, max_sigma
+        self.working_side, self.min_sigma, self.max_sigma = working_side, min_sigma, max_sigma
         self.device = device
 
     @classmethod
@@ -137,7 +139,7 @@ class LearnedShadowExtractor:
         taken = np.maximum(object_alpha, as_mask(occupied, shape, "occupied")) if occupied is not None else object_alpha
         if not (object_alpha >= 0.5).any():
             return np.zeros(shape, np.float32)
-        scale = scale_for(rgb.shape, self.working_size)
+        scale = min(self.working_side / min(shape), 4 * self.working_side / max(shape))  # long side <= 4x
         size = (max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale)))
         channels = [resize(rgb, size)]
         if self.head.config.image_channels == 4:
