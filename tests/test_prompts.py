@@ -206,13 +206,26 @@ def test_the_box_shape_prior_is_sure_in_the_middle_and_outside_and_unsure_betwee
     inside[10:30, 10:50] = True
     negative = np.zeros_like(inside)
     negative[20, 40] = True
-    labels = _shape_prior_labels(inside, (10, 10, 50, 30), negative)
+    labels = _shape_prior_labels(inside, (10, 10, 50, 30), negative)  # the "ellipse" prior
     assert labels[20, 30] == cv2.GC_FGD  # the box's middle
     assert labels[20, 13] == cv2.GC_PR_FGD  # inside the ellipse, off the middle
     assert labels[10, 10] == labels[29, 49] == cv2.GC_PR_BGD  # the box's corners
     assert labels[5, 30] == labels[20, 55] == cv2.GC_BGD  # outside the box
     assert labels[20, 40] == cv2.GC_BGD and labels[20, 38] != cv2.GC_FGD  # a negative point and around it
     assert (labels == cv2.GC_FGD).sum() < (labels == cv2.GC_PR_FGD).sum()
+
+
+def test_the_box_and_middle_priors_differ_only_in_the_sure_middle():
+    inside = np.zeros((40, 60), bool)
+    inside[10:30, 10:50] = True
+    nothing = np.zeros_like(inside)
+    whole_box = _shape_prior_labels(inside, (10, 10, 50, 30), nothing, "box")
+    middle = _shape_prior_labels(inside, (10, 10, 50, 30), nothing, "middle")
+    assert (whole_box[inside] == cv2.GC_PR_FGD).all() and (whole_box[~inside] == cv2.GC_BGD).all()
+    assert middle[20, 30] == cv2.GC_FGD and middle[10, 10] == cv2.GC_PR_FGD
+    assert np.array_equal(whole_box[middle != cv2.GC_FGD], middle[middle != cv2.GC_FGD])
+    with pytest.raises(ValueError, match="prior must be"):
+        _shape_prior_labels(inside, (10, 10, 50, 30), nothing, "circle")
 
 
 def test_a_box_skips_a_thin_outline_the_segmenter_sees_for_the_object_it_frames():

@@ -339,13 +339,14 @@ class PromptSegmenter:
 
         Candidates, in order of preference: the segmenter's regions in the box (at its own threshold, then at
         half its peak there when it is unsure), GrabCut started from the segmenter's matte, then GrabCut started
-        from the box alone (`_shape_prior_labels`: its middle sure; the box, then only the ellipse it holds,
-        probable). A box
-        drawn around an object touches it on all four sides and is not mostly empty, so the first candidate whose
-        bounding box fits the prompt's (IoU >= ``min_box_fit``) and that covers at least ``min_box_fill`` of the
-        box is taken (with a negative point in the box, the first that found anything). When none passes, the
-        best-fitting one with a fit of at least ``loose_box_fit`` (a box drawn loosely), else the ellipse the box
-        holds: on cluttered photos a guess from the box's shape is closer to the object than a confident mask of
+        from the box alone (`_shape_prior_labels`: the whole box probable; then its middle sure as well; then
+        only the ellipse it holds probable). A box drawn around an object touches it on all four sides and is not
+        mostly empty, so the first candidate whose bounding box fits the prompt's (IoU >= ``min_box_fit``) and
+        that covers at least ``min_box_fill`` of the box is taken (with a negative point in the box, the first
+        that found anything). A box-only candidate made of the colours around the box is refused (see
+        ``max_surroundings_likeness``). When none passes, the best-fitting one with a fit of at least
+        ``loose_box_fit`` (a box drawn loosely), else the ellipse the box holds: on cluttered photos a guess from
+        the box's shape is closer to the object than a confident mask of
         something else.
         """
         height, width = image.shape[:2]
@@ -380,8 +381,8 @@ class PromptSegmenter:
                 seeded = self._grabcut(patch, _labels_from(matte >= min(0.5, 0.5 * peak), inside, seeds_out))
                 candidates.append(_box_regions(_without_regions_at(seeded & inside, seeds_out)).astype(np.float32))
         from_shape = len(candidates)  # the candidates from the box's shape alone start here
-        for ellipse in (False, True):
-            shaped = self._grabcut(patch, _shape_prior_labels(inside, target, seeds_out, ellipse)) & inside
+        for prior in ("box", "middle", "ellipse"):
+            shaped = self._grabcut(patch, _shape_prior_labels(inside, target, seeds_out, prior)) & inside
             candidates.append(_box_regions(_without_regions_at(shaped, seeds_out)).astype(np.float32))
         area = float(inside.sum())
         cut = bool((seeds_out & inside).any())  # the user cut part of the box away: it no longer bounds the object
@@ -672,23 +673,29 @@ def _ellipse_in(shape: tuple[int, int], box: tuple[int, int, int, int]) -> np.nd
 
 
 def _shape_prior_labels(
-    inside: np.ndarray, box: tuple[int, int, int, int], seeds_out: np.ndarray, ellipse: bool = True
+    inside: np.ndarray, box: tuple[int, int, int, int], seeds_out: np.ndarray, prior: str = "ellipse"
 ) -> np.ndarray:
-    """GrabCut labels from a box alone: an object fills the middle of the box drawn around it. The ellipse of
-    half the box's size at its centre is sure foreground; the rest of the box probable foreground, or with
-    ``ellipse`` only the ellipse the box holds (its corners probable background: on a cluttered box the whole box
-    as probable foreground lets GrabCut settle on whatever colour dominates it); the outside of the box and the
-    negative points sure background."""
+    """GrabCut labels from a box alone; the outside of the box and the negative points are sure background.
+
+    ``prior`` says what the box is taken to hold: "box", the whole box probable foreground (an object that fills
+    its box, such as a pet in a close-up); "middle", the same with the ellipse of half the box's size at its
+    centre sure (an object fills the middle of the box drawn around it); "ellipse", that sure middle with only
+    the ellipse the box holds probable and its corners probable background (on a cluttered box the whole box as
+    probable foreground lets GrabCut settle on whatever colour dominates it).
+    """
+    if prior not in ("box", "middle", "ellipse"):
+        raise ValueError(f"prior must be 'box', 'middle' or 'ellipse', got {prior!r}")
     left, top, right, bottom = box
-    half_w, half_h = (right - left) / 4, (bottom - top) / 4
-    middle = (round(left + half_w), round(top + half_h), round(right - half_w), round(bottom - half_h))
     labels = np.full(inside.shape, cv2.GC_BGD, np.uint8)
-    if ellipse:
+    if prior == "ellipse":
         labels[inside] = cv2.GC_PR_BGD
         labels[_ellipse_in(inside.shape, box) & inside] = cv2.GC_PR_FGD
     else:
         labels[inside] = cv2.GC_PR_FGD
-    labels[_ellipse_in(inside.shape, middle) & inside & ~dilate(seeds_out, 3)] = cv2.GC_FGD
+    if prior != "box":
+        half_w, half_h = (right - left) / 4, (bottom - top) / 4
+        middle = (round(left + half_w), round(top + half_h), round(right - half_w), round(bottom - half_h))
+        labels[_ellipse_in(inside.shape, middle) & inside & ~dilate(seeds_out, 3)] = cv2.GC_FGD
     labels[seeds_out] = cv2.GC_BGD
     return labels
 
