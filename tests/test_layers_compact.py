@@ -198,3 +198,36 @@ def test_reconciling_crops_in_bands_matches_reconciling_full_layers():
     np.testing.assert_allclose(banded.compose(), whole.compose(), atol=1e-4)
     assert whole.check(photo).max_abs_error == pytest.approx(banded.check(photo).max_abs_error, abs=1e-4)
     assert banded.check(photo).mean_abs_error < 0.2 * layered.check(photo).mean_abs_error  # it did reconcile
+
+
+def test_psd_layers_made_from_their_planes_give_the_file_psd_tools_makes(tmp_path, monkeypatch):
+    from psd_tools import PSDImage
+
+    from liwi_diffusers.export import psd
+    from liwi_diffusers.export._common import FileLayer
+
+    pixels = np.random.default_rng(9).integers(0, 256, (5, 7, 4), dtype=np.uint8)
+    made = psd._pixel_layer_from_planes(PSDImage.new("RGBA", (20, 10)), FileLayer("x", pixels, 3, 2))
+    assert made is not None and np.array_equal(np.asarray(made.topil()), pixels)  # the planes path is taken
+    layered = layered_with_border_objects(8).compact()
+    save_layered(layered, tmp_path / "planes.psd")
+    monkeypatch.setattr(psd, "_pixel_layer_from_planes", lambda document, layer: None)  # psd-tools' own path
+    save_layered(layered, tmp_path / "pil.psd")
+    assert (tmp_path / "planes.psd").read_bytes() == (tmp_path / "pil.psd").read_bytes()
+
+
+def test_16_bit_layers_convert_to_the_same_8_bit_files_as_their_float_values():
+    from liwi_diffusers.layers import _as_float, to_uint8
+
+    every = np.arange(65536, dtype=np.uint16)
+    assert np.array_equal(to_uint8(_as_float(every)), ((every.astype(np.uint32) + 128) // 257).astype(np.uint8))
+    compact = layered_with_border_objects(10).compact()
+    height, width = compact.height, compact.width
+    materialised = LayeredImage(
+        compact.layer_crop("background").full(height, width),
+        [compact.layer_crop("object", k).full(height, width) for k in range(3)],
+        [compact.layer_crop("shadow", k).full(height, width) for k in range(3)],
+        list(compact.labels),
+    )
+    for a, b in zip(file_layers(compact), file_layers(materialised)):
+        assert (a.name, a.left, a.top) == (b.name, b.left, b.top) and np.array_equal(a.pixels, b.pixels)

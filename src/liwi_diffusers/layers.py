@@ -314,8 +314,8 @@ class LayerCrop:
         top, bottom, left, right = rows.start, rows.stop, cols.start, cols.stop
         box = self.box
         inside = box is not None and box[0] <= left and box[1] <= top and right <= box[2] and bottom <= box[3]
-        if inside and self.pixels.dtype == np.float32:
-            return self.pixels[top - self.top : bottom - self.top, left - self.left : right - self.left]
+        if inside:  # float32: a view; 16-bit: converted, with no zeros to fill first
+            return _as_float(self.pixels[top - self.top : bottom - self.top, left - self.left : right - self.left])
         out = np.zeros((bottom - top, right - left, *self.pixels.shape[2:]), np.float32)
         if box is None:
             return out

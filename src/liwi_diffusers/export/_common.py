@@ -104,8 +104,16 @@ def _uint8_window(stored: LayerCrop, box: tuple[int, int, int, int]) -> np.ndarr
     """The 8-bit values of the canvas window ``box`` of a stored layer, read and converted a band of rows at a time."""
     left, top, right, bottom = box
     out = np.empty((bottom - top, right - left, *stored.pixels.shape[2:]), np.uint8)
+    inside = stored.box is not None and stored.box[0] <= left and stored.box[1] <= top
+    inside = inside and right <= stored.box[2] and bottom <= stored.box[3]  # type: ignore[index]
     for rows in row_bands(bottom - top, right - left):
-        out[rows] = to_uint8(stored.read(slice(top + rows.start, top + rows.stop), slice(left, right)))
+        if inside and stored.pixels.dtype == np.uint16:
+            # round(v / 257) in integers: what to_uint8 gives for the value v / 65535 (never a tie: 257 is odd).
+            window = stored.pixels[top - stored.top + rows.start : top - stored.top + rows.stop]
+            window = window[:, left - stored.left : right - stored.left]
+            out[rows] = (window.astype(np.uint32) + 128) // 257
+        else:
+            out[rows] = to_uint8(stored.read(slice(top + rows.start, top + rows.stop), slice(left, right)))
     return out
 
 
