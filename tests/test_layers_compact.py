@@ -217,10 +217,13 @@ def test_psd_layers_made_from_their_planes_give_the_file_psd_tools_makes(tmp_pat
 
 
 def test_16_bit_layers_convert_to_the_same_8_bit_files_as_their_float_values():
+    from liwi_diffusers.export._common import _uint8_window
     from liwi_diffusers.layers import _as_float, to_uint8
 
-    every = np.arange(65536, dtype=np.uint16)
-    assert np.array_equal(to_uint8(_as_float(every)), ((every.astype(np.uint32) + 128) // 257).astype(np.uint8))
+    every = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    expected = np.round(every.astype(np.float64) / 257).astype(np.uint8)  # v / 65535 * 255, never a tie
+    assert np.array_equal(_uint8_window(LayerCrop(every), (0, 0, 256, 256)), expected)
+    assert np.array_equal(to_uint8(_as_float(every)), expected)
     compact = layered_with_border_objects(10).compact()
     height, width = compact.height, compact.width
     materialised = LayeredImage(
