@@ -24,7 +24,6 @@ Everything is deterministic for a seed (numpy ``Generator``).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -32,6 +31,8 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .refiner import _jpeg, _resize  # the same resampling and JPEG artefacts as the refiner's composites
 
 __all__ = [
     "NoShadowsError",
@@ -220,23 +221,6 @@ def draw_light(rng: np.random.Generator, scenes: ShadowScenes) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ scenes
-def _resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    height, width = size
-    shrinking = height < array.shape[0] or width < array.shape[1]
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(np.ascontiguousarray(array, np.float32), (width, height), interpolation=interpolation)
-
-
-def _jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)).save(buffer, format="JPEG", quality=quality)
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        return np.asarray(decoded.convert("RGB"), np.float32) / 255.0
-
-
 def _place(
     rgb: np.ndarray,
     alpha: np.ndarray,
