@@ -95,6 +95,13 @@ def luminance(image: np.ndarray) -> np.ndarray:
     return image[..., 0] * 0.299 + image[..., 1] * 0.587 + image[..., 2] * 0.114
 
 
+def colour_codes(rgb: np.ndarray, levels: int = 8) -> np.ndarray:
+    """Each pixel's colour bin, ``levels`` bins a channel (``levels**3`` in all), for colour histograms of
+    float RGB in [0, 1]."""
+    quantised = np.clip((rgb[..., :3] * levels).astype(np.int64), 0, levels - 1)
+    return (quantised[..., 0] * levels + quantised[..., 1]) * levels + quantised[..., 2]
+
+
 def box_mean(array: np.ndarray, radius: int) -> np.ndarray:
     """Mean over a ``(2r+1)`` square window (edges reflected)."""
     size = 2 * radius + 1

@@ -36,7 +36,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ._utils import dilate, disk, resize, scale_for
+from ._utils import colour_codes, dilate, disk, resize, scale_for
 
 __all__ = [
     "BoxPrompt",
@@ -656,9 +656,7 @@ def _colour_histogram(patch: np.ndarray, where: np.ndarray, levels: int = 8) -> 
     channel; None for fewer than 64 pixels (too few to say what they look like)."""
     if int(where.sum()) < 64:
         return None
-    quantised = np.clip((patch[where][:, :3] * levels).astype(np.int64), 0, levels - 1)
-    codes = (quantised[:, 0] * levels + quantised[:, 1]) * levels + quantised[:, 2]
-    histogram = np.bincount(codes, minlength=levels**3).astype(np.float64)
+    histogram = np.bincount(colour_codes(patch[where], levels), minlength=levels**3).astype(np.float64)
     return histogram / histogram.sum()
 
 

@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from ._utils import as_rgb, dilate, disk, mask_box, padded_box, resize, scale_for
+from ._utils import as_rgb, colour_codes, dilate, disk, mask_box, padded_box, resize, scale_for
 
 __all__ = ["ObjectProposal", "ObjectProposer", "SaliencyProposer", "focus_map", "saliency_map"]
 
@@ -431,8 +431,7 @@ class _ObjectnessCues:
     """Per-image data for the objectness score: quantised colours and the gradient magnitude."""
 
     def __init__(self, small: np.ndarray) -> None:
-        quantised = np.minimum((small * 8).astype(np.int32), 7)
-        self.colors = quantised[..., 0] * 64 + quantised[..., 1] * 8 + quantised[..., 2]
+        self.colors = colour_codes(small)
         grey = cv2.GaussianBlur(small.mean(axis=2).astype(np.float32), (0, 0), 0.8)
         self.gradient = np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3))
         self.strong_edge = max(float(np.percentile(self.gradient, 97)), 1e-6)
