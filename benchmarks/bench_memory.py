@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from results_io import write_results
 
@@ -128,24 +129,27 @@ print(json.dumps({"megapixels": megapixels, "width": width, "height": height, "o
 """
 
 
+def run_child(code: str, args: list[str], megapixels: float, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Run ``code`` in a fresh interpreter; its last JSON line as a dict, or None (the failure goes to ``rows``)."""
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        print(f"{megapixels} MP: failed ({done.stderr.strip().splitlines()[-1:]})")
+        rows.append({"megapixels": megapixels, "error": done.stderr[-2000:]})
+        return None
+    return json.loads(lines[-1])
+
+
 def stage_seconds(megapixels: list[float], repeats: int, output: Path) -> None:
     """``--stage-seconds``: seconds of the full-size stage, the PSD write and the check per size (see the docstring)."""
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for size in megapixels:
             load = os.getloadavg()[0]
-            done = subprocess.run(
-                [sys.executable, "-c", STAGE_CHILD, str(size), str(repeats), folder],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-            if not lines:
-                print(f"{size} MP: failed ({done.stderr.strip().splitlines()[-1:]})")
-                rows.append({"megapixels": size, "error": done.stderr[-2000:]})
+            child = run_child(STAGE_CHILD, [str(size), str(repeats), folder], size, rows)
+            if child is None:
                 continue
-            row = {**json.loads(lines[-1]), "load_average_before": load}
+            row = {**child, "load_average_before": load}
             rows.append(row)
             print(
                 f"{size:5g} MP: full-size stage {min(row['full_size_stage']):.2f}-{max(row['full_size_stage']):.2f} s, "
@@ -173,18 +177,9 @@ def main() -> None:
         for megapixels in args.megapixels:
             load = os.getloadavg()[0]
             started = time.perf_counter()
-            done = subprocess.run(
-                [sys.executable, "-c", CHILD, str(megapixels), args.method, folder],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-            if not lines:
-                print(f"{megapixels} MP: failed ({done.stderr.strip().splitlines()[-1:]})")
-                rows.append({"megapixels": megapixels, "error": done.stderr[-2000:]})
+            row = run_child(CHILD, [str(megapixels), args.method, folder], megapixels, rows)
+            if row is None:
                 continue
-            row = json.loads(lines[-1])
             row["wall_with_start_s"] = time.perf_counter() - started
             row["load_average_before"] = load
             rows.append(row)
