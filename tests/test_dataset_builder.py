@@ -966,3 +966,24 @@ def test_sigterm_mid_build_stops_workers_cleans_up_and_a_rerun_completes(
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
     assert_same_rows(built, out)  # terminated and resumed == uninterrupted
     assert assert_loads_in_every_split(out, tmp_path) == {"train": 14, "test": 4}
+
+
+def test_cutout_sheet_shows_each_cutout_over_its_shadow():
+    from liwi_dataset_builder.preview import cutout_sheet
+
+    rgba = np.zeros((40, 20, 4), np.uint8)
+    rgba[5:35, 5:15] = (255, 0, 0, 255)  # an opaque red bar
+    shadow = np.zeros((40, 20), np.uint8)
+    shadow[30:40, :] = 255  # a full shadow along the bottom, beside the bar
+    cutouts = [ForegroundAsset(rgba, shadow, f"bar {k}", f"photo{k}", "p.png") for k in range(3)]
+    sheet = np.asarray(cutout_sheet(cutouts, columns=2, cell=64, gap=4))
+    assert sheet.shape == (2 * (64 + 14 + 4) + 4, 2 * (64 + 4) + 4, 3)  # 3 cut-outs: 2 columns, 2 lines
+    # First cell: the 40x20 cut-out is scaled to 64 px high, centred; red where the bar is, black in the shadow.
+    cell = sheet[4 + 14 : 4 + 14 + 64, 4 : 4 + 64].astype(int)
+    middle = cell[32, 32]
+    assert middle[0] > 200 and middle[1] < 60
+    assert cell[62, 18].max() < 30  # under the full shadow, left of the bar
+    assert cell[10, 18].min() > 150  # above the shadow: the light checkerboard
+    assert sheet[4 + 14 + 96 :, 4 + 64 + 8 :].min() == 255  # the fourth cell stays empty
+    with pytest.raises(ValueError, match="at least one"):
+        cutout_sheet([])

@@ -362,6 +362,7 @@ def test_the_default_tool_chain_and_the_builder_use_a_downloaded_segmenter(tmp_p
 
     from liwi_dataset_builder.toolset import ToolSpec, build_tools, resolve_proposer
     from liwi_diffusers import model_zoo
+    from liwi_diffusers.tools.decomposer import PeelingProposer
     from liwi_diffusers.tools.segmenter import SegmenterProposer
 
     monkeypatch.setenv("LIWI_MODELS_CACHE", str(tmp_path / "cache"))
@@ -380,15 +381,36 @@ def test_the_default_tool_chain_and_the_builder_use_a_downloaded_segmenter(tmp_p
     layered = decomposer(image)
     assert decomposer.tool_names()["segmenter"] == name
     assert layered.num_objects == 2 and layered.check(image).ok()
-    assert resolve_proposer("auto") == f"segmenter:{name}"
-    tools = build_tools(ToolSpec(proposer=resolve_proposer("auto")))
-    assert isinstance(tools.proposer, SegmenterProposer)
-    proposals = tools.proposer(image)
-    assert len(proposals) == 2 and all(p.score > 0.9 for p in proposals)
+    assert resolve_proposer("auto") == f"peeling:{name}"
+    for choice, kind in ((resolve_proposer("auto"), PeelingProposer), (f"segmenter:{name}", SegmenterProposer)):
+        tools = build_tools(ToolSpec(proposer=choice))
+        assert isinstance(tools.proposer, kind)
+        proposals = tools.proposer(image)
+        assert len(proposals) == 2 and all(p.score > 0.9 for p in proposals)
     # A damaged file: the decomposer goes on without it and says why; verification names the fix.
     (folder / card.filename).write_bytes(data[:-10] + b"0123456789")
     with pytest.raises(model_zoo.ModelError, match=f"liwi models download {name}"):
         model_zoo.verify_model(name)
+
+
+def test_peeling_proposer_finds_what_one_pass_misses():
+    from liwi_diffusers.tools import PeelingProposer
+    from liwi_diffusers.tools.segmenter import SegmenterProposer
+
+    image = scene()
+    one_pass = SegmenterProposer(LargestRedThing())(image)
+    assert len(one_pass) == 1  # this segmenter only ever sees the larger disc
+    segmenter = LargestRedThing()
+    proposer = PeelingProposer(segmenter, tiles=0, max_rounds=3)
+    proposals = proposer(image)
+    assert len(proposals) == 2 and segmenter.calls == 3  # round 1, round 2 (the square), round 3 (nothing)
+    assert proposals[0].box[1] > proposals[1].box[1]  # front-most (the disc, lower) first, as peeled
+    red = (image[:, :, 0] - image[:, :, 1]) > 0.4
+    union = proposals[0].mask | proposals[1].mask
+    assert (union & red).sum() / (union | red).sum() > 0.9
+    assert proposer.last_stop_reason.startswith("nothing object-like left")
+    assert len(proposer(image, max_objects=1)) == 1 and proposer.last_stop_reason == "layer limit 1 reached"
+    assert proposer(image, max_objects=0) == []
 
 
 def test_tiny_images_skip_the_segmenter():

@@ -90,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     tools.add_argument(
         "--proposer",
         default="auto",
-        help="auto (the learned segmenter when downloaded with `liwi models download isnet`, else saliency) | "
-        "saliency | segmenter:NAME | mask-generation:MODEL | image-segmentation:MODEL | "
+        help="auto (peeling:isnet when downloaded with `liwi models download isnet`, else saliency) | saliency | "
+        "peeling:NAME (the learned segmenter with crops and peeling, as liwi decompose runs it) | segmenter:NAME "
+        "(one pass of it) | mask-generation:MODEL | image-segmentation:MODEL | "
         "zero-shot-object-detection:MODEL | object-detection:MODEL",
     )
     tools.add_argument("--labels", default="", help="comma-separated labels for zero-shot detection")
@@ -157,7 +158,7 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         proposer = resolve_proposer(args.proposer)
-        if proposer.startswith("segmenter:"):  # a missing or damaged model file: say so before any work
+        if proposer.startswith(("segmenter:", "peeling:")):  # a missing or damaged model file: say so before any work
             from liwi_diffusers.model_zoo import ModelError, verify_model
 
             try:

@@ -1,9 +1,11 @@
 """Which tools a build uses, named by short strings so worker processes can build their own copies.
 
-    proposer:   auto | saliency | segmenter:NAME | mask-generation:MODEL | image-segmentation:MODEL
-                | zero-shot-object-detection:MODEL (needs labels) | object-detection:MODEL
-                (auto: segmenter:isnet when that ONNX model is in the model cache, else saliency; it is resolved
-                once, when the build starts, so a build's layout always names the tool it really used)
+    proposer:   auto | saliency | peeling:NAME | segmenter:NAME | mask-generation:MODEL
+                | image-segmentation:MODEL | zero-shot-object-detection:MODEL (needs labels) | object-detection:MODEL
+                (peeling: the learned segmenter as `liwi decompose` runs it, with crops and peeling rounds;
+                segmenter: one pass of it. auto: peeling:isnet when that ONNX model is in the model cache, else
+                saliency; it is resolved once, when the build starts, so a build's layout always names the tool it
+                really used)
     matting:    closed-form
     inpainting: opencv | diffusers:MODEL
     shadows:    darkening | none
@@ -46,7 +48,7 @@ class ToolSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(self.labels))
-        _check_choice("proposer", self.proposer, ("saliency",), (*PROPOSER_TASKS, "segmenter"))
+        _check_choice("proposer", self.proposer, ("saliency",), (*PROPOSER_TASKS, "segmenter", "peeling"))
         _check_choice("matting", self.matting, ("closed-form",), ())
         _check_choice("inpainting", self.inpainting, ("opencv",), ("diffusers",))
         _check_choice("shadows", self.shadows, ("darkening", "none"), ())
@@ -58,7 +60,7 @@ class ToolSpec:
 
 
 def resolve_proposer(choice: str) -> str:
-    """``auto`` as the proposer it stands for now: ``segmenter:<default>`` when downloaded, else ``saliency``."""
+    """``auto`` as the proposer it stands for now: ``peeling:<default>`` when downloaded, else ``saliency``."""
     if choice != "auto":
         return choice
     from liwi_diffusers.model_zoo import DEFAULT_SEGMENTER, ModelError, find_model
@@ -67,7 +69,7 @@ def resolve_proposer(choice: str) -> str:
         present = find_model(DEFAULT_SEGMENTER) is not None
     except ModelError:
         present = False
-    return f"segmenter:{DEFAULT_SEGMENTER}" if present else "saliency"
+    return f"peeling:{DEFAULT_SEGMENTER}" if present else "saliency"
 
 
 def _check_choice(what: str, value: str, plain: tuple[str, ...], prefixed: tuple[str, ...]) -> None:
@@ -124,12 +126,15 @@ def build_tools(spec: ToolSpec) -> Tools:
 
     if spec.proposer == "saliency":
         proposer: Any = SaliencyProposer(max_objects=spec.max_objects + 2)
-    elif spec.proposer.startswith("segmenter:"):
+    elif spec.proposer.startswith(("segmenter:", "peeling:")):
+        from liwi_diffusers.tools.decomposer import PeelingProposer
         from liwi_diffusers.tools.segmenter import OnnxSegmenter, SegmenterProposer
 
+        kind, _, name = spec.proposer.partition(":")
         # One ONNX Runtime thread, as every builder worker uses one core (its default takes them all).
-        segmenter = OnnxSegmenter.from_cache(spec.proposer.partition(":")[2], device=spec.device or "cpu", threads=1)
-        proposer = SegmenterProposer(segmenter, max_objects=spec.max_objects + 2)
+        segmenter = OnnxSegmenter.from_cache(name, device=spec.device or "cpu", threads=1)
+        finder = PeelingProposer if kind == "peeling" else SegmenterProposer
+        proposer = finder(segmenter, max_objects=spec.max_objects + 2)
     else:
         task, _, model = spec.proposer.partition(":")
         proposer = adapters.TransformersProposer(

@@ -23,7 +23,7 @@ time); `ClosedFormMatter` imports it when first called.
 """
 
 from ._utils import dilate, erode, mask_box
-from .decomposer import DecomposerNote, ToolChainDecomposer
+from .decomposer import DecomposerNote, PeelingProposer, ToolChainDecomposer
 from .detector import Detection, DetectorError, TextPromptDetector
 from .inpainting import Inpainter, OpenCVInpainter
 from .learned_shadows import LearnedShadowExtractor, ShadowHeadError
@@ -51,6 +51,7 @@ __all__ = [
     "ObjectProposer",
     "OnnxSegmenter",
     "OpenCVInpainter",
+    "PeelingProposer",
     "PointPrompt",
     "Prompts",
     "RefinerError",

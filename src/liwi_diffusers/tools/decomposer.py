@@ -27,11 +27,11 @@ from .inpainting import Inpainter, OpenCVInpainter
 from .instances import InstanceSplitter
 from .matting import AlphaMatter, BandMatter, ClosedFormMatter, Matte
 from .prompts import Prompts, PromptSegmenter, RememberingSegmenter, parse_prompts
-from .proposals import ObjectProposer, SaliencyProposer
+from .proposals import ObjectProposal, ObjectProposer, SaliencyProposer
 from .segmenter import Segmenter
 from .shadows import DarkeningShadowExtractor, ShadowExtractor, remove_attached_shadow
 
-__all__ = ["DecomposerNote", "ToolChainDecomposer"]
+__all__ = ["DecomposerNote", "PeelingProposer", "ToolChainDecomposer"]
 
 DEFAULT_MAX_OBJECTS = 8
 # Input sides of the segmenter passes after the first one (the whole photo, at the model's nominal 1024); None: the
@@ -545,6 +545,57 @@ class ToolChainDecomposer:
         owner = np.argmax(shadows, axis=0)
         shadows = np.where(np.arange(len(alphas))[:, None, None] == owner[None], shadows, 0.0)
         return [s.astype(np.float32) for s in shadows]
+
+
+class PeelingProposer:
+    """The decomposer's object finding (crops, peeling rounds) behind the `ObjectProposer` interface.
+
+    For tools that want proposals rather than a whole decomposition (the ADD builder's foreground curation):
+    the same segmenter passes as `ToolChainDecomposer` makes (the whole photo, the crops of its first round,
+    then the filled photo round after round), without its matting, shadows or fill of the final background.
+    Proposals come front-most first, as peeled; each one's score is the mean coverage inside its mask, and
+    ``last_stop_reason`` says why peeling stopped on the latest image.
+
+    Args:
+        segmenter: the learned segmenter (any `Segmenter`).
+        max_objects: proposals at most (per call: ``max_objects=``).
+        tiles, max_rounds, inpainter, splitter: as for `ToolChainDecomposer`.
+    """
+
+    def __init__(
+        self,
+        segmenter: Segmenter,
+        max_objects: int = DEFAULT_MAX_OBJECTS,
+        tiles: int = 2,
+        max_rounds: int = 2,
+        inpainter: Inpainter | None = None,
+        splitter: InstanceSplitter | None = None,
+    ) -> None:
+        self.finder = ToolChainDecomposer(
+            segmenter=segmenter,
+            inpainter=inpainter,
+            splitter=splitter,
+            max_objects=max_objects,
+            max_rounds=max_rounds,
+            tiles=tiles,
+        )
+        self.segmenter = segmenter
+        self.max_objects = max_objects
+        self.name = f"peeling({getattr(segmenter, 'name', type(segmenter).__name__)})"
+        self.last_stop_reason = ""
+
+    def __call__(self, image: Any, max_objects: int | None = None) -> list[ObjectProposal]:
+        rgb = as_rgb(image)
+        limit = self.max_objects if max_objects is None else max_objects
+        if limit < 1:
+            return []
+        found, _, self.last_stop_reason = self.finder._peel(rgb, self.segmenter, limit)
+        proposals = []
+        for coverage, _, _ in found:
+            mask = coverage >= 0.5
+            if mask.any() and mask.mean() < 0.92:  # an "object" that is the whole photo is no object
+                proposals.append(ObjectProposal(mask, float(coverage[mask].mean()), "object"))
+        return proposals
 
 
 def _at_side(segmenter: Segmenter, side: int | None) -> Segmenter:
