@@ -31,6 +31,7 @@ from results_io import write_results
 
 from liwi_dataset_builder import __version__
 from liwi_dataset_builder.sample_data import export_sample_photos
+from liwi_dataset_builder.sources import expand_sources
 
 RESULTS = Path(__file__).parent / "results" / "ray_engine.json"
 
@@ -67,7 +68,7 @@ def main() -> int:
     identical: list[tuple[int, int]] = []
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as scratch:
         photos = args.photos or Path(scratch) / "photos"
-        count = len(export_sample_photos(photos)) if args.photos is None else len(list(photos.glob("*.*")))
+        count = len(export_sample_photos(photos)) if args.photos is None else len(expand_sources([str(photos)]))
         for attempt in range(args.repeats):
             outs = {}
             for engine in list(runs) if attempt % 2 == 0 else list(runs)[::-1]:

@@ -28,7 +28,7 @@ from .instances import InstanceSplitter
 from .matting import AlphaMatter, BandMatter, ClosedFormMatter, Matte
 from .prompts import Prompts, PromptSegmenter, RememberingSegmenter, parse_prompts
 from .proposals import ObjectProposal, ObjectProposer, SaliencyProposer
-from .segmenter import Segmenter
+from .segmenter import Segmenter, coverage_proposals
 from .shadows import DarkeningShadowExtractor, ShadowExtractor, remove_attached_shadow
 
 __all__ = ["DecomposerNote", "PeelingProposer", "ToolChainDecomposer"]
@@ -590,12 +590,7 @@ class PeelingProposer:
         if limit < 1:
             return []
         found, _, self.last_stop_reason = self.finder._peel(rgb, self.segmenter, limit)
-        proposals = []
-        for coverage, _, _ in found:
-            mask = coverage >= 0.5
-            if mask.any() and mask.mean() < 0.92:  # an "object" that is the whole photo is no object
-                proposals.append(ObjectProposal(mask, float(coverage[mask].mean()), "object"))
-        return proposals
+        return coverage_proposals([coverage for coverage, _, _ in found])
 
 
 def _at_side(segmenter: Segmenter, side: int | None) -> Segmenter:

@@ -24,7 +24,14 @@ import numpy as np
 
 from ._utils import as_rgb, resize
 
-__all__ = ["OnnxSegmenter", "Segmenter", "SegmenterError", "SegmenterProposer", "prepare_onnx_model"]
+__all__ = [
+    "OnnxSegmenter",
+    "Segmenter",
+    "SegmenterError",
+    "SegmenterProposer",
+    "coverage_proposals",
+    "prepare_onnx_model",
+]
 
 
 class SegmenterError(RuntimeError):
@@ -364,15 +371,24 @@ class SegmenterProposer:
         self.name = getattr(segmenter, "name", type(segmenter).__name__)
 
     def __call__(self, image: Any, max_objects: int | None = None) -> list[Any]:
-        from .proposals import ObjectProposal
-
         rgb = as_rgb(image)
         limit = self.max_objects if max_objects is None else max_objects
         coverage = np.asarray(self.segmenter(rgb), np.float32)
-        proposals = []
-        for alpha in self.splitter(coverage):
-            mask = alpha >= 0.5
-            if mask.any() and mask.mean() < 0.92:
-                proposals.append(ObjectProposal(mask, float(alpha[mask].mean()), "object"))
+        proposals = coverage_proposals(self.splitter(coverage))
         proposals.sort(key=lambda p: (-p.score, -p.area))
         return proposals[:limit]
+
+
+def coverage_proposals(coverages: Any) -> list[Any]:
+    """One `ObjectProposal` per object coverage (solid where >= 0.5; score: the mean coverage there), in order.
+
+    Empty coverages and those covering 92 % of the image or more (the whole photo is no object) are left out.
+    """
+    from .proposals import ObjectProposal
+
+    proposals = []
+    for alpha in coverages:
+        mask = alpha >= 0.5
+        if mask.any() and mask.mean() < 0.92:
+            proposals.append(ObjectProposal(mask, float(alpha[mask].mean()), "object"))
+    return proposals
