@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/bench_shadow_head.py                       # 3 seeds x 150 composites
     OMP_NUM_THREADS=1 python benchmarks/bench_shadow_head.py --sheet docs/images/shadow_head_real.jpg
+    OMP_NUM_THREADS=1 python benchmarks/bench_shadow_head.py --head shadow-guided s1/shadow-guided s2/shadow-guided
 
 Rows (every row gets the same photo, the object's matte as a segmenter would give it and the union of all mattes):
 
@@ -14,6 +15,9 @@ but only from photos the head never saw: cut-outs of chelsea, china and flower, 
 and gravel (``examples/train_shadow_head.py`` trains on the others). Each seed draws its own composites; figures are
 the mean +- sample standard deviation over the 3 seeds. The composites come from the same synthesizer as the
 training data, which favours the head: this measures generalisation to new photos and objects, not to real shadows.
+With several ``--head`` folders (the recipe run with ``--seed 0 1 2``), the head rows are scored for each head on the
+same composites: the figures are over every (head, composite seed) pair, and "IoU std over heads" is the spread of
+the heads' own means, i.e. what the training seed changes.
 
 Scores per object, over the pixels where its shadow can be seen (not under the object itself):
 
@@ -59,13 +63,14 @@ SHEET_PHOTOS = (  # real photos of objects in direct light with visible cast or 
 )
 
 
-def build_rows(head: str) -> dict[str, Any]:
+def build_rows(heads: list[str]) -> dict[str, list[Any]]:
+    """Per row, its extractors: one for the classical row, one per head (training seed) for the head rows."""
     from liwi_diffusers.tools import DarkeningShadowExtractor, LearnedShadowExtractor
 
     return {
-        "classical": DarkeningShadowExtractor(),
-        "shadow head": LearnedShadowExtractor.from_pretrained(head, mode="alone"),
-        "head refining classical": LearnedShadowExtractor.from_pretrained(head, mode="refine"),
+        "classical": [DarkeningShadowExtractor()],
+        "shadow head": [LearnedShadowExtractor.from_pretrained(head, mode="alone") for head in heads],
+        "head refining classical": [LearnedShadowExtractor.from_pretrained(head, mode="refine") for head in heads],
     }
 
 
@@ -90,45 +95,59 @@ def score(sample: Any, sigma: np.ndarray) -> dict[str, float | None]:
     }
 
 
-def evaluate(rows: dict[str, Any], data: tuple, seeds: list[int], count: int, size: int) -> dict[str, Any]:
+def _mean_std(values: list[float]) -> dict[str, float]:
+    array = np.array(values, np.float64)
+    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0}
+
+
+def evaluate(
+    rows: dict[str, list[Any]], heads: list[str], data: tuple, seeds: list[int], count: int, size: int
+) -> dict[str, Any]:
+    """Every row's extractors on the same composites of each seed.
+
+    ``summary[row][metric]``: mean +- sample std over every (head, composite seed) pair; with more than one head,
+    ``summary[row]["over_heads"][metric]``: the same over the heads' own means (the spread of training seeds).
+    """
     from liwi_diffusers.training.shadow_head import make_shadow_sample
 
     cutouts, backgrounds, _ = data
-    per_seed: dict[str, list[dict[str, float]]] = {row: [] for row in rows}
+    per_seed: dict[str, list[dict[str, Any]]] = {row: [] for row in rows}
     for seed in seeds:
         rng = np.random.default_rng(1000 + seed)
         samples = [make_shadow_sample(cutouts, backgrounds, rng, size) for _ in range(count)]
-        for row, extractor in rows.items():
-            scores, start = [], time.perf_counter()
-            for sample in samples:
-                scores.append(score(sample, extractor(sample.photo, sample.matte, sample.occupied)))
-            seconds = (time.perf_counter() - start) / count
-            ious = [s["iou"] for s in scores if s["iou"] is not None]
-            false = [s["false_shadow"] for s in scores if s["false_shadow"] is not None]
-            result = {
-                "seed": seed,
-                "iou": float(np.mean(ious)),
-                "recomposition": float(np.mean([s["recomposition"] for s in scores])),
-                "false_shadow": float(np.mean(false)) if false else 0.0,
-                "with_shadow": len(ious),
-                "without_shadow": len(false),
-                "seconds_per_object": seconds,
-            }
-            per_seed[row].append(result)
-            print(
-                f"  seed {seed} {row:24s} IoU {result['iou']:.3f} recomposition {result['recomposition']:.4f} "
-                f"false shadow {result['false_shadow']:.3f} ({seconds * 1000:.0f} ms/object)",
-                flush=True,
-            )
-    summary = {}
+        for row, extractors in rows.items():
+            for index, extractor in enumerate(extractors):
+                scores, start = [], time.perf_counter()
+                for sample in samples:
+                    scores.append(score(sample, extractor(sample.photo, sample.matte, sample.occupied)))
+                seconds = (time.perf_counter() - start) / count
+                ious = [s["iou"] for s in scores if s["iou"] is not None]
+                false = [s["false_shadow"] for s in scores if s["false_shadow"] is not None]
+                head = None if row == "classical" else heads[index]
+                result = {
+                    "seed": seed,
+                    "head": head,
+                    "iou": float(np.mean(ious)),
+                    "recomposition": float(np.mean([s["recomposition"] for s in scores])),
+                    "false_shadow": float(np.mean(false)) if false else 0.0,
+                    "with_shadow": len(ious),
+                    "without_shadow": len(false),
+                    "seconds_per_object": seconds,
+                }
+                per_seed[row].append(result)
+                name = row if head is None or len(heads) == 1 else f"{row} [{'/'.join(Path(head).parts[-2:])}]"
+                print(
+                    f"  seed {seed} {name:40s} IoU {result['iou']:.3f} recomposition {result['recomposition']:.4f} "
+                    f"false shadow {result['false_shadow']:.3f} ({seconds * 1000:.0f} ms/object)",
+                    flush=True,
+                )
+    metrics = ("iou", "recomposition", "false_shadow", "seconds_per_object")
+    summary: dict[str, Any] = {}
     for row, results in per_seed.items():
-        summary[row] = {}
-        for key in ("iou", "recomposition", "false_shadow", "seconds_per_object"):
-            values = np.array([r[key] for r in results])
-            summary[row][key] = {
-                "mean": float(values.mean()),
-                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-            }
+        summary[row] = {key: _mean_std([r[key] for r in results]) for key in metrics}
+        if row != "classical" and len(heads) > 1:
+            means = {key: [np.mean([r[key] for r in results if r["head"] == h]) for h in heads] for key in metrics}
+            summary[row]["over_heads"] = {key: _mean_std(values) for key, values in means.items()}
     return {"summary": summary, "per_seed": per_seed}
 
 
@@ -150,6 +169,7 @@ def contact_sheet(rows: dict[str, Any], path: Path, photos: tuple[str, ...], sid
         occupied = np.max(masks, axis=0)
         tiles = [small]
         for extractor in rows.values():
+            extractor = extractor[0]  # the first head
             sigma = np.max([extractor(small, mask, occupied) for mask in masks], axis=0)
             tile = small * (1 - 0.35 * occupied[:, :, None])  # objects dimmed a little
             red = np.clip(sigma / 0.6, 0, 1)[:, :, None]
@@ -178,7 +198,12 @@ def contact_sheet(rows: dict[str, Any], path: Path, photos: tuple[str, ...], sid
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--head", default="shadow-guided", help="shipped name or ShadowHead folder")
+    parser.add_argument(
+        "--head",
+        nargs="+",
+        default=["shadow-guided"],
+        help="shipped name or ShadowHead folder; several (one per training seed): figures over all of them",
+    )
     parser.add_argument("--cutouts", type=Path, default=Path("shadow-out/cutouts.npz"), help="the recipe's cache")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--count", type=int, default=150, help="composites per seed")
@@ -194,23 +219,27 @@ def main() -> None:
         return
     data = held_out_data(args.cutouts)
     print(f"held-out cut-outs: {', '.join(data[2])}; {len(data[1])} grounds; seeds {args.seeds} x {args.count}")
-    results = evaluate(rows, data, args.seeds, args.count, args.size)
+    results = evaluate(rows, args.head, data, args.seeds, args.count, args.size)
+    spread = len(args.head) > 1
     lines = [
-        "| row | shadow IoU (sigma > 0.1) | recomposition error | false shadow (no-shadow objects) | ms/object |",
-        "| --- | --- | --- | --- | --- |",
+        "| row | shadow IoU (sigma > 0.1) | recomposition error | false shadow (no-shadow objects) | ms/object |"
+        + (" IoU std over heads |" if spread else ""),
+        "| --- | --- | --- | --- | --- |" + (" --- |" if spread else ""),
     ]
     for row, s in results["summary"].items():
+        over = s.get("over_heads")
         lines.append(
             f"| {row} | {s['iou']['mean']:.3f} +- {s['iou']['std']:.3f} | {s['recomposition']['mean']:.4f} +- "
             f"{s['recomposition']['std']:.4f} | {s['false_shadow']['mean']:.3f} +- {s['false_shadow']['std']:.3f} | "
             f"{s['seconds_per_object']['mean'] * 1000:.0f} |"
+            + ((f" {over['iou']['std']:.3f} |" if over else " - |") if spread else "")
         )
     print("\n".join(lines))
     payload = {
         "command": " ".join(["python", "benchmarks/bench_shadow_head.py", *sys.argv[1:]]),
         "cpu_count": os.cpu_count(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "head": args.head,
+        "head": args.head if len(args.head) > 1 else args.head[0],
         "held_out_cutouts": data[2],
         "threshold": THRESHOLD,
         "composites_per_seed": args.count,
