@@ -2,6 +2,8 @@
 
     python benchmarks/bench_refiner.py --segmenter-cache /work/segcache            # all 105 photos
     python benchmarks/bench_refiner.py --segmenter-cache /work/segcache --limit 10  # a quick look
+    python benchmarks/bench_refiner.py --segmenter-cache /work/segcache --rows segmenter "+refiner (restoration)" \
+        --restoration-seeds s1/restoration s2/restoration     # the shipped refiner and two other training seeds
 
 Rows (the tool chain with the learned segmenter: one whole-photo pass, no crops, no peeling, so that only the
 refiner differs):
@@ -9,7 +11,10 @@ refiner differs):
 - ``segmenter``: the segmenter's matte as it is (then band matting, as ``liwi decompose`` does);
 - ``+refiner (restoration)``: the shipped ``restoration`` refiner after the segmenter;
 - ``+refiner (clean-only)``: the ablation's control, trained on clean inputs only (no degradation);
-- ``+refiner (restoration, edge band)``: the restoration refiner on the matte's 0.5 level only (``edge_only``).
+- ``+refiner (restoration, edge band)``: the restoration refiner on the matte's 0.5 level only (``edge_only``);
+- ``--restoration-seeds FOLDER ...``: one more row per folder, restoration refiners that the recipe trained with
+  other seeds (``examples/train_matte_refiner.py --seed N``). With the shipped row, the summary then gives the
+  gains over the segmenter as mean +- sample std over the training seeds ("over_training_seeds").
 
 Scores per annotated object, for the predicted layer with the best object IoU (the protocol of
 ``bench_real_photos.py``, whose metrics and segmenter cache this script imports):
@@ -85,7 +90,14 @@ class TimedRefiner:
         return out
 
 
-def build_rows(names: list[str], cache_dir: Path | None) -> dict[str, tuple[Any, TimedRefiner | None]]:
+def seed_row(folder: str) -> str:
+    """The row name of a restoration refiner trained with another seed."""
+    return f"+refiner (restoration) [{'/'.join(Path(folder).parts[-2:])}]"
+
+
+def build_rows(
+    names: list[str], cache_dir: Path | None, seed_folders: list[str] = ()
+) -> dict[str, tuple[Any, TimedRefiner | None]]:
     from liwi_diffusers import load_decomposer
     from liwi_diffusers.tools import ToolChainDecomposer
     from liwi_diffusers.tools.refiner import MatteRefiner
@@ -95,14 +107,40 @@ def build_rows(names: list[str], cache_dir: Path | None) -> dict[str, tuple[Any,
     options: dict[str, Any] = {"segmenter": learned, "max_rounds": 1}
     if "tiles" in inspect.signature(ToolChainDecomposer).parameters:
         options["tiles"] = 0  # one whole-photo segmenter pass (the cached one): only the refiner differs
+    weights = {**WEIGHTS, **{seed_row(folder): folder for folder in seed_folders}}
     rows: dict[str, tuple[Any, TimedRefiner | None]] = {}
-    for name in names:
+    for name in [*names, *(seed_row(folder) for folder in seed_folders)]:
         edge_only = name.endswith("edge band)")
         timed = (
-            TimedRefiner(MatteRefiner.from_pretrained(WEIGHTS[name], edge_only=edge_only)) if name in WEIGHTS else None
+            TimedRefiner(MatteRefiner.from_pretrained(weights[name], edge_only=edge_only)) if name in weights else None
         )
         rows[name] = (load_decomposer("tools", refiner=timed, **options), timed)
     return rows
+
+
+def over_training_seeds(
+    summary: dict[str, Any], differences: dict[str, Any], seed_folders: list[str]
+) -> dict[str, Any] | None:
+    """Mean +- sample std, over the shipped restoration refiner and ``seed_folders``, of each group's scores and
+    of the paired gains over the segmenter (None without other seeds, the shipped row or the segmenter row)."""
+    names = ["+refiner (restoration)", *(seed_row(folder) for folder in seed_folders)]
+    if len(names) < 2 or any(name not in summary for name in names) or "segmenter" not in summary:
+        return None
+
+    def spread(values: list[float]) -> dict[str, float]:
+        array = np.array(values, np.float64)
+        return {"mean": float(array.mean()), "std": float(array.std(ddof=1))}
+
+    result: dict[str, Any] = {"rows": names}
+    for group in summary["segmenter"]:
+        if summary["segmenter"][group]["object_iou"] is None:  # no photo of this group
+            continue
+        result[group] = {
+            key: spread([summary[name][group][key] - summary["segmenter"][group][key] for name in names])
+            for key in ("object_iou", "band_iou")
+        }
+    result["paired_band_gain"] = spread([differences[name]["band_ious"]["mean"] for name in names])
+    return result
 
 
 def evaluate(rows: dict[str, Any], samples: list[Any], radius: int) -> dict[str, list[dict[str, Any]]]:
@@ -168,13 +206,20 @@ def main() -> None:
     parser.add_argument("--band", type=int, default=5, help="half width in pixels of the boundary band")
     parser.add_argument("--segmenter-cache", type=Path, default=None)
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--restoration-seeds",
+        nargs="+",
+        default=[],
+        metavar="FOLDER",
+        help="restoration refiners trained with other seeds: a row each, and the spread over training seeds",
+    )
     args = parser.parse_args()
 
     samples = load_real_benchmark()
     if args.limit:
         samples = samples[: args.limit]
     print(f"{len(samples)} photos; rows: {', '.join(args.rows)}")
-    records = evaluate(build_rows(args.rows, args.segmenter_cache), samples, args.band)
+    records = evaluate(build_rows(args.rows, args.segmenter_cache, args.restoration_seeds), samples, args.band)
     summary = {
         row: {group or "all": summarise(recs, group) for group in ("single", "pair", "multi", None)}
         for row, recs in records.items()
@@ -207,12 +252,21 @@ def main() -> None:
                     f"{row} - segmenter, {key}: {d['mean']:+.4f} +- {d['stderr']:.4f} (s.e.), "
                     f"{d['better']} objects better, {d['worse']} worse"
                 )
+    seeds = over_training_seeds(summary, differences, args.restoration_seeds)
+    if seeds is not None:
+        for group in (group for group in summary["segmenter"] if group in seeds):
+            band, obj = seeds[group]["band_iou"], seeds[group]["object_iou"]
+            print(
+                f"restoration - segmenter over {len(seeds['rows'])} training seeds, {group}: band IoU "
+                f"{band['mean']:+.4f} +- {band['std']:.4f}, object IoU {obj['mean']:+.4f} +- {obj['std']:.4f}"
+            )
     payload = {
         "command": " ".join(["python", "benchmarks/bench_refiner.py", *sys.argv[1:]]),
         "cpu_count": os.cpu_count(),
         "band_pixels": args.band,
         "summary": summary,
         "paired_differences": differences,
+        "over_training_seeds": seeds,
         "records": records,
     }
     write_results(args.output, payload)
