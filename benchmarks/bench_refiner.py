@@ -44,7 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_real_photos import UNSURE, MemoisedSegmenter, soft_iou
 from real_data import load_real_benchmark
-from results_io import write_results
+from results_io import mean_std, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "refiner.json"
 ROWS = ("segmenter", "+refiner (restoration)", "+refiner (clean-only)", "+refiner (restoration, edge band)")
@@ -127,19 +127,15 @@ def over_training_seeds(
     if len(names) < 2 or any(name not in summary for name in names) or "segmenter" not in summary:
         return None
 
-    def spread(values: list[float]) -> dict[str, float]:
-        array = np.array(values, np.float64)
-        return {"mean": float(array.mean()), "std": float(array.std(ddof=1))}
-
     result: dict[str, Any] = {"rows": names}
     for group in summary["segmenter"]:
         if summary["segmenter"][group]["object_iou"] is None:  # no photo of this group
             continue
         result[group] = {
-            key: spread([summary[name][group][key] - summary["segmenter"][group][key] for name in names])
+            key: mean_std([summary[name][group][key] - summary["segmenter"][group][key] for name in names])
             for key in ("object_iou", "band_iou")
         }
-    result["paired_band_gain"] = spread([differences[name]["band_ious"]["mean"] for name in names])
+    result["paired_band_gain"] = mean_std([differences[name]["band_ious"]["mean"] for name in names])
     return result
 
 

@@ -46,7 +46,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT.parent / "examples"))
-from results_io import write_results  # noqa: E402
+from results_io import mean_std, write_results  # noqa: E402
 
 RESULTS = ROOT / "results" / "shadow_head.json"
 ROWS = ("classical", "shadow head", "head refining classical")
@@ -95,11 +95,6 @@ def score(sample: Any, sigma: np.ndarray) -> dict[str, float | None]:
     }
 
 
-def _mean_std(values: list[float]) -> dict[str, float]:
-    array = np.array(values, np.float64)
-    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0}
-
-
 def evaluate(
     rows: dict[str, list[Any]], heads: list[str], data: tuple, seeds: list[int], count: int, size: int
 ) -> dict[str, Any]:
@@ -144,10 +139,10 @@ def evaluate(
     metrics = ("iou", "recomposition", "false_shadow", "seconds_per_object")
     summary: dict[str, Any] = {}
     for row, results in per_seed.items():
-        summary[row] = {key: _mean_std([r[key] for r in results]) for key in metrics}
+        summary[row] = {key: mean_std([r[key] for r in results]) for key in metrics}
         if row != "classical" and len(heads) > 1:
             means = {key: [np.mean([r[key] for r in results if r["head"] == h]) for h in heads] for key in metrics}
-            summary[row]["over_heads"] = {key: _mean_std(values) for key, values in means.items()}
+            summary[row]["over_heads"] = {key: mean_std(values) for key, values in means.items()}
     return {"summary": summary, "per_seed": per_seed}
 
 
