@@ -9,7 +9,11 @@ annotated object of every photo, one decomposition with one prompt and ``only_pr
 - ``box``: the object's bounding box (of its mask >= 0.5), with the learned segmenter (ISNet);
 - ``point``: one point at the object's interior (the pixel farthest from its edge: maximum of the distance
   transform), with the learned segmenter;
-- ``box-weight-free``: the bounding box without learned weights (GrabCut seeded by the box).
+- ``box-weight-free``: the bounding box without learned weights (GrabCut seeded by the box);
+- ``box-rules`` / ``point-rules``: as ``box`` / ``point`` but without the prompt head (`PromptSegmenter`'s
+  selection rules over the segmenter's regions and GrabCut, the previous release's way).
+
+``--prompt-head PATH`` scores a trained head folder instead of the shipped one in the ``box`` / ``point`` rows.
 
 Score: soft IoU (as in ``bench_real_photos.py``, whose scoring and segmenter cache are reused) of the prompted
 object layer's alpha against the true mask; a prompt that gave no layer scores 0. With ``--masks-only`` the
@@ -35,7 +39,7 @@ from real_data import load_real_benchmark
 from results_io import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "prompts.json"
-ROWS = ("box", "point", "box-weight-free")
+ROWS = ("box", "point", "box-weight-free", "box-rules", "point-rules")
 GROUPS = ("single", "pair", "multi")
 
 
@@ -55,7 +59,7 @@ def interior_point(mask: np.ndarray) -> tuple[int, int]:
 
 
 def prompt_for(row: str, truth: np.ndarray) -> dict[str, Any]:
-    if row == "point":
+    if row.startswith("point"):
         return {"points": [interior_point(truth)]}
     return {"boxes": [box_of(truth)]}
 
@@ -137,6 +141,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="at most this many photos")
     parser.add_argument("--masks-only", action="store_true", help="score the prompt masks before matting")
     parser.add_argument("--segmenter-cache", type=Path, default=None, help="keep segmenter answers here")
+    parser.add_argument("--prompt-head", default="coco-instances", help="shipped head name or a saved folder")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -151,9 +156,10 @@ def main() -> None:
         samples = chosen
     if args.limit:
         samples = samples[: args.limit]
-    learned = None
-    if {"box", "point"} & set(args.rows):
-        learned = MemoisedSegmenter(OnnxSegmenter.from_cache(), args.segmenter_cache)
+    learned = raw = None
+    if {"box", "point", "box-rules", "point-rules"} & set(args.rows):
+        raw = OnnxSegmenter.from_cache()
+        learned = MemoisedSegmenter(raw, args.segmenter_cache)
     print(f"{len(samples)} photos, {sum(len(s.mask_paths) for s in samples)} objects; rows: {', '.join(args.rows)}")
     records: dict[str, list[dict[str, Any]]] = {}
     for row in args.rows:
@@ -161,6 +167,16 @@ def main() -> None:
             decomposer = load_decomposer("weight-free")
         else:
             decomposer = load_decomposer("tools", segmenter=learned)
+            if row in ("box", "point"):
+                from liwi_diffusers.tools.learned_prompts import LearnedPromptSegmenter
+                from liwi_diffusers.tools.prompts import PromptSegmenter
+
+                head = LearnedPromptSegmenter.from_pretrained(args.prompt_head, segmenter=raw)
+                decomposer.prompt_segmenter = PromptSegmenter(learned=head)
+            else:
+                from liwi_diffusers.tools.prompts import PromptSegmenter
+
+                decomposer.prompt_segmenter = PromptSegmenter(learned=None)
         records[row] = run_row(row, decomposer, samples, args.masks_only)
     summary = {row: summarise(rows) for row, rows in records.items()}
     print(table(summary))
@@ -168,6 +184,7 @@ def main() -> None:
         "command": " ".join(["python", "benchmarks/bench_prompts.py", *sys.argv[1:]]),
         "cpu_count": os.cpu_count(),
         "masks_only": args.masks_only,
+        "prompt_head": args.prompt_head,
         "targets": {"box": 0.85, "point": 0.75},
         "summary": summary,
         "records": records,

@@ -12,6 +12,7 @@ Adapters for real models (``transformers`` mask-generation / detection / depth p
 ``diffusers`` inpainting pipeline) implement the same call signatures and plug into
 `ToolChainDecomposer` (and the ADD dataset builder) as constructor arguments. The learned segmenter is an
 `OnnxSegmenter` (`liwi models download isnet`); boxes and points (`BoxPrompt`, `PointPrompt`) choose objects,
+the shipped prompt head (`LearnedPromptSegmenter`) turns them into masks from the segmenter's features,
 and a `TextPromptDetector` (a ``transformers`` zero-shot detector) turns text into boxes. `decompose_layer`
 splits an object layer into its parts with the same peeling (a tree: `LayeredImage.parts`).
 
@@ -26,6 +27,7 @@ from ._utils import dilate, erode, mask_box
 from .decomposer import DecomposerNote, PeelingProposer, ToolChainDecomposer
 from .detector import Detection, DetectorError, TextPromptDetector
 from .inpainting import Inpainter, OpenCVInpainter
+from .learned_prompts import LearnedPromptSegmenter, PromptHeadError
 from .learned_shadows import LearnedShadowExtractor, ShadowHeadError
 from .matting import AlphaMatter, ClosedFormMatter, Matte, make_trimap
 from .prompts import BoxPrompt, PointPrompt, Prompts, parse_prompts
@@ -44,6 +46,7 @@ __all__ = [
     "Detection",
     "DetectorError",
     "Inpainter",
+    "LearnedPromptSegmenter",
     "LearnedShadowExtractor",
     "Matte",
     "MatteRefiner",
@@ -53,6 +56,7 @@ __all__ = [
     "OpenCVInpainter",
     "PeelingProposer",
     "PointPrompt",
+    "PromptHeadError",
     "Prompts",
     "RefinerError",
     "SaliencyProposer",

@@ -85,6 +85,10 @@ class ToolChainDecomposer:
         device: where the learned segmenter runs ("cpu", "cuda", "auto").
         refiner: cleans each object's coverage at working resolution before matting: a `MatteRefiner`, the name
             of shipped refiner weights ("restoration", see `liwi_diffusers.tools.refiner`), or None (default).
+        prompt_head: how box and point prompts become masks with the learned segmenter: "auto" (default: the
+            shipped prompt head, `liwi_diffusers.tools.learned_prompts`, when the segmenter gives its features), a
+            shipped head's name or a saved head's folder, a `LearnedPromptSegmenter`, or None (the selection
+            rules of `PromptSegmenter`, the previous release's way). Without a learned segmenter only GrabCut runs.
 
     Default tools are built on first use, so constructing the decomposer is cheap; pymatting (and its
     one-off numba compile) loads on the first call.
@@ -116,6 +120,7 @@ class ToolChainDecomposer:
         trim_shadows: bool | None = None,
         device: str = "cpu",
         refiner: Any = None,
+        prompt_head: Any = "auto",
     ) -> None:
         if max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {max_objects}")
@@ -150,6 +155,7 @@ class ToolChainDecomposer:
 
             refiner = MatteRefiner.from_pretrained(refiner)
         self.refiner = refiner
+        self.prompt_head = prompt_head
         self._fallback_note: str | None = None
 
     # ------------------------------------------------------------------ tools (built lazily)
@@ -367,8 +373,32 @@ class ToolChainDecomposer:
     def prompt_segmenter(self) -> PromptSegmenter:
         """How box and point prompts become masks (a `liwi_diffusers.tools.prompts.PromptSegmenter`; assignable)."""
         if getattr(self, "_prompt_segmenter", None) is None:
-            self._prompt_segmenter = PromptSegmenter()
+            self._prompt_segmenter = PromptSegmenter(learned=self._learned_prompts())
         return self._prompt_segmenter
+
+    def _learned_prompts(self) -> Any:
+        """The `LearnedPromptSegmenter` that ``prompt_head`` asks for, or None (rules, or no learned segmenter)."""
+        choice = self.prompt_head
+        if choice is None or self.segmenter is None:
+            return None
+        if not isinstance(choice, (str, os.PathLike)):
+            return choice
+        from .learned_prompts import LearnedPromptSegmenter, shipped_prompt_head_path
+
+        raw = self.segmenter
+        while not hasattr(raw, "features") and hasattr(raw, "segmenter"):  # wrappers that remember answers
+            raw = raw.segmenter
+        if not hasattr(raw, "features"):
+            if choice == "auto":
+                return None
+            raise ValueError(f"prompt_head={choice!r} reads a segmenter's features; {type(raw).__name__} gives none")
+        if choice == "auto":
+            try:
+                shipped_prompt_head_path()
+            except ValueError:
+                return None
+            choice = "coco-instances"
+        return LearnedPromptSegmenter.from_pretrained(choice, segmenter=raw, device=self.device)
 
     @prompt_segmenter.setter
     def prompt_segmenter(self, value: PromptSegmenter) -> None:

@@ -305,6 +305,9 @@ class PromptSegmenter:
         split_instances: cut a point's region into instances (`split_salient_matte`) and keep the one under it.
         grabcut_size: GrabCut runs on the crop at most this many pixels on its long side.
         grabcut_iterations: GrabCut iterations.
+        learned: a `liwi_diffusers.tools.learned_prompts.LearnedPromptSegmenter` (the shipped prompt head on the
+            segmenter's features): when set, it gives every box's and point's mask and the rules above are not
+            used; None (default) keeps them.
     """
 
     box_margin: float = 0.1
@@ -318,6 +321,7 @@ class PromptSegmenter:
     split_instances: bool = True
     grabcut_size: int = 320
     grabcut_iterations: int = 5
+    learned: Any = None
 
     def __call__(self, image: np.ndarray, prompts: Prompts, segmenter: Any = None) -> list[np.ndarray]:
         """One ``(H, W)`` float32 coverage per object prompt of ``prompts`` (in pixels of ``image``)."""
@@ -351,6 +355,8 @@ class PromptSegmenter:
         """
         height, width = image.shape[:2]
         left, top, right, bottom = box.pixels(image.shape)
+        if self.learned is not None:
+            return self.learned.box_mask(image, (left, top, right, bottom), negatives)
         size = max(right - left, bottom - top)
         pad = round(self.grabcut_margin * size) + 4  # GrabCut needs background around the box to learn from
         crop = (max(0, left - pad), max(0, top - pad), min(width, right + pad), min(height, bottom + pad))
@@ -424,6 +430,8 @@ class PromptSegmenter:
         """
         height, width = image.shape[:2]
         x, y = point.pixel(image.shape)
+        if self.learned is not None:
+            return self.learned.point_mask(image, (x, y), negatives)
         best = None
         fallback: tuple[tuple[bool, float], tuple[tuple[int, int, int, int], np.ndarray]] | None = None
         if segmenter is not None:

@@ -190,18 +190,58 @@ class OnnxSegmenter:
 
     def _segment(self, rgb: np.ndarray, size: int) -> np.ndarray:
         height, width = rgb.shape[:2]
-        shrinking = max(height, width) > size
+        session = self.session if size == int(self.spec.input_size) else self._free_session()
+        (matte,) = session.run([self._output_name], {self._input_name: self._input_tensor(rgb, size)})
+        matte = self._activated(np.asarray(matte, np.float32).reshape(matte.shape[-2:]))
+        return np.clip(resize(matte, (height, width), cv2.INTER_LINEAR), 0.0, 1.0).astype(np.float32)
+
+    def _input_tensor(self, rgb: np.ndarray, size: int) -> np.ndarray:
+        """``rgb`` stretched to a ``size`` square and normalised as the model expects, ``(1, 3, size, size)``."""
+        shrinking = max(rgb.shape[:2]) > size
         square = cv2.resize(rgb * 255.0, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
         mean = np.asarray(self.spec.mean, np.float32)
         std = np.asarray(self.spec.std, np.float32)
         tensor = ((square - mean) / std).transpose(2, 0, 1)[None]
-        tensor = np.ascontiguousarray(tensor, dtype=self._input_dtype())
-        session = self.session if size == int(self.spec.input_size) else self._free_session()
-        (matte,) = session.run([self._output_name], {self._input_name: tensor})
-        matte = np.asarray(matte, np.float32).reshape(matte.shape[-2:])
-        if self.spec.activation == "sigmoid":
-            matte = 1.0 / (1.0 + np.exp(-matte))
-        return np.clip(resize(matte, (height, width), cv2.INTER_LINEAR), 0.0, 1.0).astype(np.float32)
+        return np.ascontiguousarray(tensor, dtype=self._input_dtype())
+
+    def _activated(self, matte: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-matte)) if self.spec.activation == "sigmoid" else matte
+
+    def feature_names(self) -> list[str]:
+        """The model's outputs that are feature maps (more than one channel), finest first."""
+        maps = [
+            output
+            for output in self.session.get_outputs()
+            if len(output.shape) == 4 and isinstance(output.shape[1], int) and output.shape[1] > 1
+        ]
+        sides = {output.name: output.shape[-1] if isinstance(output.shape[-1], int) else 0 for output in maps}
+        return sorted(sides, key=lambda name: -sides[name])
+
+    def features(self, image: Any, side: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The matte and the decoder's feature maps of one pass on ``image`` stretched to a ``side`` square.
+
+        Returns ``(matte, maps)``: the matte ``(side, side)`` float32 in [0, 1] at the model's output size (not
+        resized to the image), and the feature maps ``(C, h, w)`` float32, finest first. ``side`` defaults to the
+        nominal input size; other sides need the prepared model (`at_side`).
+
+        Raises:
+            SegmenterError: the model has no feature outputs, or cannot run at ``side``.
+        """
+        names = self.feature_names()
+        if not names:
+            raise SegmenterError(f"segmentation model {self.name}: no feature-map outputs to give")
+        nominal = int(self.spec.input_size)
+        size = nominal if side is None else int(side)
+        session = self.session if size == nominal else self._free_session()
+        if session is None:
+            raise SegmenterError(f"segmentation model {self.name}: runs at {nominal} px only, not at {size}")
+        if size != nominal:
+            size = max(self.stride, round(size / self.stride) * self.stride)
+        matte, *maps = session.run(
+            [self._output_name, *names], {self._input_name: self._input_tensor(as_rgb(image), size)}
+        )
+        matte = self._activated(np.asarray(matte, np.float32).reshape(matte.shape[-2:]))
+        return np.clip(matte, 0.0, 1.0), [np.asarray(m[0], np.float32) for m in maps]
 
 
 class _AtSide:
