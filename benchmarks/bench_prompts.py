@@ -10,10 +10,11 @@ annotated object of every photo, one decomposition with one prompt and ``only_pr
 - ``point``: one point at the object's interior (the pixel farthest from its edge: maximum of the distance
   transform), with the learned segmenter;
 - ``box-weight-free``: the bounding box without learned weights (GrabCut seeded by the box);
-- ``box-rules`` / ``point-rules``: as ``box`` / ``point`` but without the prompt head (`PromptSegmenter`'s
-  selection rules over the segmenter's regions and GrabCut, the previous release's way).
+- ``box-rules`` / ``point-rules``: as ``box`` / ``point``, always with `PromptSegmenter`'s selection rules over the
+  segmenter's regions and GrabCut (the default), to compare with ``--prompt-head`` in one run.
 
-``--prompt-head PATH`` scores a trained head folder instead of the shipped one in the ``box`` / ``point`` rows.
+``--prompt-head FOLDER`` puts a trained prompt head (``examples/train_prompt_head.py``) in the ``box`` / ``point`` rows
+(`liwi_diffusers.tools.learned_prompts`); without it those rows use the decomposer's default, the rules.
 
 Score: soft IoU (as in ``bench_real_photos.py``, whose scoring and segmenter cache are reused) of the prompted
 object layer's alpha against the true mask; a prompt that gave no layer scores 0. With ``--masks-only`` the
@@ -141,7 +142,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="at most this many photos")
     parser.add_argument("--masks-only", action="store_true", help="score the prompt masks before matting")
     parser.add_argument("--segmenter-cache", type=Path, default=None, help="keep segmenter answers here")
-    parser.add_argument("--prompt-head", default="coco-instances", help="shipped head name or a saved folder")
+    parser.add_argument("--prompt-head", type=Path, default=None, help="a trained prompt head's folder")
+    parser.add_argument("--sharpness", type=float, default=None, help="LearnedPromptSegmenter's sharpness")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -167,11 +169,12 @@ def main() -> None:
             decomposer = load_decomposer("weight-free")
         else:
             decomposer = load_decomposer("tools", segmenter=learned)
-            if row in ("box", "point"):
+            if row in ("box", "point") and args.prompt_head is not None:
                 from liwi_diffusers.tools.learned_prompts import LearnedPromptSegmenter
                 from liwi_diffusers.tools.prompts import PromptSegmenter
 
-                head = LearnedPromptSegmenter.from_pretrained(args.prompt_head, segmenter=raw)
+                options = {} if args.sharpness is None else {"sharpness": args.sharpness}
+                head = LearnedPromptSegmenter.from_pretrained(args.prompt_head, segmenter=raw, **options)
                 decomposer.prompt_segmenter = PromptSegmenter(learned=head)
             else:
                 from liwi_diffusers.tools.prompts import PromptSegmenter
@@ -184,7 +187,8 @@ def main() -> None:
         "command": " ".join(["python", "benchmarks/bench_prompts.py", *sys.argv[1:]]),
         "cpu_count": os.cpu_count(),
         "masks_only": args.masks_only,
-        "prompt_head": args.prompt_head,
+        "prompt_head": None if args.prompt_head is None else str(args.prompt_head),
+        "sharpness": args.sharpness,
         "targets": {"box": 0.85, "point": 0.75},
         "summary": summary,
         "records": records,

@@ -7,7 +7,8 @@
   box, or a blob at the point), keeps nothing outside a box, keeps the region under a point and looks again at a
   small object in a crop around it.
 - Loading: a checkpoint that does not match its config, or no checkpoint, is a one-line `PromptHeadError`; the
-  shipped head loads; the decomposer uses the head only with a segmenter that gives features.
+  decomposer uses a head only when given one (the rules are the default), and only with a segmenter that gives
+  features; a decomposition with a head gives the boxed object its layer and still recomposes the photo.
 - The recipe's prompts lie on their object.
 """
 
@@ -24,12 +25,7 @@ from onnx import TensorProto, helper
 
 from liwi_diffusers.models.prompt_head import PROMPT_CHANNELS, PromptHead, prompt_maps
 from liwi_diffusers.tools import ToolChainDecomposer
-from liwi_diffusers.tools.learned_prompts import (
-    LearnedPromptSegmenter,
-    PromptHeadError,
-    deepest_point,
-    shipped_prompt_head_path,
-)
+from liwi_diffusers.tools.learned_prompts import LearnedPromptSegmenter, PromptHeadError, deepest_point
 from liwi_diffusers.tools.prompts import BoxPrompt, PointPrompt, Prompts, PromptSegmenter
 from liwi_diffusers.tools.segmenter import OnnxSegmenter, SegmenterError
 
@@ -189,22 +185,33 @@ def test_learned_prompts_refuse_a_segmenter_without_features_and_a_mismatched_ch
         LearnedPromptSegmenter.from_pretrained(tmp_path / "head", segmenter=FakeFeatureSegmenter())
 
 
-def test_the_shipped_prompt_head_loads_and_the_decomposer_uses_it_only_with_features():
-    path = shipped_prompt_head_path()
-    head = LearnedPromptSegmenter.from_pretrained(path, segmenter=FakeFeatureSegmenter()).head
-    assert tuple(head.config.feature_channels) == (64, 128, 256, 512)
-    assert sum(p.numel() for p in head.parameters()) < 2_000_000
-    with pytest.raises(PromptHeadError, match="no shipped prompt head"):
-        shipped_prompt_head_path("nope")
+def test_the_decomposer_uses_a_trained_head_only_when_asked_and_only_with_features(tmp_path):
+    PromptHead(**TINY).save_pretrained(tmp_path / "head")
+    assert ToolChainDecomposer(segmenter=FakeFeatureSegmenter()).prompt_segmenter.learned is None  # rules: default
+    asked = ToolChainDecomposer(segmenter=FakeFeatureSegmenter(), prompt_head=tmp_path / "head")
+    learned = asked.prompt_segmenter.learned
+    assert isinstance(learned, LearnedPromptSegmenter) and learned.head.config.hidden_channels == 8
+    weight_free = ToolChainDecomposer(segmenter=None, prompt_head=tmp_path / "head")
+    assert weight_free.prompt_segmenter.learned is None  # GrabCut only
+    plain = ToolChainDecomposer(
+        segmenter=lambda image: np.zeros(image.shape[:2], np.float32), prompt_head=tmp_path / "head"
+    )
+    with pytest.raises(PromptHeadError, match="gives none"):
+        plain.prompt_segmenter  # noqa: B018
 
-    with_features = ToolChainDecomposer(segmenter=FakeFeatureSegmenter())
-    assert isinstance(with_features.prompt_segmenter.learned, LearnedPromptSegmenter)
-    without = ToolChainDecomposer(segmenter=lambda image: np.zeros(image.shape[:2], np.float32))
-    assert without.prompt_segmenter.learned is None
-    rules = ToolChainDecomposer(segmenter=FakeFeatureSegmenter(), prompt_head=None)
-    assert rules.prompt_segmenter.learned is None
-    weight_free = ToolChainDecomposer(segmenter=None)
-    assert weight_free.prompt_segmenter.learned is None
+
+def test_a_decomposition_with_a_learned_head_gives_the_boxed_object_a_layer(tmp_path):
+    decomposer = ToolChainDecomposer(segmenter=FakeFeatureSegmenter(), extract_shadows=False)
+    decomposer.prompt_segmenter = PromptSegmenter(
+        learned=LearnedPromptSegmenter(EchoHead(**TINY), FakeFeatureSegmenter(), view_side=64)
+    )
+    image = photo()
+    image[30:60, 40:80] = (0.8, 0.2, 0.2)
+    layered = decomposer(image, boxes=[(40, 30, 80, 60)], only_prompts=True)
+    layer = layered.metadata["prompt_layers"][0]
+    alpha = layered.foregrounds[layer][:, :, 3]
+    assert alpha[35:55, 45:75].mean() > 0.9 and alpha[:25].max() < 0.05
+    assert layered.check(image).mean_abs_error < 1 / 255
 
 
 def test_prompt_segmenter_hands_boxes_and_points_to_the_learned_head():

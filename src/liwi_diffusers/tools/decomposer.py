@@ -85,10 +85,10 @@ class ToolChainDecomposer:
         device: where the learned segmenter runs ("cpu", "cuda", "auto").
         refiner: cleans each object's coverage at working resolution before matting: a `MatteRefiner`, the name
             of shipped refiner weights ("restoration", see `liwi_diffusers.tools.refiner`), or None (default).
-        prompt_head: how box and point prompts become masks with the learned segmenter: "auto" (default: the
-            shipped prompt head, `liwi_diffusers.tools.learned_prompts`, when the segmenter gives its features), a
-            shipped head's name or a saved head's folder, a `LearnedPromptSegmenter`, or None (the selection
-            rules of `PromptSegmenter`, the previous release's way). Without a learned segmenter only GrabCut runs.
+        prompt_head: how box and point prompts become masks with the learned segmenter: None (default: the
+            selection rules of `PromptSegmenter`), or a trained prompt head, as the folder that
+            ``examples/train_prompt_head.py`` writes or a `LearnedPromptSegmenter` (opt-in: the head that recipe
+            trains offline scores below the rules on the real-photo benchmark; see the README).
 
     Default tools are built on first use, so constructing the decomposer is cheap; pymatting (and its
     one-off numba compile) loads on the first call.
@@ -120,7 +120,7 @@ class ToolChainDecomposer:
         trim_shadows: bool | None = None,
         device: str = "cpu",
         refiner: Any = None,
-        prompt_head: Any = "auto",
+        prompt_head: Any = None,
     ) -> None:
         if max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {max_objects}")
@@ -377,27 +377,19 @@ class ToolChainDecomposer:
         return self._prompt_segmenter
 
     def _learned_prompts(self) -> Any:
-        """The `LearnedPromptSegmenter` that ``prompt_head`` asks for, or None (rules, or no learned segmenter)."""
+        """The `LearnedPromptSegmenter` that ``prompt_head`` asks for, or None (the rules)."""
         choice = self.prompt_head
         if choice is None or self.segmenter is None:
             return None
         if not isinstance(choice, (str, os.PathLike)):
             return choice
-        from .learned_prompts import LearnedPromptSegmenter, shipped_prompt_head_path
+        from .learned_prompts import LearnedPromptSegmenter, PromptHeadError
 
         raw = self.segmenter
         while not hasattr(raw, "features") and hasattr(raw, "segmenter"):  # wrappers that remember answers
             raw = raw.segmenter
         if not hasattr(raw, "features"):
-            if choice == "auto":
-                return None
-            raise ValueError(f"prompt_head={choice!r} reads a segmenter's features; {type(raw).__name__} gives none")
-        if choice == "auto":
-            try:
-                shipped_prompt_head_path()
-            except ValueError:
-                return None
-            choice = "coco-instances"
+            raise PromptHeadError(f"prompt_head reads a segmenter's features; {type(raw).__name__} gives none")
         return LearnedPromptSegmenter.from_pretrained(choice, segmenter=raw, device=self.device)
 
     @prompt_segmenter.setter
