@@ -60,7 +60,8 @@ class LearnedPromptSegmenter:
         point_margin: that second view is the object's box grown by this share of its longer side on each side.
         sharpness: the coverage is ``sigmoid(sharpness * logits)``: the head's logits are those of a 1/4-size grid
             upsampled, so their ramp spans several pixels; a steeper one keeps the edge soft over about a pixel and
-            leaves the matting to the matter, as the segmenter's own mattes do.
+            leaves the matting to the matter, as the segmenter's own mattes do (8 against 1: box IoU 0.613 ->
+            0.696 on the real-photo benchmark, masks only).
         device: where the head runs.
     """
 
@@ -72,7 +73,7 @@ class LearnedPromptSegmenter:
         box_margin: float = 0.1,
         point_refine_below: float = 0.6,
         point_margin: float = 0.25,
-        sharpness: float = 1.0,
+        sharpness: float = 8.0,
         device: str = "cpu",
     ) -> None:
         from ..models.prompt_head import PromptHead
@@ -130,9 +131,8 @@ class LearnedPromptSegmenter:
 
         x0, y0, x1, y1 = crop
         matte, maps = self.segmenter.features(image[y0:y1, x0:x1], self.view_side)
-        fine = maps[1] if len(maps) >= 5 else maps[0]
-        levels = maps[1:5] if len(maps) >= 5 else maps[:4]
-        grid = fine.shape[-2:]
+        levels = maps[1:5] if len(maps) >= 5 else maps[:4]  # ISNet: from 1/4 to 1/32 of the view (not 1/2, 1/64)
+        grid = levels[0].shape[-2:]
         sx, sy = grid[1] / (x1 - x0), grid[0] / (y1 - y0)
 
         def to_grid(x: float, y: float) -> tuple[float, float]:
@@ -219,77 +219,6 @@ class LearnedPromptSegmenter:
         grown = cv2.dilate(keep.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
         return out * grown
 
-    def grid_objects(
-        self,
-        image: np.ndarray,
-        points_per_side: int = 8,
-        min_share: float = 0.004,
-        max_share: float = 0.6,
-        min_confidence: float = 0.75,
-        max_overlap: float = 0.5,
-        batch_size: int = 16,
-    ) -> list[np.ndarray]:
-        """Objects under a grid of points over the whole photo, one view: masks ``(H, W)`` float32, largest first.
-
-        Each grid point is a point prompt. An answer is kept when it covers ``min_share`` to ``max_share`` of the
-        photo (not a speck, not the background) and the head is sure of it (mean probability inside its mask at
-        least ``min_confidence``); answers that overlap one already kept (IoU above ``max_overlap``) are the same
-        object, the surer one stays.
-        """
-        import torch
-
-        from ..models.prompt_head import prompt_maps
-
-        height, width = image.shape[:2]
-        matte, maps = self.segmenter.features(image, self.view_side)
-        levels = maps[1:5] if len(maps) >= 5 else maps[:4]
-        grid = levels[0].shape[-2:]
-        small = cv2.resize(matte, (grid[1], grid[0]), interpolation=cv2.INTER_AREA)
-        rgb = cv2.resize(np.ascontiguousarray(image), (grid[1], grid[0]), interpolation=cv2.INTER_AREA)
-        rgb = np.round(np.clip(rgb, 0, 1) * 255) / 255
-        step_y, step_x = grid[0] / points_per_side, grid[1] / points_per_side
-        points = [
-            ((i + 0.5) * step_x, (j + 0.5) * step_y) for j in range(points_per_side) for i in range(points_per_side)
-        ]
-        tensors = [torch.from_numpy(level.astype(np.float16).astype(np.float32))[None] for level in levels]
-        matte_t = torch.from_numpy(small.astype(np.float16).astype(np.float32))[None, None]
-        rgb_t = torch.from_numpy(rgb.transpose(2, 0, 1).astype(np.float32))[None]
-        answers: list[np.ndarray] = []
-        with torch.no_grad():
-            for start in range(0, len(points), batch_size):
-                chunk = points[start : start + batch_size]
-                prompts = torch.stack([prompt_maps(grid, points=[p]) for p in chunk])
-                n = len(chunk)
-                logits = self.head(
-                    [t.expand(n, -1, -1, -1) for t in tensors],
-                    matte_t.expand(n, -1, -1, -1),
-                    rgb_t.expand(n, -1, -1, -1),
-                    prompts,
-                )
-                answers.extend(_sigmoid(logits[:, 0].numpy()))
-        kept: list[tuple[float, np.ndarray]] = []
-        for point, probability in zip(points, answers):
-            region = _component_at(probability >= 0.5, point)
-            if region is None or not region[min(int(point[1]), grid[0] - 1), min(int(point[0]), grid[1] - 1)]:
-                continue
-            share = float(region.mean())
-            confidence = float(probability[region].mean())
-            if not min_share <= share <= max_share or confidence < min_confidence:
-                continue
-            kept.append((confidence, region, probability))
-        kept.sort(key=lambda item: -item[0])
-        chosen: list[tuple[np.ndarray, np.ndarray]] = []
-        for _, region, probability in kept:
-            if any((region & other).sum() > max_overlap * (region | other).sum() for other, _ in chosen):
-                continue
-            chosen.append((region, probability))
-        masks = []
-        for region, probability in sorted(chosen, key=lambda item: -item[0].sum()):
-            grown = cv2.dilate(region.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.float32)
-            soft = cv2.resize(probability * grown, (width, height), interpolation=cv2.INTER_LINEAR)
-            masks.append(np.clip(soft, 0, 1).astype(np.float32))
-        return masks
-
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30)))).astype(np.float32)
@@ -311,15 +240,8 @@ def _component_at(solid: np.ndarray, point: Sequence[int | float]) -> np.ndarray
     x = min(max(int(point[0]), 0), solid.shape[1] - 1)
     y = min(max(int(point[1]), 0), solid.shape[0] - 1)
     label = labels[y, x]
-    if label == 0:
-        distance, nearest = cv2.distanceTransformWithLabels(
-            (~solid).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL
-        )
-        del distance
+    if label == 0:  # the point fell beside every region: take the nearest one
         ys, xs = np.nonzero(solid)
-        pixel_labels = nearest[ys, xs]
-        match = np.nonzero(pixel_labels == nearest[y, x])[0]
-        if len(match) == 0:
-            return None
-        label = labels[ys[match[0]], xs[match[0]]]
+        nearest = int(np.argmin((xs - x) ** 2 + (ys - y) ** 2))
+        label = labels[ys[nearest], xs[nearest]]
     return labels == label

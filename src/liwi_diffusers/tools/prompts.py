@@ -305,9 +305,9 @@ class PromptSegmenter:
         split_instances: cut a point's region into instances (`split_salient_matte`) and keep the one under it.
         grabcut_size: GrabCut runs on the crop at most this many pixels on its long side.
         grabcut_iterations: GrabCut iterations.
-        learned: a `liwi_diffusers.tools.learned_prompts.LearnedPromptSegmenter` (the shipped prompt head on the
-            segmenter's features): when set, it gives every box's and point's mask and the rules above are not
-            used; None (default) keeps them.
+        learned: a `liwi_diffusers.tools.learned_prompts.LearnedPromptSegmenter` (a trained prompt head on the
+            segmenter's features; opt-in): when set, it gives every box's and point's mask and the rules above are
+            not used; None (default) keeps them.
     """
 
     box_margin: float = 0.1
