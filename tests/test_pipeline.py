@@ -156,6 +156,33 @@ def test_object_colour_under_low_vae_alpha_comes_from_the_input():
     np.testing.assert_allclose(composite, image, atol=1e-5)
 
 
+def test_pipeline_reconciles_as_reconcile_with_image_does():
+    """The pipeline's channel-first reconcile gives the layers `reconcile_with_image` gives for the same guess."""
+    from liwi_diffusers.layers import reconcile_with_image
+
+    rng = np.random.default_rng(3)
+    count, height, width = 2, 9, 13
+    colors = torch.from_numpy(rng.random((count + 1, 3, height, width), dtype=np.float32))
+    alphas = torch.from_numpy(rng.random((count, 1, height, width), dtype=np.float32))
+    alphas[0, :, :, :4] = 0  # pixels only one object covers, and (with the shadow) pixels none does
+    alphas[1, :, :2] = 0
+    shadows = torch.from_numpy(0.3 * rng.random((count, 1, height, width), dtype=np.float32))
+    shadows[:, :, :2, :4] = 0
+    target = torch.from_numpy(rng.random((3, height, width), dtype=np.float32))
+    guess = LayeredImage(
+        colors[0].permute(1, 2, 0).numpy(),
+        [torch.cat([colors[k + 1], alphas[k]]).permute(1, 2, 0).numpy() for k in range(count)],
+        [shadow[0].numpy() for shadow in shadows],
+    )
+    image = target.permute(1, 2, 0).numpy()
+    expected = reconcile_with_image(guess, image)
+    layered = LiWiDecompositionPipeline._reconciled_layers(colors.clone(), alphas, shadows, target)
+    np.testing.assert_allclose(layered.background, expected.background, atol=1e-6)
+    for got, want in zip(layered.foregrounds + layered.shadows, expected.foregrounds + expected.shadows):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    assert layered.check(image).mean_abs_error < 0.1 * guess.check(image).mean_abs_error
+
+
 def test_untrained_heads_keep_alpha_and_cast_no_shadow():
     decoder, head = AlphaDecoder(), ShadowHead()
     image, coarse = torch.rand(3, 3, 40, 24), torch.rand(3, 1, 40, 24)

@@ -983,6 +983,108 @@ def _image_rows(image: Any, channels: int, what: str) -> np.ndarray:
     return array
 
 
+# `reconcile_colours` stops when no residual is above this (float32 resolution near 1 is 6e-8; an 8-bit step is 4e-3).
+RECONCILE_TOLERANCE = 1e-6
+# Pixels `reconcile_colours` solves at a time (its scratch memory: 27 (K+1) bytes a pixel of a chunk).
+RECONCILE_CHUNK = 1 << 14
+
+
+def visible_weights(alphas: Sequence[np.ndarray], transmittance: Sequence[np.ndarray]) -> np.ndarray:
+    """Visible weight of every layer, stacked: its alpha times the transmittance of every layer above it.
+
+    ``alphas`` and ``transmittance`` (``(1 - alpha)(1 - sigma)``) are per object (at least one), back to front, all
+    of one shape S; the result is ``(K+1, *S)`` with the background (alpha 1) first.
+    """
+    if not alphas or len(alphas) != len(transmittance):
+        raise ValueError(
+            f"need at least one object and one transmittance per alpha, got {len(alphas)} and {len(transmittance)}"
+        )
+    weights = [alphas[-1]]
+    above = transmittance[-1]
+    for alpha, through in zip(alphas[-2::-1], transmittance[-2::-1]):
+        weights.append(alpha * above)
+        above = above * through
+    weights.append(above)
+    return np.stack(weights[::-1])
+
+
+def reconcile_colours(
+    colors: np.ndarray, weights: np.ndarray, wanted: np.ndarray, iterations: int | None = None
+) -> np.ndarray:
+    """The solver of `reconcile_with_image`, in place on channel-first arrays; returns ``colors``.
+
+    ``colors`` ``(K+1, 3, N)`` float32 in [0, 1] (background first), ``weights`` ``(K+1, 1, N)`` (`visible_weights`),
+    ``wanted`` ``(3, N)``. Each round removes the residual by the least-squares change of the colours still free to
+    move in its direction (not at 0 or 1), then clips to [0, 1]; a round works only on the pixels whose residual is
+    still above `RECONCILE_TOLERANCE` (clipping leaves a few), at most ``iterations`` (default K + 3) rounds.
+    Pixels are independent: they are solved `RECONCILE_CHUNK` at a time in scratch buffers allocated once, which
+    bounds the memory and avoids what fresh multi-megabyte temporaries cost in page faults each round.
+    """
+    layers, channels, count = colors.shape
+    if weights.shape != (layers, 1, count) or wanted.shape != (channels, count):
+        raise ValueError(
+            f"expected weights {(layers, 1, count)} and wanted {(channels, count)} for colors {colors.shape}, "
+            f"got {weights.shape} and {wanted.shape}"
+        )
+    rounds = iterations if iterations is not None else layers + 2
+    size = layers * channels * min(count, RECONCILE_CHUNK)
+    scratch = (np.empty(size, np.float32), np.empty(size, np.float32), np.empty(size, bool))
+    planes = np.empty((4, channels * min(count, RECONCILE_CHUNK)), np.float32)
+    for start in range(0, count, RECONCILE_CHUNK):
+        chunk = slice(start, min(count, start + RECONCILE_CHUNK))
+        _reconcile_chunk(colors[:, :, chunk], weights[:, :, chunk], wanted[:, chunk], rounds, scratch, planes)
+    return colors
+
+
+def _reconcile_chunk(
+    colors: np.ndarray,
+    weights: np.ndarray,
+    wanted: np.ndarray,
+    rounds: int,
+    scratch: tuple[np.ndarray, np.ndarray, np.ndarray],
+    planes: np.ndarray,
+) -> None:
+    """`reconcile_colours` on one chunk of pixels (views, updated in place), with the caller's scratch buffers."""
+    layers, channels, n = colors.shape
+
+    def buffers(n: int) -> tuple[np.ndarray, ...]:  # the scratch as (K+1, 3, n) x 3 and (3, n) x 4 views
+        layered = (buffer[: layers * channels * n].reshape(layers, channels, n) for buffer in scratch)
+        return (*layered, *(plane[: channels * n].reshape(channels, n) for plane in planes))
+
+    active: np.ndarray | None = None  # indices of the pixels still worked on (None: all)
+    work_colors, work_weights, work_wanted = colors, weights, wanted
+    for _ in range(rounds):
+        stacked, free_weights, free, residual, norm, step, sign = buffers(n)
+        np.multiply(work_weights, work_colors, out=stacked)
+        np.sum(stacked, axis=0, out=residual)
+        np.subtract(work_wanted, residual, out=residual)
+        unsolved = (np.abs(residual, out=norm) >= RECONCILE_TOLERANCE).any(axis=0)
+        remaining = int(np.count_nonzero(unsolved))
+        if remaining == 0:
+            break
+        if remaining < n // 4:  # few pixels left (clipping leaves some): work on those only from here on
+            if active is not None:
+                colors[:, :, active] = work_colors
+            keep = np.flatnonzero(unsolved)
+            active = keep if active is None else active[keep]
+            work_colors, work_weights, work_wanted = colors[:, :, active], weights[:, :, active], wanted[:, active]
+            unsolved_residual = residual[:, keep]
+            n = remaining
+            stacked, free_weights, free, residual, norm, step, sign = buffers(n)
+            residual[...] = unsolved_residual
+        # Free: below 1 where the residual is positive, above 0 where it is negative: ``(c - 1/2) sign(r) < 1/2``.
+        np.subtract(work_colors, 0.5, out=stacked)
+        np.multiply(stacked, np.sign(residual, out=sign), out=stacked)
+        np.multiply(work_weights, np.less(stacked, 0.5, out=free), out=free_weights)
+        np.sum(np.multiply(free_weights, free_weights, out=stacked), axis=0, out=norm)
+        step.fill(0.0)
+        np.divide(residual, norm, out=step, where=norm > 1e-12)
+        work_colors += np.multiply(free_weights, step, out=stacked)
+        np.clip(work_colors, 0.0, 1.0, out=work_colors)
+    if active is not None:
+        colors[:, :, active] = work_colors
+
+
 def reconcile_with_image(layered: LayeredImage, image: Any, iterations: int | None = None) -> LayeredImage:
     """Adjust layer colours (never alphas or shadows) so that the layers recompose to ``image``.
 
@@ -1011,35 +1113,26 @@ def reconcile_with_image(layered: LayeredImage, image: Any, iterations: int | No
     covered = np.zeros(target.shape[:2], bool)
     for fg, shadow in zip(foregrounds, shadows):
         covered |= (fg[:, :, 3] > 0) | (shadow > 0)
-    background[~covered] = target[~covered]
-    if covered.any():
-        pixels = np.flatnonzero(covered)
+    every = bool(covered.all())
+    if not every:
+        background[~covered] = target[~covered]
+    if every or covered.any():
+        pixels = None if every else np.flatnonzero(covered)
 
-        def gather(array: np.ndarray) -> np.ndarray:  # (H, W, ...) -> (N, ...) float32 at the covered pixels
-            return array.reshape(-1, *array.shape[2:])[pixels].astype(np.float32, copy=False)
+        def gather(array: np.ndarray) -> np.ndarray:  # (H, W, C) -> (C, N) float32 at the covered pixels
+            flat = array.reshape(-1, array.shape[2] if array.ndim == 3 else 1)
+            return np.ascontiguousarray((flat if pixels is None else flat[pixels]).T, dtype=np.float32)
 
-        colors = np.stack([gather(background)] + [gather(fg[:, :, :3]) for fg in foregrounds])  # (K+1, N, 3)
-        alphas = np.stack([np.ones(pixels.size, np.float32)] + [gather(fg[:, :, 3]) for fg in foregrounds])
-        transmittance = np.stack(
-            [np.ones(pixels.size, np.float32)]
-            + [(1 - gather(fg[:, :, 3])) * (1 - gather(s)) for fg, s in zip(foregrounds, shadows)]
-        )
-        # Visible weight of layer k: its alpha times the transmittance of every layer above it.
-        above = np.ones_like(alphas)
-        for k in range(count - 1, -1, -1):
-            above[k] = above[k + 1] * transmittance[k + 1]
-        weights = (alphas * above)[..., None]  # (K+1, N, 1)
-        wanted = gather(target)
-        for _ in range(iterations if iterations is not None else count + 3):
-            residual = wanted - (weights * colors).sum(axis=0)
-            if float(np.abs(residual).max()) < 1e-6:  # float32 resolution near 1 is 6e-8; an 8-bit step is 4e-3
-                break
-            free = np.where(residual[None] > 0, colors < 1.0, colors > 0.0)
-            free_weights = weights * free
-            norm = (free_weights**2).sum(axis=0)
-            step = np.divide(residual, norm, out=np.zeros_like(residual), where=norm > 1e-12)
-            colors = np.clip(colors + free_weights * step[None], 0.0, 1.0)
-        background.reshape(-1, 3)[pixels] = colors[0]
-        for k, fg in enumerate(foregrounds):
-            fg.reshape(-1, 4)[pixels, :3] = colors[k + 1]
+        colors = np.stack([gather(background)] + [gather(fg[:, :, :3]) for fg in foregrounds])  # (K+1, 3, N)
+        alphas = [gather(fg[:, :, 3]) for fg in foregrounds]
+        transmittance = [(1 - alpha) * (1 - gather(shadow)) for alpha, shadow in zip(alphas, shadows)]
+        reconcile_colours(colors, visible_weights(alphas, transmittance), gather(target), iterations)
+        if pixels is None:
+            background.reshape(-1, 3)[:] = colors[0].T
+            for k, fg in enumerate(foregrounds):
+                fg.reshape(-1, 4)[:, :3] = colors[k + 1].T
+        else:
+            background.reshape(-1, 3)[pixels] = colors[0].T
+            for k, fg in enumerate(foregrounds):
+                fg.reshape(-1, 4)[pixels, :3] = colors[k + 1].T
     return LayeredImage(background, foregrounds, shadows, list(layered.labels))

@@ -33,8 +33,9 @@ from ..layers import (
     LayeredImage,
     RecompositionReport,
     check_decomposition,
-    reconcile_with_image,
+    reconcile_colours,
     to_float_image,
+    visible_weights,
 )
 from ..models.alpha_decoder import AlphaDecoder
 from ..models.shadow_head import ShadowHead
@@ -43,7 +44,8 @@ logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # Object and shadow alphas below half an 8-bit step are set to 0: they are invisible and would round to 0 in
-# any PNG/PSD/ORA file anyway, and exact zeros let `reconcile_with_image` skip the pixels no layer covers.
+# any PNG/PSD/ORA file anyway, and exact zeros keep the layers' boxes tight (`LayeredImage.compact`) and settle the
+# pixels no layer covers in the first round of `reconcile_colours`.
 MIN_VISIBLE_ALPHA = 0.5 / 255
 # An RGBA VAE's colour says nothing where its own alpha is near 0 (it learns any colour under full transparency,
 # often black), yet the alpha decoder may give an object coverage there. Object colours are blended towards the
@@ -528,7 +530,8 @@ class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         shadow; alphas and shadows under `MIN_VISIBLE_ALPHA` become 0; object colours where the VAE's alpha is
         low come from the input (`CONFIDENT_COLOUR_ALPHA`); the background is made opaque by compositing it over
         the input where it is transparent; finally colours are reconciled with the input
-        (`reconcile_with_image`) and the remaining error is measured (`check_decomposition`).
+        (`reconcile_colours`, as `reconcile_with_image` does) and the remaining error is measured
+        (`check_decomposition`).
         """
         height, width = image.shape[:2]
         full = frames.float()
@@ -538,32 +541,53 @@ class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             full = full.clamp(0, 1)
         target = torch.from_numpy(image).to(frames.device).permute(2, 0, 1)[None]
 
-        background_alpha = full[0, 3:]
-        background = background_alpha * full[0, :3] + (1 - background_alpha) * target[0]
-
         objects = full[1:]
         decoder_dtype = self.alpha_decoder.dtype
         image_batch = target.expand(objects.shape[0], -1, -1, -1)
         alphas = self.alpha_decoder(image_batch.to(decoder_dtype), objects[:, 3:].to(decoder_dtype)).float()
-        alphas = torch.where(alphas < MIN_VISIBLE_ALPHA, torch.zeros_like(alphas), alphas)
+        alphas = alphas.masked_fill(alphas < MIN_VISIBLE_ALPHA, 0.0)
         if drop_empty_layers:
             keep = self.non_empty_layers(alphas)
             objects, alphas, image_batch = objects[keep], alphas[keep], image_batch[: len(keep)]
         union = 1 - torch.prod(1 - alphas, dim=0, keepdim=True).expand(alphas.shape[0], -1, -1, -1)
         head_dtype = self.shadow_head.dtype
         shadows = self.shadow_head(image_batch.to(head_dtype), alphas.to(head_dtype), union.to(head_dtype)).float()
-        shadows = torch.where(shadows < MIN_VISIBLE_ALPHA, torch.zeros_like(shadows), shadows)
+        shadows = shadows.masked_fill(shadows < MIN_VISIBLE_ALPHA, 0.0)
 
-        confidence = (objects[:, 3:] / CONFIDENT_COLOUR_ALPHA).clamp(0, 1)
-        colours = confidence * objects[:, :3] + (1 - confidence) * image_batch
-        foregrounds = torch.cat([colours, alphas], dim=1).permute(0, 2, 3, 1).cpu().numpy()
-        layered = LayeredImage(
-            background.permute(1, 2, 0).cpu().numpy(),
-            list(foregrounds),
-            list(shadows[:, 0].cpu().numpy()),
-        )
-        layered = reconcile_with_image(layered, image)
+        # Colours, background first: the background over the input where it is transparent, then the objects'
+        # colours blended towards the input where the VAE's alpha is low. Written into one tensor for the solver.
+        colors = torch.empty((objects.shape[0] + 1, 3, height, width), dtype=torch.float32, device=full.device)
+        torch.lerp(target[0], full[0, :3], full[0, 3:], out=colors[0])
+        confidence = (objects[:, 3:] / CONFIDENT_COLOUR_ALPHA).clamp_(0, 1)
+        torch.lerp(image_batch, objects[:, :3], confidence, out=colors[1:])
+        layered = self._reconciled_layers(colors, alphas, shadows, target[0])
         return layered, check_decomposition(layered, image)
+
+    @staticmethod
+    def _reconciled_layers(
+        colors: torch.Tensor, alphas: torch.Tensor, shadows: torch.Tensor, target: torch.Tensor
+    ) -> LayeredImage:
+        """Full-size colours ``(K+1, 3, H, W)`` (background first), object alphas and shadows ``(K, 1, H, W)`` -> the
+        `LayeredImage` whose colours are reconciled with ``target`` ``(3, H, W)``.
+
+        What `reconcile_with_image` does, run on the pipeline's channel-first tensors directly (no full-canvas copies
+        of finished layers, no second `LayeredImage`): the same solver, `reconcile_colours`.
+        """
+        count, height, width = alphas.shape[0], *alphas.shape[-2:]
+        colors = colors.reshape(count + 1, 3, -1).cpu().numpy()
+        alpha = alphas.reshape(count, 1, -1).cpu().numpy()
+        shadow = shadows.reshape(count, 1, -1).cpu().numpy()
+        weights = visible_weights(list(alpha), list((1 - alpha) * (1 - shadow)))
+        reconcile_colours(colors, weights, target.reshape(3, -1).cpu().numpy())
+        pixels = colors.reshape(count + 1, 3, height, width)
+        foregrounds = np.empty((count, height, width, 4), np.float32)
+        foregrounds[..., :3] = pixels[1:].transpose(0, 2, 3, 1)
+        foregrounds[..., 3] = alpha.reshape(count, height, width)
+        return LayeredImage(
+            np.ascontiguousarray(pixels[0].transpose(1, 2, 0)),
+            list(foregrounds),
+            list(shadow.reshape(count, height, width)),
+        )
 
     @staticmethod
     def non_empty_layers(alphas: torch.Tensor, min_coverage: float = EMPTY_LAYER_COVERAGE) -> list[int]:
