@@ -2,13 +2,13 @@
 
 Both pipelines get the same tiny transformer, VAE and scheduler (`build_tiny_pipeline`, seed 0, with Qwen-Image-
 Layered's frame convention: a leading composite frame), the same photo (skimage's astronaut at ``size x size``,
-so that neither pipeline resizes it), the same text conditioning, steps, layer count and seed. For each size
-and decode path: time, in one process holding both pipelines on the shared models, one warm-up call each, then
+so that neither pipeline resizes it), the same text conditioning, steps, layer count and seed. For each size and
+decode path: time, in one process holding both pipelines on the shared models, one warm-up call each, then
 ``--repeats`` calls each, alternating (a change in the machine's load hits both alike), the fastest (and the median)
 (wall and process CPU time); memory, in ``--memory-runs`` fresh processes per pipeline (the least is reported),
-after a warm-up call: the peak resident memory of one call, and that peak above the memory held before the call (Linux: freed memory is returned to the
-system with glibc's ``malloc_trim`` and the high-water mark is reset through /proc/self/clear_refs before the
-call).
+after a warm-up call: the peak resident memory of one call, and that peak above the memory held before the call
+(Linux: freed memory is returned to the system with glibc's ``malloc_trim`` and the high-water mark is reset through
+/proc/self/clear_refs before the call).
 
 Decode paths. QwenImageLayeredPipeline has two ways out of its denoising loop: ``output_type="latent"``
 returns the packed latents without touching the VAE, and any other output type unpacks them, decodes every
@@ -146,27 +146,44 @@ def build_calls(size: int, num_layers: int, steps: int, path: str) -> dict[str, 
                 raise
         return final["latents"] if output_type == "latent" else None
 
+    call_liwi.pipeline = liwi  # type: ignore[attr-defined]  # for time_both's timing of LiWi's own steps
     return {"liwi": call_liwi, "qwen": call_qwen}
 
 
 def time_both(size: int, path: str, num_layers: int, steps: int, repeats: int) -> dict[str, Any]:
     """Both pipelines in one process, called alternately (so that a change in machine load hits both alike);
-    the fastest of ``repeats`` calls each, after a warm-up call each."""
+    the fastest of ``repeats`` calls each, after a warm-up call each. LiWi's own steps (`layers_from_frames`: alpha
+    decoder, shadow head, reconcile and check, which Qwen has no counterpart of) are timed inside its calls."""
     calls = build_calls(size, num_layers, steps, path)
+    pipeline = calls["liwi"].pipeline
+    own_steps = pipeline.layers_from_frames
+    spent = [0.0]
+
+    def timed_own_steps(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        result = own_steps(*args, **kwargs)
+        spent[0] += time.perf_counter() - start
+        return result
+
+    pipeline.layers_from_frames = timed_own_steps
     sums = {}
     for which, call in calls.items():  # warm-up: first calls allocate memory and pick kernels for each shape
         latents = call()
         sums[which] = None if latents is None else round(float(latents.double().abs().sum()), 4)
     walls: dict[str, list[float]] = {which: [] for which in calls}
     cpus: dict[str, list[float]] = {which: [] for which in calls}
+    own: list[float] = []
     for repeat in range(repeats):
         order = list(calls) if repeat % 2 == 0 else list(reversed(calls))
         for which in order:
+            spent[0] = 0.0
             start, start_cpu = time.perf_counter(), time.process_time()
             calls[which]()
             walls[which].append(time.perf_counter() - start)
             cpus[which].append(time.process_time() - start_cpu)
-    return {
+            if which == "liwi":
+                own.append(spent[0])
+    result = {
         which: {
             "wall_s": round(min(walls[which]), 4),
             "wall_median_s": round(statistics.median(walls[which]), 4),
@@ -175,6 +192,9 @@ def time_both(size: int, path: str, num_layers: int, steps: int, repeats: int) -
         }
         for which in calls
     }
+    result["liwi"]["own_steps_s"] = round(min(own), 4)
+    result["liwi"]["own_steps_median_s"] = round(statistics.median(own), 4)
+    return result
 
 
 def memory_one(which: str, size: int, path: str, num_layers: int, steps: int) -> dict[str, Any]:
@@ -254,6 +274,7 @@ def main() -> None:
                     "qwen": qwen,
                     "wall_ratio": round(liwi["wall_s"] / qwen["wall_s"], 3),
                     "wall_median_ratio": round(liwi["wall_median_s"] / qwen["wall_median_s"], 3),
+                    "own_steps_share": round(liwi["own_steps_median_s"] / liwi["wall_median_s"], 3),
                     "cpu_ratio": round(liwi["cpu_s"] / qwen["cpu_s"], 3),
                     "peak_rss_ratio": round(liwi["peak_rss_mb"] / qwen["peak_rss_mb"], 3),
                     "call_peak_ratio": round(liwi["call_peak_mb"] / max(qwen["call_peak_mb"], 1e-6), 3),
@@ -270,7 +291,7 @@ def main() -> None:
         f"CPU, {args.threads} torch thread(s), fastest (med: median) of {args.repeats}; ratio = LiWi / Qwen"
     )
     header = (
-        f"{'size':>4} {'path':>8} | {'LiWi s':>7} {'Qwen s':>7} {'wall x':>6} {'med x':>6} {'cpu x':>6} | "
+        f"{'size':>4} {'path':>8} | {'LiWi s':>7} {'Qwen s':>7} {'wall x':>6} {'med x':>6} {'cpu x':>6} {'own %':>5} | "
         f"{'LiWi MB':>7} {'Qwen MB':>7} {'peak x':>6} | {'call MB':>7} {'Qwen':>6} {'call x':>6} | same latents"
     )
     print(header)
@@ -280,7 +301,8 @@ def main() -> None:
         same = "-" if row["same_latents"] is None else ("yes" if row["same_latents"] else "NO")
         print(
             f"{row['size']:>4} {row['path']:>8} | {liwi['wall_s']:>7.3f} {qwen['wall_s']:>7.3f} "
-            f"{row['wall_ratio']:>6.3f} {row['wall_median_ratio']:>6.3f} {row['cpu_ratio']:>6.3f} | "
+            f"{row['wall_ratio']:>6.3f} {row['wall_median_ratio']:>6.3f} {row['cpu_ratio']:>6.3f} "
+            f"{100 * row['own_steps_share']:>5.1f} | "
             f"{liwi['peak_rss_mb']:>7.0f} {qwen['peak_rss_mb']:>7.0f} {row['peak_rss_ratio']:>6.3f} | "
             f"{liwi['call_peak_mb']:>7.1f} {qwen['call_peak_mb']:>6.1f} {row['call_peak_ratio']:>6.3f} | {same}"
         )
@@ -289,6 +311,8 @@ def main() -> None:
         "definitions": {
             "wall_ratio": "fastest wall time of one call, LiWi / Qwen",
             "wall_median_ratio": "median wall time of one call, LiWi / Qwen (a check on the fastest)",
+            "own_steps_share": "median time of LiWi's own steps (layers_from_frames: alpha decoder, shadow head, "
+            "reconcile, check) over LiWi's median wall time: what LiWi adds to the shared work",
             "cpu_ratio": "the same in process CPU time (less disturbed by other processes)",
             "peak_rss_ratio": "peak resident memory of the process during one call, LiWi / Qwen (least of the runs)",
             "call_peak_ratio": "peak resident memory during one call above the memory held before it, LiWi / Qwen "

@@ -56,6 +56,10 @@ _MODEL_PREFIXES = ("mask-generation", "image-segmentation", "zero-shot-object-de
 _MODEL_PREFIXES += ("diffusers", "depth-estimation", "vlm")
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 _NO_TELEMETRY = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_USAGE_DISABLED": "1"}
+# A local Ray's workers run at nice 15 by default, below its own driver, raylet and GCS at nice 0: on a machine with
+# as many CPUs as workers, every wake-up of those preempts the curation. The build's workers are the work, so they
+# run at the niceness the user started the build with (unless ``RAY_worker_niceness`` is set).
+_LOCAL_WORKER_NICENESS = {"RAY_worker_niceness": "0"}
 
 
 # ------------------------------------------------------------------------------------- checks
@@ -349,11 +353,12 @@ def _session(
         init = {"address": "local", "num_cpus": config.workers, **options}
     else:
         init = {"address": address, "runtime_env": {"env_vars": single}, **options}
-    saved = {name: os.environ.get(name) for name in (*_THREAD_VARIABLES, *_NO_TELEMETRY)}
+    saved = {name: os.environ.get(name) for name in (*_THREAD_VARIABLES, *_NO_TELEMETRY, *_LOCAL_WORKER_NICENESS)}
     # No usage-stats reporting (unless asked for): on 2 cores its extra actor costs seconds of start-up.
     os.environ.update({name: os.environ.get(name, value) for name, value in _NO_TELEMETRY.items()})
     if address is None:
         os.environ.update(single)
+        os.environ.update({name: os.environ.get(name, value) for name, value in _LOCAL_WORKER_NICENESS.items()})
     models = curation_uses_models(config.tools) or verifier_uses_models(config.tools)
     start = _Start(ray, init, state, warm=init is not None and address is None and not models)
     try:
