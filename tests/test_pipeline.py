@@ -183,6 +183,20 @@ def test_pipeline_reconciles_as_reconcile_with_image_does():
     assert layered.check(image).mean_abs_error < 0.1 * guess.check(image).mean_abs_error
 
 
+def test_layers_from_frames_takes_a_float64_photo_as_float32():
+    pipe = build_tiny_pipeline(seed=0)
+    rng = np.random.default_rng(1)
+    image = rng.random((12, 10, 3))  # float64
+    frames = torch.from_numpy(rng.random((3, 4, 12, 10), dtype=np.float32))
+    with torch.no_grad():
+        wide, wide_report = pipe.layers_from_frames(frames, image)
+        narrow, _ = pipe.layers_from_frames(frames, image.astype(np.float32))
+    np.testing.assert_allclose(wide.background, narrow.background, atol=1e-6)
+    for got, want in zip(wide.foregrounds, narrow.foregrounds):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    assert wide_report.ok()
+
+
 def test_untrained_heads_keep_alpha_and_cast_no_shadow():
     decoder, head = AlphaDecoder(), ShadowHead()
     image, coarse = torch.rand(3, 3, 40, 24), torch.rand(3, 1, 40, 24)

@@ -1116,7 +1116,7 @@ def reconcile_with_image(layered: LayeredImage, image: Any, iterations: int | No
     every = bool(covered.all())
     if not every:
         background[~covered] = target[~covered]
-    if every or covered.any():
+    if count and (every or covered.any()):
         pixels = None if every else np.flatnonzero(covered)
 
         def gather(array: np.ndarray) -> np.ndarray:  # (H, W, C) -> (C, N) float32 at the covered pixels

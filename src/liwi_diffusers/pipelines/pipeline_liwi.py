@@ -539,7 +539,7 @@ class LiWiDecompositionPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             shrinking = height < full.shape[-2] or width < full.shape[-1]
             full = F.interpolate(full, size=(height, width), mode="bilinear", align_corners=False, antialias=shrinking)
             full = full.clamp(0, 1)
-        target = torch.from_numpy(image).to(frames.device).permute(2, 0, 1)[None]
+        target = torch.from_numpy(image).to(frames.device, torch.float32).permute(2, 0, 1)[None]
 
         objects = full[1:]
         decoder_dtype = self.alpha_decoder.dtype
