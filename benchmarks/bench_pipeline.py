@@ -69,7 +69,7 @@ def run_one(size: int, num_layers: int, steps: int, device: str, repeats: int) -
     pipe.vae.decode = timers.wrap("vae", pipe.vae.decode)
     pipe.alpha_decoder.forward = timers.wrap("heads", pipe.alpha_decoder.forward)
     pipe.shadow_head.forward = timers.wrap("heads", pipe.shadow_head.forward)
-    pipeline_liwi.reconcile_with_image = timers.wrap("reconcile", pipeline_liwi.reconcile_with_image)
+    pipeline_liwi.reconcile_colours = timers.wrap("reconcile", pipeline_liwi.reconcile_colours)
     pipeline_liwi.check_decomposition = timers.wrap("check", pipeline_liwi.check_decomposition)
 
     best: dict[str, Any] | None = None

@@ -296,8 +296,8 @@ def run_mode(
         from liwi_diffusers.pipelines import pipeline_liwi
 
         handles = timers.hook("heads", pipe.alpha_decoder) + timers.hook("heads", pipe.shadow_head)
-        originals = {"reconcile": pipeline_liwi.reconcile_with_image, "check": pipeline_liwi.check_decomposition}
-        pipeline_liwi.reconcile_with_image = timers.wrap("reconcile", originals["reconcile"])
+        originals = {"reconcile": pipeline_liwi.reconcile_colours, "check": pipeline_liwi.check_decomposition}
+        pipeline_liwi.reconcile_colours = timers.wrap("reconcile", originals["reconcile"])
         pipeline_liwi.check_decomposition = timers.wrap("reconcile", originals["check"])
     try:
         call(args.warmup_steps)  # warm-up: kernels, allocator, offload hooks, pinned memory
@@ -316,7 +316,7 @@ def run_mode(
         if originals:
             from liwi_diffusers.pipelines import pipeline_liwi
 
-            pipeline_liwi.reconcile_with_image = originals["reconcile"]
+            pipeline_liwi.reconcile_colours = originals["reconcile"]
             pipeline_liwi.check_decomposition = originals["check"]
         if mode == "model_offload":
             pipe.remove_all_hooks()
