@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_pipeline import Timers
 from results_io import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pipeline_vs_qwen.json"
@@ -156,16 +157,8 @@ def time_both(size: int, path: str, num_layers: int, steps: int, repeats: int) -
     decoder, shadow head, reconcile and check, which Qwen has no counterpart of) are timed inside its calls."""
     calls = build_calls(size, num_layers, steps, path)
     pipeline = calls["liwi"].pipeline
-    own_steps = pipeline.layers_from_frames
-    spent = [0.0]
-
-    def timed_own_steps(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        result = own_steps(*args, **kwargs)
-        spent[0] += time.perf_counter() - start
-        return result
-
-    pipeline.layers_from_frames = timed_own_steps
+    timers = Timers()
+    pipeline.layers_from_frames = timers.wrap("own_steps", pipeline.layers_from_frames)
     sums = {}
     for which, call in calls.items():  # warm-up: first calls allocate memory and pick kernels for each shape
         latents = call()
@@ -176,13 +169,13 @@ def time_both(size: int, path: str, num_layers: int, steps: int, repeats: int) -
     for repeat in range(repeats):
         order = list(calls) if repeat % 2 == 0 else list(reversed(calls))
         for which in order:
-            spent[0] = 0.0
+            timers.seconds.clear()
             start, start_cpu = time.perf_counter(), time.process_time()
             calls[which]()
             walls[which].append(time.perf_counter() - start)
             cpus[which].append(time.process_time() - start_cpu)
             if which == "liwi":
-                own.append(spent[0])
+                own.append(timers.seconds["own_steps"])
     result = {
         which: {
             "wall_s": round(min(walls[which]), 4),
