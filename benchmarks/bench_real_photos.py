@@ -46,7 +46,7 @@ from real_data import load_real_benchmark
 from results_io import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "real_photos.json"
-ROWS = ("weight-free", "segmenter", "no-tiles", "full")
+ROWS = ("weight-free", "segmenter", "no-tiles", "no-detector", "full")
 UNSURE = (0.3, 0.7)
 
 
@@ -137,7 +137,7 @@ def build_rows(names: list[str], cache_dir: Path | None = None) -> dict[str, Any
 
     rows: dict[str, Any] = {}
     learned = None
-    if {"segmenter", "no-tiles", "full"} & set(names):
+    if {"segmenter", "no-tiles", "no-detector", "full"} & set(names):
         learned = MemoisedSegmenter(OnnxSegmenter.from_cache(), cache_dir)
     for name in names:
         if name == "weight-free":
@@ -146,6 +146,8 @@ def build_rows(names: list[str], cache_dir: Path | None = None) -> dict[str, Any
             rows[name] = load_decomposer("tools", segmenter=learned, max_rounds=1, tiles=0)
         elif name == "no-tiles":
             rows[name] = load_decomposer("tools", segmenter=learned, tiles=0)
+        elif name == "no-detector":
+            rows[name] = load_decomposer("tools", segmenter=learned, detector=None)
         elif name == "full":
             rows[name] = load_decomposer("tools", segmenter=learned)
     return rows

