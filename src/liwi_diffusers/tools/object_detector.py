@@ -21,6 +21,8 @@ from .detector import Detection, non_max_suppression
 
 __all__ = ["ObjectDetectorError", "OnnxObjectDetector"]
 
+_CPU = ["CPUExecutionProvider"]
+
 
 class ObjectDetectorError(RuntimeError):
     """A detector model that cannot be loaded or does not have the outputs its spec describes."""

