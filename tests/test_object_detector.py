@@ -306,3 +306,17 @@ def test_no_detector_without_a_learned_segmenter_and_none_with_only_prompts(red_
     assert detector.calls == 0 and layered.num_objects == 1
     with pytest.raises(model_zoo.ModelError, match="liwi models download nanodet"):
         _ = ToolChainDecomposer(segmenter=red_segmenter, detector="nanodet").detector
+
+
+def test_cli_detector_that_is_not_downloaded_is_a_one_line_error(tmp_path, capsys):
+    from liwi_diffusers.cli import main as liwi
+
+    image, _, _ = two_things()
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray((image * 255).astype(np.uint8)).save(photo)
+    code = liwi(["decompose", str(photo), "-o", str(tmp_path / "out"), "--object-detector", "nanodet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--object-detector" in err and "liwi models download nanodet" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

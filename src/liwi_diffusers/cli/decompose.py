@@ -132,6 +132,14 @@ def add_parser(subparsers: Any) -> None:
         "with degradation-restoration), 'clean-only' (its ablation control) or an AlphaDecoder folder (tools only)",
     )
     parser.add_argument(
+        "--object-detector",
+        default=None,
+        metavar="NAME",
+        help="closed-set object detector whose boxes become objects before peeling (tools only): 'auto' (default: nanodet when "
+        "it is downloaded with `liwi models download nanodet` and the learned segmenter is in use), 'none', or a "
+        "model name",
+    )
+    parser.add_argument(
         "--shadow-head",
         default=None,
         metavar="NAME_OR_PATH",
@@ -192,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--method pipeline needs --model PATH_OR_ID (a LiWiDecompositionPipeline folder or Hub id)")
     if args.refiner is not None and method == "pipeline":
         raise CLIError("--refiner works with the tool chain (--method tools or weight-free), not with --model")
+    if args.object_detector is not None and method == "pipeline":
+        raise CLIError("--object-detector works with the tool chain (--method tools), not with --model")
     if args.shadow_head is not None and method == "pipeline":
         raise CLIError("--shadow-head works with the tool chain (--method tools or weight-free), not with --model")
     layers = _layer_count(args.layers)
@@ -335,6 +345,9 @@ def _load_method(method: str, args: argparse.Namespace, layers: int | None) -> C
             options["refiner"] = args.refiner
         if args.tiles is not None:
             options["tiles"] = args.tiles
+        if args.object_detector is not None:
+            options["detector"] = args.object_detector
+    from ..model_zoo import ModelError
     from ..tools.learned_shadows import LearnedShadowExtractor, ShadowHeadError
     from ..tools.refiner import RefinerError
 
@@ -344,6 +357,10 @@ def _load_method(method: str, args: argparse.Namespace, layers: int | None) -> C
                 args.shadow_head, mode=args.shadow_head_mode
             )
         decomposer = load_decomposer(name, device=args.device, dtype=args.dtype, **options)
+        if args.object_detector not in (None, "auto", "none"):
+            _ = decomposer.detector  # a named detector that is not downloaded: say so before any photo
+    except ModelError as error:
+        raise CLIError(f"--object-detector: {error}") from None
     except ShadowHeadError as error:
         raise CLIError(f"--shadow-head: {error}") from None
     except RefinerError as error:
@@ -388,7 +405,7 @@ def _with_text_prompts(decomposer: Any, args: argparse.Namespace) -> Any:
         detector = TextPromptDetector.from_pretrained(args.detector, device=args.device)
         detector.validate_prompts(args.prompt)
     except DetectorError as error:
-        raise CLIError(f"--detector: {error}") from None
+        raise CLIError(f"--object-detector: {error}") from None
     prompted = TextPrompted(decomposer, detector, threshold=args.prompt_threshold)
 
     def decompose(image: Any, **options: Any) -> LayeredImage:
