@@ -135,9 +135,9 @@ def add_parser(subparsers: Any) -> None:
         "--object-detector",
         default=None,
         metavar="NAME",
-        help="closed-set object detector whose boxes become objects before peeling (tools only): 'auto' (default: nanodet when "
-        "it is downloaded with `liwi models download nanodet` and the learned segmenter is in use), 'none', or a "
-        "model name",
+        help="closed-set object detector whose boxes become objects before peeling (tools only): 'auto' (default: "
+        "nanodet when it is downloaded with `liwi models download nanodet` and the learned segmenter is in use), "
+        "'none', or a model name",
     )
     parser.add_argument(
         "--shadow-head",
@@ -405,7 +405,7 @@ def _with_text_prompts(decomposer: Any, args: argparse.Namespace) -> Any:
         detector = TextPromptDetector.from_pretrained(args.detector, device=args.device)
         detector.validate_prompts(args.prompt)
     except DetectorError as error:
-        raise CLIError(f"--object-detector: {error}") from None
+        raise CLIError(f"--detector: {error}") from None
     prompted = TextPrompted(decomposer, detector, threshold=args.prompt_threshold)
 
     def decompose(image: Any, **options: Any) -> LayeredImage:
