@@ -379,7 +379,9 @@ class ToolChainDecomposer:
         """
         prompted = self.prompt_segmenter(work, prompts, segmenter)
         negatives = [p.pixel(work.shape) for p in prompts.negative_points]
-        objects, reason = self._put_first([(c, "") for c in prompted], found, limit, reason, negatives, "prompted")
+        objects, reason = self._put_first(
+            work.shape[:2], [(c, "") for c in prompted], found, limit, reason, negatives, "prompted"
+        )
         count = len(prompted)
         tags = list(range(count)) + [None] * (len(objects) - count)
         reason = f"{count} prompted object{'s' if count != 1 else ''}; {reason}" if count else reason
@@ -402,11 +404,12 @@ class ToolChainDecomposer:
             detected.append((coverage, detection.label))
         if not detected:
             return found, reason, 0
-        objects, reason = self._put_first(detected, found, limit, reason, [], "detected")
+        objects, reason = self._put_first(work.shape[:2], detected, found, limit, reason, [], "detected")
         return objects, f"{len(detected)} detected; {reason}", len(detected)
 
     def _put_first(
         self,
+        shape: tuple[int, int],
         chosen: list[tuple[np.ndarray, str]],
         found: list[_Found],
         limit: int,
@@ -422,7 +425,6 @@ class ToolChainDecomposer:
         """
         coverages = [coverage for coverage, _ in chosen]
         if coverages and dilate(np.max(coverages, axis=0) > 0.01, 5).all():  # no background left to fill from
-            shape = coverages[0].shape
             frame = 6 + round(0.01 * max(shape))
             border = np.ones(shape, bool)
             border[frame:-frame, frame:-frame] = False
@@ -433,21 +435,19 @@ class ToolChainDecomposer:
                 DecomposerNote,
                 stacklevel=4,
             )
-        taken = np.max(coverages, axis=0) >= 0.5 if coverages else None
+        taken = np.max(coverages, axis=0) >= 0.5 if coverages else np.zeros(shape, bool)
         kept: list[_Found] = []
         for coverage, label, round_index in found:
             solid = coverage >= 0.5
-            if taken is not None:
-                area = int(solid.sum())
-                overlap = int((solid & taken).sum())
-                union = area + int(taken.sum()) - overlap
-                duplicate = any(_iou(solid, other >= 0.5) >= 0.5 for other in coverages)
-                if duplicate or overlap >= 0.6 * max(1, area) or union == 0:
-                    continue
-                coverage = np.where(dilate(taken, 1), 0.0, coverage).astype(np.float32)
+            area = int(solid.sum())
+            overlap = int((solid & taken).sum())
+            union = area + int(taken.sum()) - overlap
+            duplicate = any(_iou(solid, other >= 0.5) >= 0.5 for other in coverages)
+            if duplicate or overlap >= 0.6 * max(1, area) or union == 0:
+                continue
             if any(solid[y, x] for x, y in negatives):
                 continue
-            kept.append((coverage, label, round_index))
+            kept.append((np.where(dilate(taken, 1), 0.0, coverage).astype(np.float32), label, round_index))
         room = limit - len(coverages)
         if len(kept) > room:
             kept, reason = kept[:room], f"layer limit {limit} reached"
