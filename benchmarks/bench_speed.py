@@ -10,9 +10,10 @@ them are what to compare on a shared machine):
 - ``default``: today's default (every pass at the nominal 1024, the model file as exported);
 - ``later-640``: peeling rounds after the first at 640 (``later_round_side=640``, a second ONNX Runtime session);
 - ``crops-768``: also the crops at 768 (``tile_side=768``);
-- ``no-crops``: the default without the first round's crops (``tiles=0``).
+- ``no-crops``: the default without the first round's crops (``tiles=0``);
+- ``fast``: the fast preset (``load_decomposer("fast")``, `liwi_diffusers.tools.decomposer.FAST`).
 
-Stages, timed by wrapping the decomposer's tools: segmenter passes (first / crops / later rounds), instance
+Stages, timed by wrapping the decomposer's tools: segmenter passes (first / crops / detected boxes / later rounds), instance
 splitting, matting, shadows, fill (inpainting), and the rest (full-resolution layers, reconcile). "one pass" is a
 segmenter pass on the working-size photo at the nominal side; "ratio" is the decomposition over that pass (the
 issue's target: at most 3). Loading the image and writing files are not included (`bench_memory.py` times the
@@ -38,7 +39,7 @@ from real_data import load_real_benchmark
 from results_io import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "speed.json"
-CONFIGS = ("default", "later-640", "crops-768", "no-crops")
+CONFIGS = ("default", "later-640", "crops-768", "no-crops", "fast")
 
 
 class Timed:
@@ -63,15 +64,25 @@ class Timed:
 
 
 class RoleSegmenter:
-    """The segmenter, timed as 'first pass', 'crops' or 'later rounds' by how the decomposer calls it."""
+    """The segmenter, timed as 'first pass', 'crops', 'boxes' or 'later rounds' by how the decomposer calls it."""
 
     def __init__(self, segmenter: Any, clock: dict[str, float]) -> None:
         self.segmenter, self.clock, self.name = segmenter, clock, segmenter.name
         self.whole_calls = 0
         self.in_crops = False  # set while the decomposer segments the first round's crops
+        self.in_boxes = False  # set while it segments the detected boxes
         self.passes: dict[str, int] = defaultdict(int)
 
-    def _run(self, segmenter: Any, stage: str, image: np.ndarray) -> np.ndarray:
+    def _stage(self) -> str:
+        if self.in_crops:
+            return "segmenter: crops"
+        if self.in_boxes:
+            return "segmenter: boxes"
+        self.whole_calls += 1
+        return "segmenter: first pass" if self.whole_calls == 1 else "segmenter: later rounds"
+
+    def _run(self, segmenter: Any, image: np.ndarray) -> np.ndarray:
+        stage = self._stage()
         start = time.perf_counter()
         try:
             return segmenter(image)
@@ -87,21 +98,30 @@ class RoleSegmenter:
             name = sized.name
 
             def __call__(self, image: np.ndarray) -> np.ndarray:
-                stage = "segmenter: crops" if role.in_crops else "segmenter: later rounds"
-                return role._run(sized, stage, image)
+                return role._run(sized, image)
 
         return Sized()
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        if self.in_crops:
-            return self._run(self.segmenter, "segmenter: crops", image)
-        self.whole_calls += 1
-        stage = "segmenter: first pass" if self.whole_calls == 1 else "segmenter: later rounds"
-        return self._run(self.segmenter, stage, image)
+        return self._run(self.segmenter, image)
+
+
+def _flagged(method: Any, role: RoleSegmenter, flag: str) -> Any:
+    """``method`` with ``role.<flag>`` set while it runs."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        setattr(role, flag, True)
+        try:
+            return method(*args, **kwargs)
+        finally:
+            setattr(role, flag, False)
+
+    return run
 
 
 def decomposer_for(config: str, segmenter: Any, clock: dict[str, float]) -> tuple[Any, RoleSegmenter]:
     from liwi_diffusers.tools import ToolChainDecomposer
+    from liwi_diffusers.tools.decomposer import FAST
 
     role = RoleSegmenter(segmenter, clock)
     sides = {
@@ -109,22 +129,15 @@ def decomposer_for(config: str, segmenter: Any, clock: dict[str, float]) -> tupl
         "later-640": {"later_round_side": 640},
         "crops-768": {"tile_side": 768, "later_round_side": 640},
         "no-crops": {"tiles": 0},
+        "fast": dict(FAST),
     }[config]
     decomposer = ToolChainDecomposer(segmenter=role, **sides)
     decomposer._matter = Timed(decomposer.matter, clock, "matting")
     decomposer._inpainter = Timed(decomposer.inpainter, clock, "fill")
     decomposer._shadow_extractor = Timed(decomposer.shadow_extractor, clock, "shadows")
     decomposer.splitter = Timed(decomposer.splitter, clock, "splitting")
-    tile_objects = decomposer._tile_objects
-
-    def crops(*args: Any, **kwargs: Any) -> Any:
-        role.in_crops = True
-        try:
-            return tile_objects(*args, **kwargs)
-        finally:
-            role.in_crops = False
-
-    decomposer._tile_objects = crops
+    decomposer._tile_objects = _flagged(decomposer._tile_objects, role, "in_crops")
+    decomposer._with_detections = _flagged(decomposer._with_detections, role, "in_boxes")
     return decomposer, role
 
 

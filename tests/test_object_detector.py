@@ -320,3 +320,53 @@ def test_cli_detector_that_is_not_downloaded_is_a_one_line_error(tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2 and "--object-detector" in err and "liwi models download nanodet" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+class SideRecorder:
+    """The red segmenter, recording the input side each pass was asked for (None: the nominal one)."""
+
+    def __init__(self, segmenter, side=None, log=None):
+        self.segmenter, self.side, self.log = segmenter, side, [] if log is None else log
+        self.name = segmenter.name if side is None else f"{segmenter.name}@{side}"
+
+    def at_side(self, side):
+        return SideRecorder(self.segmenter, side, self.log)
+
+    def __call__(self, image):
+        self.log.append((self.side, image.shape[:2]))
+        return self.segmenter(image)
+
+
+def test_first_round_and_detected_boxes_run_at_their_own_sides(red_segmenter):
+    image, disc, _ = two_things()
+    recorder = SideRecorder(red_segmenter)
+    detector = BoxesAt(Detection((8.0, 42.0, 48.0, 82.0), "disc", 0.9))
+    options = {"segmenter": recorder, "detector": detector, "extract_shadows": False, "tiles": 0, "max_rounds": 1}
+    layered = ToolChainDecomposer(first_round_side=80, detection_side=96, **options)(image)
+    first, *boxes = recorder.log
+    assert first == (80, image.shape[:2])  # the whole photo
+    assert boxes and all(side == 96 and shape < image.shape[:2] for side, shape in boxes)  # the box's crop
+    assert layered.metadata["first_round_side"] == 80 and layered.metadata["detection_side"] == 96
+    assert iou(layered.foregrounds[list(layered.labels).index("disc")][:, :, 3], disc) > 0.9
+    recorder.log.clear()
+    ToolChainDecomposer(**options)(image)
+    assert {side for side, _ in recorder.log} == {None}  # by default every pass at the nominal side
+    with pytest.raises(ValueError, match="detection_side must be None or an int of at least 64"):
+        ToolChainDecomposer(detection_side=32)
+    with pytest.raises(ValueError, match="first_round_side must be None"):
+        ToolChainDecomposer(first_round_side=True)
+
+
+def test_the_fast_preset_is_the_tool_chain_with_fast_settings_that_callers_can_override(red_segmenter):
+    from liwi_diffusers import load_decomposer
+    from liwi_diffusers.tools.decomposer import FAST
+
+    fast = load_decomposer("fast", segmenter=red_segmenter)
+    assert isinstance(fast, ToolChainDecomposer)
+    assert {name: getattr(fast, name) for name in FAST} == FAST
+    assert fast.tiles < ToolChainDecomposer().tiles  # fewer passes than the default
+    assert load_decomposer("fast", segmenter=red_segmenter, tiles=2).tiles == 2
+    image, disc, square = two_things()
+    layered = fast(image)
+    assert layered.check(image).ok() and layered.num_objects == 2
+    assert layered.metadata["first_round_side"] == FAST["first_round_side"]

@@ -1,6 +1,7 @@
 """One loader for every way of decomposing a photo: `load_decomposer`.
 
     load_decomposer("tools")                     # the tool chain: learned segmenter when downloaded, else weight-free
+    load_decomposer("fast")                      # the tool chain's fast preset (fewer, smaller segmenter passes)
     load_decomposer("weight-free")               # the tool chain with no learned weights at all
     load_decomposer("liwi-small")                # a checkpoint shipped inside the package
     load_decomposer("path/to/pipeline")          # a LiWiDecompositionPipeline folder
@@ -24,8 +25,9 @@ from .layers import LayeredImage
 
 __all__ = ["TOOL_CHAIN_NAMES", "Decomposer", "DecomposerLoadError", "PipelineDecomposer", "load_decomposer"]
 
-# Names of the tool chain: "tools" uses the learned segmenter when it is in the model cache.
-TOOL_CHAIN_NAMES = ("tools", "weight-free")
+# Names of the tool chain: "tools" uses the learned segmenter when it is in the model cache; "fast" is the same
+# chain with the fast preset's settings (`liwi_diffusers.tools.decomposer.FAST`); "weight-free" uses no weights.
+TOOL_CHAIN_NAMES = ("tools", "fast", "weight-free")
 DEFAULT_STEPS = 30
 
 
@@ -101,7 +103,7 @@ def load_decomposer(
     """The decomposer called ``name_or_path`` (see the module docstring for the accepted names).
 
     Args:
-        name_or_path: "tools", "weight-free", a shipped checkpoint name, a pipeline folder, a Qwen-Image-Layered
+        name_or_path: "tools", "fast", "weight-free", a shipped checkpoint name, a pipeline folder, a Qwen-Image-Layered
             folder or a Hub id.
         device: "auto" (CUDA when torch sees one, else CPU), "cpu", "cuda", "cuda:1", ... (pipelines; the tool
             chain's segmenter uses ONNX Runtime's CUDA provider when it is installed and ``device`` allows it).
@@ -141,13 +143,15 @@ def load_decomposer(
 
 
 def _load_tool_chain(name: str, device: str, options: dict[str, Any]) -> Decomposer:
-    from .tools.decomposer import ToolChainDecomposer
+    from .tools.decomposer import FAST, ToolChainDecomposer
 
     unknown = {"resolution", "steps", "seed"} & set(options)
     if unknown:
         raise DecomposerLoadError(f"the tool chain takes no {', '.join(sorted(unknown))} (pipelines only)")
     if name == "weight-free":
         options = {**options, "segmenter": None}
+    elif name == "fast":
+        options = {**FAST, **options}  # what the caller sets wins
     options.setdefault("device", device)
     try:
         return ToolChainDecomposer(**options)

@@ -31,7 +31,7 @@ from .proposals import ObjectProposal, ObjectProposer, SaliencyProposer
 from .segmenter import Segmenter, coverage_proposals
 from .shadows import DarkeningShadowExtractor, ShadowExtractor, remove_attached_shadow
 
-__all__ = ["DecomposerNote", "PeelingProposer", "ToolChainDecomposer"]
+__all__ = ["FAST", "DecomposerNote", "PeelingProposer", "ToolChainDecomposer"]
 
 DEFAULT_MAX_OBJECTS = 8
 # Input sides of the segmenter passes after the first one (the whole photo, at the model's nominal 1024); None: the
@@ -43,6 +43,8 @@ DEFAULT_MAX_OBJECTS = 8
 # which a 12 MP photo's peak cannot afford (1.3 GB against the 1.5 GB target). So both default to the nominal side.
 TILE_SIDE: int | None = None
 LATER_ROUND_SIDE: int | None = None
+# The fast preset (`load_decomposer("fast")`, `liwi decompose --method fast`): FAST_NOTE_PLACEHOLDER
+FAST: dict[str, Any] = {"first_round_side": 640, "tiles": 0, "max_rounds": 1, "detection_side": 384}
 _Found = tuple[np.ndarray, str, int]  # (coverage at working resolution, label, peeling round)
 
 
@@ -71,9 +73,13 @@ class ToolChainDecomposer:
             out in a crop; objects the crops add must not overlap those already found. 0 or 1: the whole
             photo only (one segmenter pass a round). Default 2: four more passes in the first round (see the
             README's real-photo table for what they find and cost).
-        tile_side: the crops are segmented at this input side (None: the segmenter's nominal size), and
-        later_round_side: the whole photo after the first round is, where the segmenter takes other sizes
-            (`OnnxSegmenter.at_side`; others ignore both). Defaults: see `TILE_SIDE` and `LATER_ROUND_SIDE`.
+        tile_side: the crops are segmented at this input side (None: the segmenter's nominal size),
+        later_round_side: the whole photo after the first round is,
+        first_round_side: the whole photo in the first round is, and
+        detection_side: each detected box's crop is, where the segmenter takes other sizes
+            (`OnnxSegmenter.at_side`; others ignore all four). Defaults: see `TILE_SIDE` and `LATER_ROUND_SIDE`;
+            the first round and the boxes at the nominal side. `FAST` holds the sides and counts of the fast
+            preset (``load_decomposer("tools", preset="fast")``, ``liwi decompose --fast``).
         max_resolution: the tools run with the long side at most this many pixels; layers are brought back to
             the input's full resolution.
         extract_shadows: whether to look for cast shadows at all.
@@ -119,6 +125,8 @@ class ToolChainDecomposer:
         tiles: int = 2,
         tile_side: int | None = TILE_SIDE,
         later_round_side: int | None = LATER_ROUND_SIDE,
+        first_round_side: int | None = None,
+        detection_side: int | None = None,
         max_resolution: int = 1024,
         extract_shadows: bool = True,
         trim_shadows: bool | None = None,
@@ -133,7 +141,13 @@ class ToolChainDecomposer:
             raise ValueError(f"max_rounds must be >= 1, got {max_rounds}")
         if isinstance(tiles, bool) or not isinstance(tiles, (int, np.integer)) or not 0 <= tiles <= 4:
             raise ValueError(f"tiles must be an int from 0 to 4 (0 or 1: no crops), got {tiles!r}")
-        for name, side in (("tile_side", tile_side), ("later_round_side", later_round_side)):
+        sides = {
+            "tile_side": tile_side,
+            "later_round_side": later_round_side,
+            "first_round_side": first_round_side,
+            "detection_side": detection_side,
+        }
+        for name, side in sides.items():
             if side is not None and (isinstance(side, bool) or not isinstance(side, (int, np.integer)) or side < 64):
                 raise ValueError(f"{name} must be None or an int of at least 64 pixels, got {side!r}")
         if max_resolution < 16:
@@ -151,6 +165,8 @@ class ToolChainDecomposer:
         self.tiles = int(tiles)
         self.tile_side = None if tile_side is None else int(tile_side)
         self.later_round_side = None if later_round_side is None else int(later_round_side)
+        self.first_round_side = None if first_round_side is None else int(first_round_side)
+        self.detection_side = None if detection_side is None else int(detection_side)
         self.max_resolution = max_resolution
         self.extract_shadows = extract_shadows
         self.trim_shadows = trim_shadows
@@ -355,7 +371,14 @@ class ToolChainDecomposer:
             }
         )
         if segmenter is not None:  # the input sides of the crop and later-round passes (None: the nominal one)
-            layered.metadata.update({"tile_side": self.tile_side, "later_round_side": self.later_round_side})
+            layered.metadata.update(
+                {
+                    "tile_side": self.tile_side,
+                    "later_round_side": self.later_round_side,
+                    "first_round_side": self.first_round_side,
+                    "detection_side": self.detection_side,
+                }
+            )
         if prompts:
             where = {tag: index for index, (_, _, _, tag) in enumerate(mattes) if tag is not None}
             layered.metadata["prompts"] = prompts.describe()
@@ -396,8 +419,9 @@ class ToolChainDecomposer:
         Automatic objects are then kept or dropped as beside prompted ones (`_put_first`).
         """
         detected: list[tuple[np.ndarray, str]] = []
+        boxes = _at_side(segmenter, self.detection_side)
         for detection in self.detector(work, max_detections=limit):
-            coverage = self.prompt_segmenter.segment_box(work, BoxPrompt(*detection.box), segmenter)
+            coverage = self.prompt_segmenter.segment_box(work, BoxPrompt(*detection.box), boxes)
             solid = coverage >= 0.5
             if not solid.any() or any(_iou(solid, other >= 0.5) >= 0.5 for other, _ in detected):
                 continue
@@ -491,9 +515,9 @@ class ToolChainDecomposer:
         current = work
         removed = np.zeros(work.shape[:2], bool)
         found: list[_Found] = []
-        later = _at_side(segmenter, self.later_round_side)
+        first, later = _at_side(segmenter, self.first_round_side), _at_side(segmenter, self.later_round_side)
         for round_index in range(self.max_rounds):
-            coverage = np.asarray((later if round_index else segmenter)(current), np.float32)
+            coverage = np.asarray((later if round_index else first)(current), np.float32)
             if coverage.shape != work.shape[:2]:
                 raise ValueError(f"segmenter returned a {coverage.shape} matte for a {work.shape[:2]} image")
             if removed.any():  # what stands out inside (or at the seam of) a filled hole is the fill, not an object

@@ -271,6 +271,11 @@ class RememberingSegmenter:
         self.size = size
         self._answers: dict[str, np.ndarray] = {}
 
+    def at_side(self, side: int) -> Any:
+        """The wrapped segmenter at another input side (`OnnxSegmenter.at_side`), remembering on its own."""
+        sized = self.segmenter.at_side(side) if hasattr(self.segmenter, "at_side") else self.segmenter
+        return self if sized is self.segmenter else RememberingSegmenter(sized, self.size)
+
     def __call__(self, image: np.ndarray) -> np.ndarray:
         array = np.ascontiguousarray(image, np.float32)
         key = hashlib.sha1(array.tobytes()).hexdigest() + str(array.shape)
