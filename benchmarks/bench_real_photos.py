@@ -10,8 +10,10 @@ licence of every file), read by ``benchmarks/real_data.py``. Rows:
 - ``weight-free``: the tool chain without learned weights (saliency + GrabCut proposals);
 - ``segmenter``: the learned segmenter (ISNet), one pass on the whole photo: no crops, no peeling;
 - ``no-tiles``: the learned segmenter with peeling, but no crops (``--tiles 0``);
-- ``full``: the learned segmenter on the whole photo and the crops of a 2 x 2 grid, with peeling (the default of
-  ``liwi decompose``).
+- ``no-detector``: ``full`` without the object detector's boxes;
+- ``full``: the learned segmenter on the whole photo and the crops of a 2 x 2 grid, with peeling, plus the
+  object detector's boxes (NanoDet, when downloaded) each segmented on its crop (the default of ``liwi decompose``);
+- ``fast``: the fast preset (``load_decomposer("fast")``, ``liwi decompose --method fast``).
 
 Metrics, per photo group:
 
@@ -46,7 +48,7 @@ from real_data import load_real_benchmark
 from results_io import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "real_photos.json"
-ROWS = ("weight-free", "segmenter", "no-tiles", "no-detector", "full")
+ROWS = ("weight-free", "segmenter", "no-tiles", "no-detector", "full", "fast")
 UNSURE = (0.3, 0.7)
 
 
@@ -137,7 +139,7 @@ def build_rows(names: list[str], cache_dir: Path | None = None) -> dict[str, Any
 
     rows: dict[str, Any] = {}
     learned = None
-    if {"segmenter", "no-tiles", "no-detector", "full"} & set(names):
+    if {"segmenter", "no-tiles", "no-detector", "full", "fast"} & set(names):
         learned = MemoisedSegmenter(OnnxSegmenter.from_cache(), cache_dir)
     for name in names:
         if name == "weight-free":
@@ -150,6 +152,8 @@ def build_rows(names: list[str], cache_dir: Path | None = None) -> dict[str, Any
             rows[name] = load_decomposer("tools", segmenter=learned, detector=None)
         elif name == "full":
             rows[name] = load_decomposer("tools", segmenter=learned)
+        elif name == "fast":
+            rows[name] = load_decomposer("fast", segmenter=learned)
     return rows
 
 

@@ -13,11 +13,11 @@ them are what to compare on a shared machine):
 - ``no-crops``: the default without the first round's crops (``tiles=0``);
 - ``fast``: the fast preset (``load_decomposer("fast")``, `liwi_diffusers.tools.decomposer.FAST`).
 
-Stages, timed by wrapping the decomposer's tools: segmenter passes (first / crops / detected boxes / later rounds), instance
-splitting, matting, shadows, fill (inpainting), and the rest (full-resolution layers, reconcile). "one pass" is a
-segmenter pass on the working-size photo at the nominal side; "ratio" is the decomposition over that pass (the
-issue's target: at most 3). Loading the image and writing files are not included (`bench_memory.py` times the
-whole command). Results: ``benchmarks/results/speed.json``.
+Stages, timed by wrapping the decomposer's tools: segmenter passes (first / crops / detected boxes / later
+rounds), instance splitting, matting, shadows, fill (inpainting), and the rest (full-resolution layers,
+reconcile). "one pass" is a segmenter pass on the working-size photo at the nominal side; "ratio" is the
+decomposition over that pass (the issue's target: at most 3). Loading the image and writing files are not
+included (`bench_memory.py` times the whole command). Results: ``benchmarks/results/speed.json``.
 """
 
 from __future__ import annotations
@@ -136,6 +136,8 @@ def decomposer_for(config: str, segmenter: Any, clock: dict[str, float]) -> tupl
     decomposer._inpainter = Timed(decomposer.inpainter, clock, "fill")
     decomposer._shadow_extractor = Timed(decomposer.shadow_extractor, clock, "shadows")
     decomposer.splitter = Timed(decomposer.splitter, clock, "splitting")
+    prompts = decomposer.prompt_segmenter
+    prompts._grabcut = Timed(prompts._grabcut, clock, "box GrabCut")
     decomposer._tile_objects = _flagged(decomposer._tile_objects, role, "in_crops")
     decomposer._with_detections = _flagged(decomposer._with_detections, role, "in_boxes")
     return decomposer, role

@@ -369,4 +369,5 @@ def test_the_fast_preset_is_the_tool_chain_with_fast_settings_that_callers_can_o
     image, disc, square = two_things()
     layered = fast(image)
     assert layered.check(image).ok() and layered.num_objects == 2
+    assert all(max(iou(fg[:, :, 3], truth) for fg in layered.foregrounds) > 0.9 for truth in (disc, square))
     assert layered.metadata["first_round_side"] == FAST["first_round_side"]

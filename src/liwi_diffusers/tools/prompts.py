@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -371,47 +371,57 @@ class PromptSegmenter:
         inside[top - ct : bottom - ct, left - cl : right - cl] = True
         seeds_out = _negative_mask(patch.shape[:2], negatives, crop)
         target = (left - cl, top - ct, right - cl, bottom - ct)
-        candidates: list[np.ndarray] = []  # soft coverages in the crop, in order of preference
-        if segmenter is not None:
-            margin = round(self.box_margin * size) + 2
-            sl, st = max(0, left - margin), max(0, top - margin)
-            sr, sb = min(width, right + margin), min(height, bottom + margin)
-            matte = np.zeros(patch.shape[:2], np.float32)
-            matte[st - ct : sb - ct, sl - cl : sr - cl] = _segment(segmenter, image[st:sb, sl:sr])
-            matte *= inside
-            peak = float(matte.max())
-            for threshold in (0.5, 0.5 * peak) if 0.1 <= peak < 0.9 else (0.5,):
-                solid = matte >= threshold
-                kept = _box_regions(_without_regions_at(solid, seeds_out))
-                if kept.any():
-                    # An unsure matte (peak under 0.9) is stretched so its threshold is sure: matting would
-                    # otherwise take its faint values for a faint object.
-                    scale = 1.0 if threshold == 0.5 else 1.0 / max(threshold, 1e-3)
-                    candidates.append(np.where(dilate(kept, 2), np.clip(matte * scale, 0, 1), 0.0))
-            if peak >= 0.1:
-                seeded = self._grabcut(patch, _labels_from(matte >= min(0.5, 0.5 * peak), inside, seeds_out))
-                candidates.append(_box_regions(_without_regions_at(seeded & inside, seeds_out)).astype(np.float32))
-        from_shape = len(candidates)  # the candidates from the box's shape alone start here
-        for prior in ("box", "middle", "ellipse"):
-            shaped = self._grabcut(patch, _shape_prior_labels(inside, target, seeds_out, prior)) & inside
-            candidates.append(_box_regions(_without_regions_at(shaped, seeds_out)).astype(np.float32))
         area = float(inside.sum())
         cut = bool((seeds_out & inside).any())  # the user cut part of the box away: it no longer bounds the object
-        fits = [_box_fit(c >= 0.5, target) for c in candidates]
-        filled = [float((c >= 0.5).sum()) >= self.min_box_fill * area for c in candidates]
         # The box's shape says its middle is the object; where that middle looks like what surrounds the box
         # (a loose box, or one that cuts its object), GrabCut fills the box with the background it was drawn on.
         surroundings = _colour_histogram(patch, ~dilate(inside, 2))
-        if surroundings is not None:
-            for i, candidate in enumerate(candidates[from_shape:], start=from_shape):
-                mine = _colour_histogram(patch, candidate >= 0.5)
+
+        def candidates() -> Iterator[tuple[np.ndarray, bool]]:
+            """Soft coverages in the crop, in order of preference, made only when asked for (GrabCut is the cost:
+            about half a second each); each with whether it comes from the box's shape alone."""
+            if segmenter is not None:
+                margin = round(self.box_margin * size) + 2
+                sl, st = max(0, left - margin), max(0, top - margin)
+                sr, sb = min(width, right + margin), min(height, bottom + margin)
+                matte = np.zeros(patch.shape[:2], np.float32)
+                matte[st - ct : sb - ct, sl - cl : sr - cl] = _segment(segmenter, image[st:sb, sl:sr])
+                matte *= inside
+                peak = float(matte.max())
+                for threshold in (0.5, 0.5 * peak) if 0.1 <= peak < 0.9 else (0.5,):
+                    solid = matte >= threshold
+                    kept = _box_regions(_without_regions_at(solid, seeds_out))
+                    if kept.any():
+                        # An unsure matte (peak under 0.9) is stretched so its threshold is sure: matting would
+                        # otherwise take its faint values for a faint object.
+                        scale = 1.0 if threshold == 0.5 else 1.0 / max(threshold, 1e-3)
+                        yield np.where(dilate(kept, 2), np.clip(matte * scale, 0, 1), 0.0), False
+                if peak >= 0.1:
+                    seeded = self._grabcut(patch, _labels_from(matte >= min(0.5, 0.5 * peak), inside, seeds_out))
+                    yield _box_regions(_without_regions_at(seeded & inside, seeds_out)).astype(np.float32), False
+            for prior in ("box", "middle", "ellipse"):
+                shaped = self._grabcut(patch, _shape_prior_labels(inside, target, seeds_out, prior)) & inside
+                yield _box_regions(_without_regions_at(shaped, seeds_out)).astype(np.float32), True
+
+        coverage = None
+        best_loose: tuple[float, int] | None = None
+        tried: list[np.ndarray] = []
+        for index, (candidate, from_shape) in enumerate(candidates()):
+            solid = candidate >= 0.5
+            fit = _box_fit(solid, target)
+            full = float(solid.sum()) >= self.min_box_fill * area
+            if from_shape and surroundings is not None:
+                mine = _colour_histogram(patch, solid)
                 if mine is not None and float(np.minimum(mine, surroundings).sum()) >= self.max_surroundings_likeness:
-                    fits[i] = 0.0
-        good = [c for c, fit, full in zip(candidates, fits, filled) if fit >= self.min_box_fit and full]
-        if cut:
-            good = [c for c, fit in zip(candidates, fits) if fit > 0.0]
-        loose = [(fit, i) for i, (fit, full) in enumerate(zip(fits, filled)) if fit >= self.loose_box_fit and full]
-        coverage = good[0] if good else candidates[max(loose)[1]] if loose else None
+                    fit = 0.0
+            if (fit > 0.0) if cut else (fit >= self.min_box_fit and full):
+                coverage = candidate  # the first good one: the later candidates are not made at all
+                break
+            tried.append(candidate)
+            if fit >= self.loose_box_fit and full and (best_loose is None or (fit, index) > best_loose):
+                best_loose = (fit, index)
+        if coverage is None and best_loose is not None:
+            coverage = tried[best_loose[1]]
         if coverage is None:  # nothing plausible: the ellipse the box holds
             coverage = (_ellipse_in(patch.shape[:2], target) & ~seeds_out).astype(np.float32)
         out = np.zeros((height, width), np.float32)
