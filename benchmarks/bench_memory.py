@@ -164,7 +164,7 @@ def stage_seconds(megapixels: list[float], repeats: int, output: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--megapixels", nargs="+", type=float, default=[1, 4, 12])
-    parser.add_argument("--method", default="tools", choices=("tools", "weight-free"))
+    parser.add_argument("--method", default="tools", choices=("tools", "fast", "weight-free"))
     parser.add_argument("--output", type=Path, default=None, help="default: benchmarks/results/memory*.json")
     parser.add_argument("--stage-seconds", type=int, default=0, metavar="N", help="time the full-size stage N times")
     args = parser.parse_args()

@@ -196,6 +196,8 @@ def model_label(name: str) -> str:
         return "Tool chain (CPU; no download needed)"
     if name == "weight-free":
         return "Tool chain, weight-free (CPU)"
+    if name == "fast":
+        return "Tool chain, fast preset (CPU; fewer, smaller segmenter passes)"
     if name == TINY:
         return "Tiny random pipeline (testing only: outputs noise)"
     if name == SHIPPED_CHECKPOINT:

@@ -107,15 +107,15 @@ def tool_chain_tiles(environ: Mapping[str, str] | None = None) -> int:
 
 
 def _tool_chain_options(name: str, threads: int | None) -> dict[str, Any]:
-    """`load_decomposer` options for the tool chain ``name``: its grid of crops (`tool_chain_tiles`), and the
-    learned segmenter with ``threads`` threads.
+    """`load_decomposer` options for the tool chain ``name`` ("tools" or "fast"): the grid of crops of "tools"
+    (`tool_chain_tiles`; "fast" keeps its preset's), and the learned segmenter with ``threads`` threads.
 
     The segmenter only when it is downloaded and intact; otherwise the tool chain's own "auto" choice stands
     (it falls back to the weight-free tools and says why).
     """
-    if name != "tools":
+    if name not in ("tools", "fast"):
         return {}
-    options: dict[str, Any] = {"tiles": tool_chain_tiles()}
+    options: dict[str, Any] = {"tiles": tool_chain_tiles()} if name == "tools" else {}  # "fast": its own tiles
     if threads is None:
         return options
     from liwi_diffusers.model_zoo import DEFAULT_SEGMENTER, ModelError, find_model

@@ -371,3 +371,17 @@ def test_the_fast_preset_is_the_tool_chain_with_fast_settings_that_callers_can_o
     assert layered.check(image).ok() and layered.num_objects == 2
     assert all(max(iou(fg[:, :, 3], truth) for fg in layered.foregrounds) > 0.9 for truth in (disc, square))
     assert layered.metadata["first_round_side"] == FAST["first_round_side"]
+
+
+def test_the_crops_are_left_out_by_default_when_a_detector_finds_the_objects(red_segmenter):
+    detector = BoxesAt(Detection((8.0, 42.0, 48.0, 82.0), "disc", 0.9))
+    assert ToolChainDecomposer(segmenter=red_segmenter, detector=detector).tiles == 0
+    assert ToolChainDecomposer(segmenter=red_segmenter, detector=None).tiles == 2
+    assert ToolChainDecomposer(segmenter=red_segmenter, detector=detector, tiles=2).tiles == 2  # asked for: kept
+    recorder = SideRecorder(red_segmenter)
+    image, _, _ = two_things()
+    layered = ToolChainDecomposer(segmenter=recorder, detector=detector, extract_shadows=False, max_rounds=1)(image)
+    assert layered.metadata["tiles"] == 0
+    assert [shape for _, shape in recorder.log].count(image.shape[:2]) == 1  # one whole-photo pass, no crops
+    with pytest.raises(ValueError, match="tiles must be None or an int from 0 to 4"):
+        ToolChainDecomposer(tiles=5)

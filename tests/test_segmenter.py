@@ -486,7 +486,7 @@ def test_crops_of_the_first_round_find_an_object_the_whole_photo_hides():
 
 @pytest.mark.parametrize("tiles", [-1, 5, 1.5, True])
 def test_tiles_must_be_a_small_int(tiles):
-    with pytest.raises(ValueError, match="tiles must be an int from 0 to 4"):
+    with pytest.raises(ValueError, match="tiles must be None or an int from 0 to 4"):
         ToolChainDecomposer(segmenter=None, tiles=tiles)
 
 

@@ -951,6 +951,7 @@ def test_the_space_looks_at_the_whole_photo_only_unless_told_and_checks_liwi_til
     assert worker_pool._tool_chain_options("weight-free", None) == {}
     monkeypatch.setenv("LIWI_TILES", "2")
     assert worker_pool._tool_chain_options("tools", None) == {"tiles": 2}
+    assert worker_pool._tool_chain_options("fast", None) == {}  # the fast preset keeps its own (no crops)
     assert space.SpaceConfig.from_env({"LIWI_TILES": "2"}).concurrency == 2
     for bad in ("5", "-1", "two", "1.5"):
         with pytest.raises(ValueError, match=r"LIWI_TILES must be a whole number from 0 to 4 \(0: whole photo only\)"):

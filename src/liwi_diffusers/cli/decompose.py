@@ -98,8 +98,8 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         metavar="N",
         help="tools with the learned segmenter: also segment the crops of an N x N grid in the first round, to "
-        "find objects that do not stand out in the whole photo (default 2: four more passes; 0 = the whole photo "
-        "only, faster)",
+        "find objects that do not stand out in the whole photo (default: 0 when the object detector is in use, "
+        "whose boxes find the same objects; 2 without it: four more passes; 0 = the whole photo only, faster)",
     )
     parser.add_argument(
         "--method", choices=METHODS, default="auto", help="auto: 'pipeline' when --model is given, else 'tools'"
