@@ -10,7 +10,9 @@ them are what to compare on a shared machine):
 - ``default``: today's default (every pass at the nominal 1024, the model file as exported);
 - ``later-640``: peeling rounds after the first at 640 (``later_round_side=640``, a second ONNX Runtime session);
 - ``crops-768``: also the crops at 768 (``tile_side=768``);
-- ``no-crops``: the default without the first round's crops (``tiles=0``);
+- ``no-crops``: the default without the first round's crops (``tiles=0``; the default itself when the object
+  detector is downloaded);
+- ``with-crops``: the first round's 2 x 2 crops whether or not a detector is in use (``tiles=2``);
 - ``fast``: the fast preset (``load_decomposer("fast")``, `liwi_diffusers.tools.decomposer.FAST`).
 
 Stages, timed by wrapping the decomposer's tools: segmenter passes (first / crops / detected boxes / later
@@ -39,7 +41,7 @@ from real_data import load_real_benchmark
 from results_io import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "speed.json"
-CONFIGS = ("default", "later-640", "crops-768", "no-crops", "fast")
+CONFIGS = ("default", "with-crops", "later-640", "crops-768", "no-crops", "fast")
 
 
 class Timed:
@@ -129,6 +131,7 @@ def decomposer_for(config: str, segmenter: Any, clock: dict[str, float]) -> tupl
         "later-640": {"later_round_side": 640},
         "crops-768": {"tile_side": 768, "later_round_side": 640},
         "no-crops": {"tiles": 0},
+        "with-crops": {"tiles": 2},
         "fast": dict(FAST),
     }[config]
     decomposer = ToolChainDecomposer(segmenter=role, **sides)
