@@ -586,7 +586,7 @@ CASES = [
         "api-decomposer-tiles-negative",
         "api",
         lambda c, o: lambda: ToolChainDecomposer(segmenter=None, tiles=-1),
-        r"tiles must be an int from 0 to 4 \(0 or 1: no crops\), got -1",
+        r"tiles must be None or an int from 0 to 4 \(0 or 1: no crops\), got -1",
         raises=ValueError,
     ),
     case(
