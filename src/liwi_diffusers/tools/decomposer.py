@@ -84,7 +84,7 @@ class ToolChainDecomposer:
         detection_side: each detected box's crop is, where the segmenter takes other sizes
             (`OnnxSegmenter.at_side`; others ignore all four). Defaults: see `TILE_SIDE` and `LATER_ROUND_SIDE`;
             the first round and the boxes at the nominal side. `FAST` holds the sides and counts of the fast
-            preset (``load_decomposer("tools", preset="fast")``, ``liwi decompose --fast``).
+            preset (``load_decomposer("fast")``, ``liwi decompose --method fast``).
         max_resolution: the tools run with the long side at most this many pixels; layers are brought back to
             the input's full resolution.
         extract_shadows: whether to look for cast shadows at all.
