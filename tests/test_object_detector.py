@@ -385,3 +385,18 @@ def test_the_crops_are_left_out_by_default_when_a_detector_finds_the_objects(red
     assert [shape for _, shape in recorder.log].count(image.shape[:2]) == 1  # one whole-photo pass, no crops
     with pytest.raises(ValueError, match="tiles must be None or an int from 0 to 4"):
         ToolChainDecomposer(tiles=5)
+
+
+def test_cli_method_fast_decomposes_and_says_why_without_the_segmenter(tmp_path, capsys):
+    from PIL import Image
+
+    from liwi_diffusers.cli import main as liwi
+
+    image, _, _ = two_things()
+    photo = tmp_path / "photo.png"
+    Image.fromarray((image * 255).astype(np.uint8)).save(photo)
+    code = liwi(["decompose", str(photo), "-o", str(tmp_path / "out"), "--method", "fast", "--format", "zip"])
+    captured = capsys.readouterr()
+    assert code == 0 and (tmp_path / "out" / "photo.zip").is_file()
+    assert "liwi models download isnet" in captured.err  # no learned segmenter in the test cache: the fallback note
+    assert "Traceback" not in captured.err
