@@ -404,9 +404,8 @@ class PromptSegmenter:
                 yield _box_regions(_without_regions_at(shaped, seeds_out)).astype(np.float32), True
 
         coverage = None
-        best_loose: tuple[float, int] | None = None
-        tried: list[np.ndarray] = []
-        for index, (candidate, from_shape) in enumerate(candidates()):
+        best_loose: tuple[float, np.ndarray] | None = None  # (fit, candidate); of equal fits, the later one
+        for candidate, from_shape in candidates():
             solid = candidate >= 0.5
             fit = _box_fit(solid, target)
             full = float(solid.sum()) >= self.min_box_fill * area
@@ -417,11 +416,10 @@ class PromptSegmenter:
             if (fit > 0.0) if cut else (fit >= self.min_box_fit and full):
                 coverage = candidate  # the first good one: the later candidates are not made at all
                 break
-            tried.append(candidate)
-            if fit >= self.loose_box_fit and full and (best_loose is None or (fit, index) > best_loose):
-                best_loose = (fit, index)
+            if fit >= self.loose_box_fit and full and (best_loose is None or fit >= best_loose[0]):
+                best_loose = (fit, candidate)
         if coverage is None and best_loose is not None:
-            coverage = tried[best_loose[1]]
+            coverage = best_loose[1]
         if coverage is None:  # nothing plausible: the ellipse the box holds
             coverage = (_ellipse_in(patch.shape[:2], target) & ~seeds_out).astype(np.float32)
         out = np.zeros((height, width), np.float32)
