@@ -11,8 +11,9 @@ licence of every file), read by ``benchmarks/real_data.py``. Rows:
 - ``segmenter``: the learned segmenter (ISNet), one pass on the whole photo: no crops, no peeling;
 - ``no-tiles``: the learned segmenter with peeling, but no crops (``--tiles 0``);
 - ``no-detector``: ``full`` without the object detector's boxes;
-- ``full``: the learned segmenter on the whole photo and the crops of a 2 x 2 grid, with peeling, plus the
-  object detector's boxes (NanoDet, when downloaded) each segmented on its crop (the default of ``liwi decompose``);
+- ``full``: the learned segmenter on the whole photo with peeling, plus the object detector's boxes (NanoDet, when
+  downloaded) each segmented on its crop (the default of ``liwi decompose``; without the detector it also segments
+  the crops of a 2 x 2 grid in the first round);
 - ``fast``: the fast preset (``load_decomposer("fast")``, ``liwi decompose --method fast``).
 
 Metrics, per photo group:

@@ -357,6 +357,38 @@ def test_first_round_and_detected_boxes_run_at_their_own_sides(red_segmenter):
         ToolChainDecomposer(first_round_side=True)
 
 
+def test_a_detected_box_that_a_peeled_object_fills_takes_it_without_a_crop_pass(red_segmenter):
+    image, disc, _ = two_things()
+    recorder = SideRecorder(red_segmenter)
+    options = {"segmenter": recorder, "extract_shadows": False, "tiles": 0, "max_rounds": 1}
+    around_disc = BoxesAt(Detection((10.0, 44.0, 46.0, 80.0), "disc", 0.9))
+    layered = ToolChainDecomposer(detector=around_disc, reuse_peeled_in_boxes=True, **options)(image)
+    assert recorder.log == [(None, image.shape[:2])]  # the whole photo's pass only: the box took the peeled disc
+    assert layered.metadata["reuse_peeled_in_boxes"] is True and layered.metadata["objects_detected"] == 1
+    assert layered.num_objects == 2 and iou(layered.foregrounds[list(layered.labels).index("disc")][:, :, 3], disc) > 0.9
+    recorder.log.clear()
+    half_disc = BoxesAt(Detection((10.0, 44.0, 28.0, 80.0), "half", 0.9))  # the peeled disc lies half outside it
+    ToolChainDecomposer(detector=half_disc, reuse_peeled_in_boxes=True, **options)(image)
+    assert len(recorder.log) == 2 and recorder.log[1][1] < image.shape[:2]  # so the box's crop gets its pass
+    recorder.log.clear()
+    ToolChainDecomposer(detector=around_disc, **options)(image)
+    assert len(recorder.log) == 2  # off by default: every box gets its pass
+
+
+def test_fills_box_is_the_box_prompt_rule():
+    from liwi_diffusers.tools.prompts import BoxPrompt, PromptSegmenter
+
+    _, disc, _ = two_things()
+    rule = PromptSegmenter()
+    assert rule.fills_box(disc, BoxPrompt(12, 46, 45, 79))  # its own bounding box
+    assert rule.fills_box(disc, BoxPrompt(10, 44, 46, 80))  # a box drawn a little loose around it
+    assert not rule.fills_box(disc, BoxPrompt(0, 0, 96, 96))  # far larger than the disc: its fit is under 0.8
+    corners = np.zeros_like(disc)
+    corners[[46, 46, 78, 78], [12, 44, 12, 44]] = True
+    assert not rule.fills_box(corners, BoxPrompt(12, 46, 45, 79))  # four dots span the box but do not fill it
+    assert not rule.fills_box(np.zeros_like(disc), BoxPrompt(12, 46, 45, 79))  # nothing in the box
+
+
 def test_the_fast_preset_is_the_tool_chain_with_fast_settings_that_callers_can_override(red_segmenter):
     from liwi_diffusers import load_decomposer
     from liwi_diffusers.tools.decomposer import FAST

@@ -48,7 +48,13 @@ LATER_ROUND_SIDE: int | None = None
 # 0.867 / 0.533 / 0.469 against the default's 1.000 / 0.567 / 0.531, for 0.2 of the time on multi photos (7.1 s
 # against 35.6 s at 1 MP, 2 cores). Measured beside it: boxes at 512 or 384 with everything else at the default
 # lose the same (multi 0.469); the photo at 640 with boxes at 1024 keeps multi 0.531 but pays 2.9 s a box.
-FAST: dict[str, Any] = {"first_round_side": 640, "tiles": 0, "max_rounds": 1, "detection_side": 384}
+FAST: dict[str, Any] = {
+    "first_round_side": 640,
+    "tiles": 0,
+    "max_rounds": 1,
+    "detection_side": 384,
+    "reuse_peeled_in_boxes": True,
+}
 _Found = tuple[np.ndarray, str, int]  # (coverage at working resolution, label, peeling round)
 
 
@@ -85,6 +91,11 @@ class ToolChainDecomposer:
             (`OnnxSegmenter.at_side`; others ignore all four). Defaults: see `TILE_SIDE` and `LATER_ROUND_SIDE`;
             the first round and the boxes at the nominal side. `FAST` holds the sides and counts of the fast
             preset (``load_decomposer("fast")``, ``liwi decompose --method fast``).
+        reuse_peeled_in_boxes: a detected box that objects already peeled fill (each at least 90 % inside the box
+            grown by the prompt margin, together fitting it as a box prompt's mask must, `PromptSegmenter.fills_box`)
+            takes those objects instead of a segmenter pass on its crop. False (default): every box gets its
+            pass, which at the nominal side sees the box in finer detail than the whole photo's pass did. The fast
+            preset turns it on: its box passes at 384 see less than its whole photo at 640 (see `FAST`).
         max_resolution: the tools run with the long side at most this many pixels; layers are brought back to
             the input's full resolution.
         extract_shadows: whether to look for cast shadows at all.
@@ -132,6 +143,7 @@ class ToolChainDecomposer:
         later_round_side: int | None = LATER_ROUND_SIDE,
         first_round_side: int | None = None,
         detection_side: int | None = None,
+        reuse_peeled_in_boxes: bool = False,
         max_resolution: int = 1024,
         extract_shadows: bool = True,
         trim_shadows: bool | None = None,
@@ -174,6 +186,7 @@ class ToolChainDecomposer:
         self.later_round_side = None if later_round_side is None else int(later_round_side)
         self.first_round_side = None if first_round_side is None else int(first_round_side)
         self.detection_side = None if detection_side is None else int(detection_side)
+        self.reuse_peeled_in_boxes = bool(reuse_peeled_in_boxes)
         self.max_resolution = max_resolution
         self.extract_shadows = extract_shadows
         self.trim_shadows = trim_shadows
@@ -395,6 +408,7 @@ class ToolChainDecomposer:
                     "later_round_side": self.later_round_side,
                     "first_round_side": self.first_round_side,
                     "detection_side": self.detection_side,
+                    "reuse_peeled_in_boxes": self.reuse_peeled_in_boxes,
                 }
             )
         if prompts:
@@ -439,7 +453,10 @@ class ToolChainDecomposer:
         detected: list[tuple[np.ndarray, str]] = []
         boxes = _at_side(segmenter, self.detection_side)
         for detection in self.detector(work, max_detections=limit):
-            coverage = self.prompt_segmenter.segment_box(work, BoxPrompt(*detection.box), boxes)
+            box = BoxPrompt(*detection.box)
+            coverage = self._peeled_in_box(found, box) if self.reuse_peeled_in_boxes else None
+            if coverage is None:
+                coverage = self.prompt_segmenter.segment_box(work, box, boxes)
             solid = coverage >= 0.5
             if not solid.any() or any(_iou(solid, other >= 0.5) >= 0.5 for other, _ in detected):
                 continue
@@ -448,6 +465,26 @@ class ToolChainDecomposer:
             return found, reason, 0
         objects, reason = self._put_first(work.shape[:2], detected, found, limit, reason, [], "detected")
         return objects, f"{len(detected)} detected; {reason}", len(detected)
+
+    def _peeled_in_box(self, found: list[_Found], box: BoxPrompt) -> np.ndarray | None:
+        """The peeled objects that lie in ``box`` (see ``reuse_peeled_in_boxes``) as one coverage, or None."""
+        if not found:
+            return None
+        shape = found[0][0].shape
+        left, top, right, bottom = box.pixels(shape)
+        margin = round(self.prompt_segmenter.box_margin * max(right - left, bottom - top)) + 2
+        grown = np.zeros(shape, bool)
+        grown[max(0, top - margin) : bottom + margin, max(0, left - margin) : right + margin] = True
+        inside = [
+            coverage
+            for coverage, _, _ in found
+            if (area := int((coverage >= 0.5).sum())) and int(((coverage >= 0.5) & grown).sum()) >= 0.9 * area
+        ]
+        if not inside:
+            return None
+        coverage = np.zeros(shape, np.float32)
+        coverage[top:bottom, left:right] = np.max(inside, axis=0)[top:bottom, left:right]
+        return coverage if self.prompt_segmenter.fills_box(coverage >= 0.5, box) else None
 
     def _put_first(
         self,

@@ -408,7 +408,7 @@ class PromptSegmenter:
         for candidate, from_shape in candidates():
             solid = candidate >= 0.5
             fit = _box_fit(solid, target)
-            full = float(solid.sum()) >= self.min_box_fill * area
+            full = self._fills(solid, area)
             if from_shape and surroundings is not None:
                 mine = _colour_histogram(patch, solid)
                 if mine is not None and float(np.minimum(mine, surroundings).sum()) >= self.max_surroundings_likeness:
@@ -425,6 +425,18 @@ class PromptSegmenter:
         out = np.zeros((height, width), np.float32)
         out[ct:cb, cl:cr] = coverage * inside
         return out
+
+    def fills_box(self, solid: np.ndarray, box: BoxPrompt) -> bool:
+        """Whether the mask ``solid`` (boolean, the photo's shape) is what a box drawn around it would take: its
+        bounding box fits ``box`` (IoU >= ``min_box_fit``) and it covers at least ``min_box_fill`` of the box."""
+        left, top, right, bottom = box.pixels(solid.shape)
+        inside = solid[top:bottom, left:right]
+        return _box_fit(inside, (0, 0, right - left, bottom - top)) >= self.min_box_fit and self._fills(
+            inside, float((right - left) * (bottom - top))
+        )
+
+    def _fills(self, solid: np.ndarray, box_area: float) -> bool:
+        return float(solid.sum()) >= self.min_box_fill * box_area
 
     # -------------------------------------------------------------- points
     def segment_point(
