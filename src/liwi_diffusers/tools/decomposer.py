@@ -14,6 +14,7 @@ The order of removal is the occlusion order: what comes off first is in front.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import warnings
 from typing import Any
@@ -54,6 +55,7 @@ FAST: dict[str, Any] = {
     "max_rounds": 1,
     "detection_side": 384,
     "reuse_peeled_in_boxes": True,
+    "prompt_segmenter": PromptSegmenter(grabcut_size=200, grabcut_iterations=3),
 }
 _Found = tuple[np.ndarray, str, int]  # (coverage at working resolution, label, peeling round)
 
@@ -115,6 +117,8 @@ class ToolChainDecomposer:
             selection rules of `PromptSegmenter`), or a trained prompt head, as the folder that
             ``examples/train_prompt_head.py`` writes or a `LearnedPromptSegmenter` (opt-in: the head that recipe
             trains offline scores below the rules on the real-photo benchmark; see the README).
+        prompt_segmenter: the selection rules (a `PromptSegmenter`) that box and point prompts and detected boxes
+            go through (None: its defaults). The fast preset runs GrabCut smaller (200 px, 3 iterations).
 
     Default tools are built on first use, so constructing the decomposer is cheap; pymatting (and its
     one-off numba compile) loads on the first call.
@@ -151,6 +155,7 @@ class ToolChainDecomposer:
         refiner: Any = None,
         prompt_head: Any = None,
         detector: Any = "auto",
+        prompt_segmenter: PromptSegmenter | None = None,
     ) -> None:
         if max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {max_objects}")
@@ -197,6 +202,7 @@ class ToolChainDecomposer:
             refiner = MatteRefiner.from_pretrained(refiner)
         self.refiner = refiner
         self.prompt_head = prompt_head
+        self._prompt_rules = prompt_segmenter
         self._detector_choice = detector
         self._detector: Any = None if isinstance(detector, str) else detector
         self._detector_resolved = not isinstance(detector, str)
@@ -537,7 +543,9 @@ class ToolChainDecomposer:
     def prompt_segmenter(self) -> PromptSegmenter:
         """How box and point prompts become masks (a `liwi_diffusers.tools.prompts.PromptSegmenter`; assignable)."""
         if getattr(self, "_prompt_segmenter", None) is None:
-            self._prompt_segmenter = PromptSegmenter(learned=self._learned_prompts())
+            rules = self._prompt_rules if self._prompt_rules is not None else PromptSegmenter()
+            learned = self._learned_prompts()  # a copy either way: a preset's rules are never changed through it
+            self._prompt_segmenter = dataclasses.replace(rules, learned=rules.learned if learned is None else learned)
         return self._prompt_segmenter
 
     def _learned_prompts(self) -> Any:
