@@ -199,6 +199,7 @@ def main() -> None:
                     "one_pass_s": one_pass,
                     "ratio_to_one_pass": seconds / reference,
                     "objects": layered.num_objects,
+                    "detected_boxes_reused": layered.metadata.get("detected_boxes_reused", 0),
                     "passes": dict(role.passes),
                     "stages_s": dict(clock),
                     "load_average": load,

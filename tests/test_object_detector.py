@@ -365,6 +365,7 @@ def test_a_detected_box_that_a_peeled_object_fills_takes_it_without_a_crop_pass(
     layered = ToolChainDecomposer(detector=around_disc, reuse_peeled_in_boxes=True, **options)(image)
     assert recorder.log == [(None, image.shape[:2])]  # the whole photo's pass only: the box took the peeled disc
     assert layered.metadata["reuse_peeled_in_boxes"] is True and layered.metadata["objects_detected"] == 1
+    assert layered.metadata["detected_boxes_reused"] == 1
     assert layered.num_objects == 2
     assert iou(layered.foregrounds[list(layered.labels).index("disc")][:, :, 3], disc) > 0.9
     recorder.log.clear()

@@ -380,9 +380,9 @@ class ToolChainDecomposer:
             found, rounds, reason = self._peel(work, segmenter, limit)
         else:
             found, rounds, reason = self._propose(work, limit)
-        detected = 0
+        detected = reused = 0
         if not only_prompts and segmenter is not None and self.detector is not None:
-            found, reason, detected = self._with_detections(work, segmenter, found, limit, reason)
+            found, reason, detected, reused = self._with_detections(work, segmenter, found, limit, reason)
         tags: list[int | None] = [None] * len(found)
         if prompts:
             found, tags, reason = self._with_prompts(work, prompts.scaled(scale), segmenter, found, limit, reason)
@@ -406,6 +406,7 @@ class ToolChainDecomposer:
                 "tools": self.tool_names(),
                 "objects_found": layered.num_objects,
                 "objects_detected": detected,
+                "detected_boxes_reused": reused,  # boxes that took peeled objects (``reuse_peeled_in_boxes``)
                 "peeling_rounds": rounds,
                 "stop_reason": reason,
                 "layer_limit": limit,
@@ -455,27 +456,31 @@ class ToolChainDecomposer:
 
     def _with_detections(
         self, work: np.ndarray, segmenter: Segmenter, found: list[_Found], limit: int, reason: str
-    ) -> tuple[list[_Found], str, int]:
+    ) -> tuple[list[_Found], str, int, int]:
         """The detector's objects (each box segmented as a box prompt is) and the automatic ones that are not them.
 
         Detections come best first; a box whose mask is empty or repeats an earlier one (IoU >= 0.5) is dropped.
-        Automatic objects are then kept or dropped as beside prompted ones (`_put_first`).
+        Automatic objects are then kept or dropped as beside prompted ones (`_put_first`). Also returns how many
+        objects were detected and how many of the kept boxes took peeled objects instead of a pass.
         """
         detected: list[tuple[np.ndarray, str]] = []
+        reused = 0
         boxes = _at_side(segmenter, self.detection_side)
         for detection in self.detector(work, max_detections=limit):
             box = BoxPrompt(*detection.box)
             coverage = self._peeled_in_box(found, box) if self.reuse_peeled_in_boxes else None
+            from_peeled = coverage is not None
             if coverage is None:
                 coverage = self.prompt_segmenter.segment_box(work, box, boxes)
             solid = coverage >= 0.5
             if not solid.any() or any(_iou(solid, other >= 0.5) >= 0.5 for other, _ in detected):
                 continue
             detected.append((coverage, detection.label))
+            reused += from_peeled
         if not detected:
-            return found, reason, 0
+            return found, reason, 0, 0
         objects, reason = self._put_first(work.shape[:2], detected, found, limit, reason, [], "detected")
-        return objects, f"{len(detected)} detected; {reason}", len(detected)
+        return objects, f"{len(detected)} detected; {reason}", len(detected), reused
 
     def _peeled_in_box(self, found: list[_Found], box: BoxPrompt) -> np.ndarray | None:
         """The peeled objects that lie in ``box`` (see ``reuse_peeled_in_boxes``) as one coverage, or None."""
