@@ -9,6 +9,8 @@ annotated object of every photo, one decomposition with one prompt and ``only_pr
 - ``box``: the object's bounding box (of its mask >= 0.5), with the learned segmenter (ISNet);
 - ``point``: one point at the object's interior (the pixel farthest from its edge: maximum of the distance
   transform), with the learned segmenter;
+- ``point-no-detector``: ``point`` without the object detector's boxes (which points try first when NanoDet is
+  downloaded; `PromptSegmenter.segment_point`);
 - ``box-weight-free``: the bounding box without learned weights (GrabCut seeded by the box);
 - ``box-rules`` / ``point-rules``: as ``box`` / ``point``, always with `PromptSegmenter`'s selection rules over the
   segmenter's regions and GrabCut (the default), to compare with ``--prompt-head`` in one run.
@@ -40,7 +42,7 @@ from real_data import load_real_benchmark
 from results_io import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "prompts.json"
-ROWS = ("box", "point", "box-weight-free", "box-rules", "point-rules")
+ROWS = ("box", "point", "point-no-detector", "box-weight-free", "box-rules", "point-rules")
 GROUPS = ("single", "pair", "multi")
 
 
@@ -79,7 +81,9 @@ def run_row(row: str, decomposer: Any, samples: list[Any], masks_only: bool) -> 
             start = time.perf_counter()
             if masks_only:
                 prompts = parse_prompts(size=(width, height), **prompt)
-                alpha = decomposer.prompt_segmenter(image, prompts, decomposer.segmenter)[0]
+                detector = decomposer.detector  # its boxes are what points try first, as in a decomposition
+                detected = [d.box for d in detector(image, max_detections=decomposer.max_objects)] if detector else []
+                alpha = decomposer.prompt_segmenter(image, prompts, decomposer.segmenter, detected)[0]
             else:
                 layered = decomposer(image, only_prompts=True, **prompt)
                 layer = layered.metadata["prompt_layers"][0]
@@ -159,7 +163,7 @@ def main() -> None:
     if args.limit:
         samples = samples[: args.limit]
     learned = raw = None
-    if {"box", "point", "box-rules", "point-rules"} & set(args.rows):
+    if {"box", "point", "point-no-detector", "box-rules", "point-rules"} & set(args.rows):
         raw = OnnxSegmenter.from_cache()
         learned = MemoisedSegmenter(raw, args.segmenter_cache)
     print(f"{len(samples)} photos, {sum(len(s.mask_paths) for s in samples)} objects; rows: {', '.join(args.rows)}")
@@ -168,7 +172,8 @@ def main() -> None:
         if row == "box-weight-free":
             decomposer = load_decomposer("weight-free")
         else:
-            decomposer = load_decomposer("tools", segmenter=learned)
+            detector = {"detector": None} if row == "point-no-detector" else {}
+            decomposer = load_decomposer("tools", segmenter=learned, **detector)
             if row in ("box", "point") and args.prompt_head is not None:
                 from liwi_diffusers.tools.learned_prompts import LearnedPromptSegmenter
                 from liwi_diffusers.tools.prompts import PromptSegmenter

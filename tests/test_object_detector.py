@@ -377,6 +377,32 @@ def test_a_detected_box_that_a_peeled_object_fills_takes_it_without_a_crop_pass(
     assert len(recorder.log) == 2  # off by default: every box gets its pass
 
 
+def test_a_point_on_a_detected_object_takes_its_box_and_other_boxes_are_not_segmented(red_segmenter):
+    from liwi_diffusers.tools.prompts import PointPrompt, PromptSegmenter
+
+    image, disc, square = two_things()
+    recorder = SideRecorder(red_segmenter)
+    rule = PromptSegmenter()
+    boxes = [(10.0, 44.0, 46.0, 80.0), (56.0, 12.0, 84.0, 40.0)]  # around the disc, around the square
+    coverage = rule.segment_point(image, PointPrompt(28, 62), recorder, detected=boxes)
+    assert iou(coverage, disc) > 0.9 and not (coverage[square] >= 0.5).any()
+    assert len(recorder.log) == 1 and recorder.log[0][1] < image.shape[:2]  # one pass: the disc's box crop
+    recorder.log.clear()
+    rule.segment_point(image, PointPrompt(28, 62), recorder, detected=boxes[1:])  # no box holds the point
+    assert recorder.log[0][1] == image.shape[:2]  # the rules' first square: the whole photo
+
+
+def test_the_decomposer_runs_its_detector_for_point_prompts_only(red_segmenter):
+    image, disc, _ = two_things()
+    detector = BoxesAt(Detection((10.0, 44.0, 46.0, 80.0), "disc", 0.9))
+    decomposer = ToolChainDecomposer(segmenter=red_segmenter, detector=detector, extract_shadows=False)
+    layered = decomposer(image, points=[(28, 62)], only_prompts=True)
+    assert detector.calls == 1 and layered.num_objects == 1
+    assert iou(layered.foregrounds[layered.metadata["prompt_layers"][0]][:, :, 3], disc) > 0.9
+    decomposer(image, boxes=[(10, 44, 46, 80)], only_prompts=True)
+    assert detector.calls == 1  # a box prompt alone needs no detector
+
+
 def test_fills_box_is_the_box_prompt_rule():
     from liwi_diffusers.tools.prompts import BoxPrompt, PromptSegmenter
 

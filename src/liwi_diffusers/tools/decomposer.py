@@ -27,7 +27,7 @@ from ._utils import as_rgb, dilate, mask_box, resize, scale_for
 from .inpainting import Inpainter, OpenCVInpainter
 from .instances import InstanceSplitter
 from .matting import AlphaMatter, BandMatter, ClosedFormMatter, Matte
-from .prompts import BoxPrompt, Prompts, PromptSegmenter, RememberingSegmenter, parse_prompts
+from .prompts import BoxPrompt, PointPrompt, Prompts, PromptSegmenter, RememberingSegmenter, parse_prompts
 from .proposals import ObjectProposal, ObjectProposer, SaliencyProposer
 from .segmenter import Segmenter, coverage_proposals
 from .shadows import DarkeningShadowExtractor, ShadowExtractor, remove_attached_shadow
@@ -381,11 +381,18 @@ class ToolChainDecomposer:
         else:
             found, rounds, reason = self._propose(work, limit)
         detected = reused = 0
-        if not only_prompts and segmenter is not None and self.detector is not None:
-            found, reason, detected, reused = self._with_detections(work, segmenter, found, limit, reason)
+        detections: list[Any] = []  # the detector's boxes: automatic objects, and what point prompts try first
+        points = any(isinstance(prompt, PointPrompt) for prompt in prompts.objects)
+        if segmenter is not None and self.detector is not None and (points or not only_prompts):
+            detections = list(self.detector(work, max_detections=limit))
+        if not only_prompts and detections:
+            found, reason, detected, reused = self._with_detections(work, segmenter, detections, found, limit, reason)
         tags: list[int | None] = [None] * len(found)
         if prompts:
-            found, tags, reason = self._with_prompts(work, prompts.scaled(scale), segmenter, found, limit, reason)
+            boxes = [detection.box for detection in detections]
+            found, tags, reason = self._with_prompts(
+                work, prompts.scaled(scale), segmenter, found, limit, reason, boxes
+            )
         mattes: list[tuple[Matte, str, int, int | None]] = []
         for (coverage, label, round_index), tag in zip(found, tags):
             if self.refiner is not None:  # the segmenter's outline, moved to the photo's edges
@@ -437,14 +444,15 @@ class ToolChainDecomposer:
         found: list[_Found],
         limit: int,
         reason: str,
+        detected: list[Any],
     ) -> tuple[list[_Found], list[int | None], str]:
         """The prompted objects (tagged with their prompt's index) and the automatic ones that are not them.
 
         An automatic object is dropped when a prompted object covers most of it (IoU >= 0.5, or 60 % of its
         area), or when it holds a negative point; the others lose the pixels that prompted objects took and
-        fill the slots left under ``limit``.
+        fill the slots left under ``limit``. ``detected``: the detector's boxes, which points try first.
         """
-        prompted = self.prompt_segmenter(work, prompts, segmenter)
+        prompted = self.prompt_segmenter(work, prompts, segmenter, detected)
         negatives = [p.pixel(work.shape) for p in prompts.negative_points]
         objects, reason = self._put_first(
             work.shape[:2], [(c, "") for c in prompted], found, limit, reason, negatives, "prompted"
@@ -455,9 +463,15 @@ class ToolChainDecomposer:
         return objects, tags, reason
 
     def _with_detections(
-        self, work: np.ndarray, segmenter: Segmenter, found: list[_Found], limit: int, reason: str
+        self,
+        work: np.ndarray,
+        segmenter: Segmenter,
+        detections: list[Any],
+        found: list[_Found],
+        limit: int,
+        reason: str,
     ) -> tuple[list[_Found], str, int, int]:
-        """The detector's objects (each box segmented as a box prompt is) and the automatic ones that are not them.
+        """The detected objects (each box segmented as a box prompt is) and the automatic ones that are not them.
 
         Detections come best first; a box whose mask is empty or repeats an earlier one (IoU >= 0.5) is dropped.
         Automatic objects are then kept or dropped as beside prompted ones (`_put_first`). Also returns how many
@@ -466,7 +480,7 @@ class ToolChainDecomposer:
         detected: list[tuple[np.ndarray, str]] = []
         reused = 0
         boxes = _at_side(segmenter, self.detection_side)
-        for detection in self.detector(work, max_detections=limit):
+        for detection in detections:
             box = BoxPrompt(*detection.box)
             coverage = self._peeled_in_box(found, box) if self.reuse_peeled_in_boxes else None
             from_peeled = coverage is not None

@@ -328,15 +328,21 @@ class PromptSegmenter:
     grabcut_iterations: int = 5
     learned: Any = None
 
-    def __call__(self, image: np.ndarray, prompts: Prompts, segmenter: Any = None) -> list[np.ndarray]:
-        """One ``(H, W)`` float32 coverage per object prompt of ``prompts`` (in pixels of ``image``)."""
+    def __call__(
+        self, image: np.ndarray, prompts: Prompts, segmenter: Any = None, detected: Sequence[Sequence[float]] = ()
+    ) -> list[np.ndarray]:
+        """One ``(H, W)`` float32 coverage per object prompt of ``prompts`` (in pixels of ``image``).
+
+        ``detected``: an object detector's boxes ``(x0, y0, x1, y1)`` in pixels of ``image``, which point prompts
+        try first (see `segment_point`).
+        """
         negatives = [p.pixel(image.shape) for p in prompts.negative_points]
         masks = []
         for prompt in prompts.objects:
             if isinstance(prompt, BoxPrompt):
                 coverage = self.segment_box(image, prompt, segmenter, negatives)
             else:
-                coverage = self.segment_point(image, prompt, segmenter, negatives)
+                coverage = self.segment_point(image, prompt, segmenter, negatives, detected)
             masks.append(coverage.astype(np.float32))
         return masks
 
@@ -440,12 +446,21 @@ class PromptSegmenter:
 
     # -------------------------------------------------------------- points
     def segment_point(
-        self, image: np.ndarray, point: PointPrompt, segmenter: Any = None, negatives: Sequence[tuple[int, int]] = ()
+        self,
+        image: np.ndarray,
+        point: PointPrompt,
+        segmenter: Any = None,
+        negatives: Sequence[tuple[int, int]] = (),
+        detected: Sequence[Sequence[float]] = (),
     ) -> np.ndarray:
         """Coverage of the object under ``point``.
 
-        The segmenter runs on squares of ``point_crops`` shares of the photo centred on the point, from large to
-        small, and the region under the point (cut into instances, `_instance_at`) is a candidate. People click
+        A detected box ``(x0, y0, x1, y1)`` of ``detected`` that holds the point is tried first, smallest first:
+        it is segmented as a box prompt is (`segment_box`), and its region under the point is taken when the
+        point lies well inside it (see below). A detector knows where a whole object ends, which a click alone
+        does not say (a part or the whole, a dish or the table). Otherwise the segmenter runs on squares of
+        ``point_crops`` shares of the photo centred on the point, from large to small, and the region under the
+        point (cut into instances, `_instance_at`) is a candidate. People click
         on the middle of what they mean, so a candidate is plausible when the point lies well inside it (its
         distance to the region's edge is at least ``min_point_depth`` of the region's largest such distance: a
         point near the edge of a region belongs to something smaller within it, e.g. a dish on a table) and,
@@ -457,6 +472,12 @@ class PromptSegmenter:
         x, y = point.pixel(image.shape)
         if self.learned is not None:
             return self.learned.point_mask(image, (x, y), negatives)
+        if segmenter is not None:
+            for box in sorted(_boxes_holding(detected, x, y), key=lambda b: (b[2] - b[0]) * (b[3] - b[1])):
+                coverage = self.segment_box(image, BoxPrompt(*box), segmenter, negatives)
+                region = _region_at(coverage >= 0.5, x, y)
+                if region is not None and _depth_at(region, x, y) >= self.min_point_depth:
+                    return np.where(dilate(region, 2), coverage, 0.0).astype(np.float32)
         best = None
         fallback: tuple[tuple[bool, float], tuple[tuple[int, int, int, int], np.ndarray]] | None = None
         if segmenter is not None:
@@ -658,6 +679,16 @@ def _instance_at(matte: np.ndarray, x: int, y: int, region: np.ndarray) -> np.nd
         return region
     best = max(parts, key=lambda part: float(part[y, x]))
     return best >= 0.5 if best[y, x] >= 0.5 else region
+
+
+def _boxes_holding(boxes: Sequence[Sequence[float]], x: int, y: int) -> list[tuple[float, float, float, float]]:
+    """The boxes ``(x0, y0, x1, y1)`` that hold the pixel ``(x, y)``."""
+    held = []
+    for box in boxes:
+        x0, y0, x1, y1 = (float(v) for v in box)
+        if x0 <= x < x1 and y0 <= y < y1:
+            held.append((x0, y0, x1, y1))
+    return held
 
 
 def _depth_at(region: np.ndarray, x: int, y: int) -> float:
