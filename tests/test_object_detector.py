@@ -295,7 +295,7 @@ def test_detected_boxes_become_labelled_objects_without_duplicates(red_segmenter
     assert layered.check(image).ok()
 
 
-def test_no_detector_without_a_learned_segmenter_and_none_with_only_prompts(red_segmenter):
+def test_no_detector_without_a_learned_segmenter_and_no_detected_objects_with_only_prompts(red_segmenter):
     image, _, _ = two_things()
     assert ToolChainDecomposer(segmenter=None).detector is None  # "auto" needs a segmenter
     assert ToolChainDecomposer(segmenter=red_segmenter, detector="none").detector is None
@@ -303,7 +303,7 @@ def test_no_detector_without_a_learned_segmenter_and_none_with_only_prompts(red_
     detector = BoxesAt(Detection((8.0, 42.0, 48.0, 82.0), "disc", 0.9))
     decomposer = ToolChainDecomposer(segmenter=red_segmenter, detector=detector, extract_shadows=False)
     layered = decomposer(image, boxes=[(56, 12, 84, 40)], only_prompts=True)
-    assert detector.calls == 0 and layered.num_objects == 1
+    assert layered.num_objects == 1 and layered.metadata["objects_detected"] == 0  # the disc's box adds no object
     with pytest.raises(model_zoo.ModelError, match="liwi models download nanodet"):
         _ = ToolChainDecomposer(segmenter=red_segmenter, detector="nanodet").detector
 
@@ -392,15 +392,19 @@ def test_a_point_on_a_detected_object_takes_its_box_and_other_boxes_are_not_segm
     assert recorder.log[0][1] == image.shape[:2]  # the rules' first square: the whole photo
 
 
-def test_the_decomposer_runs_its_detector_for_point_prompts_only(red_segmenter):
-    image, disc, _ = two_things()
+def test_prompted_objects_take_the_detectors_boxes_and_names(red_segmenter):
+    image, disc, square = two_things()
     detector = BoxesAt(Detection((10.0, 44.0, 46.0, 80.0), "disc", 0.9))
     decomposer = ToolChainDecomposer(segmenter=red_segmenter, detector=detector, extract_shadows=False)
     layered = decomposer(image, points=[(28, 62)], only_prompts=True)
     assert detector.calls == 1 and layered.num_objects == 1
-    assert iou(layered.foregrounds[layered.metadata["prompt_layers"][0]][:, :, 3], disc) > 0.9
-    decomposer(image, boxes=[(10, 44, 46, 80)], only_prompts=True)
-    assert detector.calls == 1  # a box prompt alone needs no detector
+    index = layered.metadata["prompt_layers"][0]
+    assert iou(layered.foregrounds[index][:, :, 3], disc) > 0.9 and layered.labels[index] == "disc"
+    layered = decomposer(image, boxes=[(10, 44, 46, 80), (56, 12, 84, 40)], only_prompts=True)
+    disc_layer, square_layer = layered.metadata["prompt_layers"]
+    assert layered.labels[disc_layer] == "disc"  # the box matches the detected one: it takes its name
+    assert layered.labels[square_layer] == ""  # nothing detected there: no name
+    assert iou(layered.foregrounds[square_layer][:, :, 3], square) > 0.9
 
 
 def test_fills_box_is_the_box_prompt_rule():

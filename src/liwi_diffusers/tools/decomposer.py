@@ -27,7 +27,7 @@ from ._utils import as_rgb, dilate, mask_box, resize, scale_for
 from .inpainting import Inpainter, OpenCVInpainter
 from .instances import InstanceSplitter
 from .matting import AlphaMatter, BandMatter, ClosedFormMatter, Matte
-from .prompts import BoxPrompt, PointPrompt, Prompts, PromptSegmenter, RememberingSegmenter, parse_prompts
+from .prompts import BoxPrompt, Prompts, PromptSegmenter, RememberingSegmenter, parse_prompts
 from .proposals import ObjectProposal, ObjectProposer, SaliencyProposer
 from .segmenter import Segmenter, coverage_proposals
 from .shadows import DarkeningShadowExtractor, ShadowExtractor, remove_attached_shadow
@@ -381,17 +381,15 @@ class ToolChainDecomposer:
         else:
             found, rounds, reason = self._propose(work, limit)
         detected = reused = 0
-        detections: list[Any] = []  # the detector's boxes: automatic objects, and what point prompts try first
-        points = any(isinstance(prompt, PointPrompt) for prompt in prompts.objects)
-        if segmenter is not None and self.detector is not None and (points or not only_prompts):
+        detections: list[Any] = []  # automatic objects; what point prompts try first; prompted layers' names
+        if segmenter is not None and self.detector is not None:
             detections = list(self.detector(work, max_detections=limit))
         if not only_prompts and detections:
             found, reason, detected, reused = self._with_detections(work, segmenter, detections, found, limit, reason)
         tags: list[int | None] = [None] * len(found)
         if prompts:
-            boxes = [detection.box for detection in detections]
             found, tags, reason = self._with_prompts(
-                work, prompts.scaled(scale), segmenter, found, limit, reason, boxes
+                work, prompts.scaled(scale), segmenter, found, limit, reason, detections
             )
         mattes: list[tuple[Matte, str, int, int | None]] = []
         for (coverage, label, round_index), tag in zip(found, tags):
@@ -450,13 +448,13 @@ class ToolChainDecomposer:
 
         An automatic object is dropped when a prompted object covers most of it (IoU >= 0.5, or 60 % of its
         area), or when it holds a negative point; the others lose the pixels that prompted objects took and
-        fill the slots left under ``limit``. ``detected``: the detector's boxes, which points try first.
+        fill the slots left under ``limit``. ``detected``: the detector's objects: points try their boxes first,
+        and a prompted object whose bounding box matches a detected one (IoU >= 0.7) is named by its class.
         """
-        prompted = self.prompt_segmenter(work, prompts, segmenter, detected)
+        prompted = self.prompt_segmenter(work, prompts, segmenter, [detection.box for detection in detected])
         negatives = [p.pixel(work.shape) for p in prompts.negative_points]
-        objects, reason = self._put_first(
-            work.shape[:2], [(c, "") for c in prompted], found, limit, reason, negatives, "prompted"
-        )
+        named = [(coverage, _detected_label(coverage, detected)) for coverage in prompted]
+        objects, reason = self._put_first(work.shape[:2], named, found, limit, reason, negatives, "prompted")
         count = len(prompted)
         tags = list(range(count)) + [None] * (len(objects) - count)
         reason = f"{count} prompted object{'s' if count != 1 else ''}; {reason}" if count else reason
@@ -921,6 +919,22 @@ def _object_like(alpha: np.ndarray, min_share: float = 0.0) -> bool:
     solid = alpha >= 0.5
     share = float(solid.mean())
     return max(min_share, 0.0) < share < 0.92 and float(alpha[solid].mean()) >= 0.75
+
+
+def _detected_label(coverage: np.ndarray, detected: list[Any], min_iou: float = 0.7) -> str:
+    """The class of the detected object whose box best matches the bounding box of ``coverage``, or "" (none
+    with a box IoU of at least ``min_iou``)."""
+    box = mask_box(coverage >= 0.5)
+    if box is None:
+        return ""
+    best, label = min_iou, ""
+    for detection in detected:
+        x0, y0, x1, y1 = detection.box
+        inter = max(0.0, min(x1, box[2]) - max(x0, box[0])) * max(0.0, min(y1, box[3]) - max(y0, box[1]))
+        union = (x1 - x0) * (y1 - y0) + (box[2] - box[0]) * (box[3] - box[1]) - inter
+        if union > 0 and inter / union >= best:
+            best, label = inter / union, detection.label
+    return label
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
