@@ -135,6 +135,32 @@ def test_reconcile_puts_the_correction_on_the_visible_layer():
     np.testing.assert_allclose(fixed.background[0, 0], [0.3] * 3, atol=1e-6)
 
 
+def test_reconcile_sets_pixels_seen_through_one_opaque_object_as_the_solver_would():
+    layered = random_layered(11, count=3)
+    middle = layered.foregrounds[1].copy()
+    middle[2:8, 1:6, 3] = 1.0  # opaque where the object in front of it is clear: seen alone there
+    front = layered.foregrounds[2].copy()
+    front[2:5, 1:6, 3] = 0.0
+    front[9:, :, 3] = 1.0  # the front object opaque at the bottom: seen alone there too
+    shadows = [shadow.copy() for shadow in layered.shadows]
+    shadows[2][2:5, 1:6] = 0.0
+    layered = LayeredImage(layered.background, [layered.foregrounds[0], middle, front], shadows)
+    target = random_layered(12).background
+    fixed = reconcile_with_image(layered, target)
+    np.testing.assert_allclose(fixed.foregrounds[1][2:5, 1:6, :3], target[2:5, 1:6], atol=1e-6)
+    np.testing.assert_allclose(fixed.foregrounds[2][9:, :, :3], target[9:], atol=1e-6)
+    # Everything, alone-seen pixels included, as the plain solver on every pixel gives it.
+    flat = [layered.background.reshape(-1, 3).T] + [fg.reshape(-1, 4)[:, :3].T for fg in layered.foregrounds]
+    colors = np.ascontiguousarray(np.stack(flat), dtype=np.float32)
+    alphas = [fg[:, :, 3].reshape(1, -1).astype(np.float32) for fg in layered.foregrounds]
+    through = [(1 - a) * (1 - sh.reshape(1, -1).astype(np.float32)) for a, sh in zip(alphas, layered.shadows)]
+    wanted = np.ascontiguousarray(target.reshape(-1, 3).T, dtype=np.float32)
+    reconcile_colours(colors, visible_weights(alphas, through), wanted)
+    np.testing.assert_allclose(fixed.background.reshape(-1, 3).T, colors[0], atol=1e-6)
+    for k, fg in enumerate(fixed.foregrounds):
+        np.testing.assert_allclose(fg.reshape(-1, 4)[:, :3].T, colors[k + 1], atol=1e-6)
+
+
 def test_reconcile_leaves_unreachable_residual_and_reports_it():
     # A full shadow over an empty object makes the pixel black: white cannot be reached.
     layered = LayeredImage(np.ones((1, 1, 3)), [pixel(0, 0, 0, 0)], [np.ones((1, 1))])

@@ -1119,20 +1119,34 @@ def reconcile_with_image(layered: LayeredImage, image: Any, iterations: int | No
     if count and (every or covered.any()):
         pixels = None if every else np.flatnonzero(covered)
 
-        def gather(array: np.ndarray) -> np.ndarray:  # (H, W, C) -> (C, N) float32 at the covered pixels
+        def gather(array: np.ndarray) -> np.ndarray:  # (H, W, C) -> (C, N) float32 at the ``pixels``
             flat = array.reshape(-1, array.shape[2] if array.ndim == 3 else 1)
             return np.ascontiguousarray((flat if pixels is None else flat[pixels]).T, dtype=np.float32)
 
-        colors = np.stack([gather(background)] + [gather(fg[:, :, :3]) for fg in foregrounds])  # (K+1, 3, N)
         alphas = [gather(fg[:, :, 3]) for fg in foregrounds]
         transmittance = [(1 - alpha) * (1 - gather(shadow)) for alpha, shadow in zip(alphas, shadows)]
-        reconcile_colours(colors, visible_weights(alphas, transmittance), gather(target), iterations)
-        if pixels is None:
-            background.reshape(-1, 3)[:] = colors[0].T
-            for k, fg in enumerate(foregrounds):
-                fg.reshape(-1, 4)[:, :3] = colors[k + 1].T
-        else:
-            background.reshape(-1, 3)[pixels] = colors[0].T
-            for k, fg in enumerate(foregrounds):
-                fg.reshape(-1, 4)[pixels, :3] = colors[k + 1].T
+        weights = visible_weights(alphas, transmittance)  # (K+1, 1, N)
+        # Where one object alone is seen (visible weight exactly 1: opaque, nothing in front of it), the solver's
+        # answer is the image itself in that object's colour and no change elsewhere: set it without solving.
+        alone = weights[1:, 0] == 1.0  # (K, N)
+        seen_alone = alone.any(axis=0)
+        flat_target = target.reshape(-1, 3)
+        for k, fg in enumerate(foregrounds):
+            if alone[k].any():
+                where = np.flatnonzero(alone[k]) if pixels is None else pixels[alone[k]]
+                fg.reshape(-1, 4)[where, :3] = flat_target[where]
+        if not seen_alone.all():
+            weights = weights[:, :, ~seen_alone]
+            if seen_alone.any():
+                pixels = np.flatnonzero(~seen_alone) if pixels is None else pixels[~seen_alone]
+            colors = np.stack([gather(background)] + [gather(fg[:, :, :3]) for fg in foregrounds])  # (K+1, 3, N)
+            reconcile_colours(colors, np.ascontiguousarray(weights), gather(target), iterations)
+            if pixels is None:
+                background.reshape(-1, 3)[:] = colors[0].T
+                for k, fg in enumerate(foregrounds):
+                    fg.reshape(-1, 4)[:, :3] = colors[k + 1].T
+            else:
+                background.reshape(-1, 3)[pixels] = colors[0].T
+                for k, fg in enumerate(foregrounds):
+                    fg.reshape(-1, 4)[pixels, :3] = colors[k + 1].T
     return LayeredImage(background, foregrounds, shadows, list(layered.labels))
