@@ -96,7 +96,7 @@ class ToolChainDecomposer:
         first_round_side: the whole photo in the first round is, and
         detection_side: each detected box's crop is, where the segmenter takes other sizes
             (`OnnxSegmenter.at_side`; others ignore all four). Defaults: see `TILE_SIDE` and `LATER_ROUND_SIDE`;
-            the first round and the boxes at the nominal side. `FAST` holds the sides and counts of the fast
+            the first round and the boxes at the nominal side. `FAST` holds the settings of the fast
             preset (``load_decomposer("fast")``, ``liwi decompose --method fast``).
         reuse_peeled_in_boxes: a detected box that objects already peeled fill (each at least 90 % inside the box
             grown by the prompt margin, together fitting it as a box prompt's mask must, `PromptSegmenter.fills_box`)
