@@ -970,7 +970,8 @@ def _reconcile(layered: LayeredImage, photo: np.ndarray, band_pixels: int = 1 <<
         differs = np.any(np.abs(background.read(rows, every_column) - _photo_rows(photo, rows)) > 1e-5, axis=2)
         changed_rows[rows] = differs.any(axis=1)
         changed_cols |= differs.any(axis=0)
-    boxes = [o.nonzero_box(3) for o in objects] + [s.nonzero_box() for s in shadows]
+    object_boxes, shadow_boxes = [o.nonzero_box(3) for o in objects], [s.nonzero_box() for s in shadows]
+    boxes = object_boxes + shadow_boxes
     if changed_rows.any():
         hit_rows, hit_cols = np.flatnonzero(changed_rows), np.flatnonzero(changed_cols)
         boxes.append((int(hit_cols[0]), int(hit_rows[0]), int(hit_cols[-1]) + 1, int(hit_rows[-1]) + 1))
@@ -983,14 +984,23 @@ def _reconcile(layered: LayeredImage, photo: np.ndarray, band_pixels: int = 1 <<
     step = max(1, band_pixels // max(1, right - left))
     for start in range(top, bottom, step):
         rows = slice(start, min(bottom, start + step))
+        # An object with neither alpha nor shadow in the band has no weight there: leaving it out changes nothing.
+        present = [
+            k
+            for k in range(len(objects))
+            if any(
+                box is not None and box[1] < rows.stop and box[3] > rows.start and box[0] < right and box[2] > left
+                for box in (object_boxes[k], shadow_boxes[k])
+            )
+        ]
         band = LayeredImage(
             background.read(rows, cols),
-            [o.read(rows, cols) for o in objects],
-            [s.read(rows, cols) for s in shadows],
-            list(layered.labels),
+            [objects[k].read(rows, cols) for k in present],
+            [shadows[k].read(rows, cols) for k in present],
+            [layered.labels[k] for k in present],
         )
         fixed = reconcile_with_image(band, _photo_rows(photo, rows, cols))
         background.write(start, left, fixed.background)  # in place: these arrays are ours
-        for crop, reconciled in zip(objects, fixed.foregrounds):
-            crop.write(start, left, reconciled)
+        for k, reconciled in zip(present, fixed.foregrounds):
+            objects[k].write(start, left, reconciled)
     return layered
