@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import cv2
@@ -82,6 +83,13 @@ def erode(mask: np.ndarray, radius: int) -> np.ndarray:
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """Box ``(left, top, right, bottom)`` (exclusive) of the True pixels, None when there are none."""
     return alpha_bbox(mask)
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two boxes ``(left, top, right, bottom)`` (right and bottom exclusive); 0 when both are empty."""
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
 
 
 def padded_box(box: tuple[int, int, int, int], pad: int, shape: tuple[int, ...]) -> tuple[int, int, int, int]:

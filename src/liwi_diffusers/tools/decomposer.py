@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from ..layers import LayerCrop, LayeredImage, _image_rows, reconcile_with_image, row_bands
-from ._utils import as_rgb, dilate, mask_box, resize, scale_for
+from ._utils import as_rgb, box_iou, dilate, mask_box, resize, scale_for
 from .inpainting import Inpainter, OpenCVInpainter
 from .instances import InstanceSplitter
 from .matting import AlphaMatter, BandMatter, ClosedFormMatter, Matte
@@ -929,11 +929,9 @@ def _detected_label(coverage: np.ndarray, detected: list[Any], min_iou: float = 
         return ""
     best, label = min_iou, ""
     for detection in detected:
-        x0, y0, x1, y1 = detection.box
-        inter = max(0.0, min(x1, box[2]) - max(x0, box[0])) * max(0.0, min(y1, box[3]) - max(y0, box[1]))
-        union = (x1 - x0) * (y1 - y0) + (box[2] - box[0]) * (box[3] - box[1]) - inter
-        if union > 0 and inter / union >= best:
-            best, label = inter / union, detection.label
+        iou = box_iou(detection.box, box)
+        if iou >= best:
+            best, label = iou, detection.label
     return label
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ._utils import colour_codes, dilate, disk, resize, scale_for
+from ._utils import box_iou, colour_codes, dilate, disk, resize, scale_for
 
 __all__ = [
     "BoxPrompt",
@@ -638,10 +638,7 @@ def _box_fit(mask: np.ndarray, box: tuple[int, int, int, int]) -> float:
         return 0.0
     keep = np.isin(labels, [i for i in range(1, count) if areas[i] >= 0.01 * areas[1:].sum()])
     rows, cols = np.flatnonzero(keep.any(axis=1)), np.flatnonzero(keep.any(axis=0))
-    x0, y0, x1, y1 = cols[0], rows[0], cols[-1] + 1, rows[-1] + 1
-    inter = max(0, min(x1, box[2]) - max(x0, box[0])) * max(0, min(y1, box[3]) - max(y0, box[1]))
-    union = (x1 - x0) * (y1 - y0) + (box[2] - box[0]) * (box[3] - box[1]) - inter
-    return float(inter / union) if union else 0.0
+    return box_iou((int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1), box)
 
 
 def _box_regions(solid: np.ndarray, min_share: float = 0.1) -> np.ndarray:
