@@ -468,6 +468,27 @@ def test_a_learned_matte_keeps_the_dark_lower_half_of_an_object():
     assert kept.check(image).ok() and trimmed.check(image).ok()
 
 
+def test_an_object_the_segmenter_is_unsure_of_throughout_becomes_opaque_and_keeps_its_edge():
+    """A grey (0.75) matte all through an opaque object is stretched so the object is not see-through."""
+    from liwi_diffusers.tools.matting import BandMatter
+
+    image = np.full((96, 96, 3), 0.6, np.float32)
+    image[20:76, 24:72] = (0.2, 0.3, 0.8)
+    yy, xx = np.mgrid[:96, :96]
+    inside = np.minimum.reduce([yy - 20.0, 75.0 - yy, xx - 24.0, 71.0 - xx])  # distance into the object
+    edge = np.clip((inside + 2.0) / 4.0, 0.0, 1.0)  # a 4 px soft edge
+    hazy = (0.75 * edge).astype(np.float32)
+    matte = BandMatter()(image, hazy)
+    assert matte.alpha[30:66, 34:62].min() == 1.0
+    assert matte.alpha[:14].max() == 0.0 and matte.alpha[:, :18].max() == 0.0  # nothing grows outside
+    kept = BandMatter(interior_quantile=None)(image, hazy)
+    assert abs(float(kept.alpha[48, 48]) - 0.75) < 1e-6  # off: the matte as it came
+    sure = BandMatter()(image, edge.astype(np.float32))  # a sure matte is not changed by it
+    assert np.array_equal(sure.alpha, BandMatter(interior_quantile=None)(image, edge.astype(np.float32)).alpha)
+    with pytest.raises(ValueError, match="interior_quantile"):
+        BandMatter(interior_quantile=1.5)
+
+
 def test_crops_of_the_first_round_find_an_object_the_whole_photo_hides():
     """The whole photo shows only the largest red thing; a crop without the disc shows the square too."""
     image = scene()
