@@ -295,6 +295,20 @@ def test_detected_boxes_become_labelled_objects_without_duplicates(red_segmenter
     assert layered.check(image).ok()
 
 
+def test_detected_boxes_under_the_least_share_of_the_photo_make_no_layer(red_segmenter):
+    image, _, _ = two_things()
+    speck = Detection((60.0, 20.0, 64.0, 24.0), "speck", 0.95)  # 16 px of the square: 0.17 % of the photo
+    detector = BoxesAt(speck, Detection((8.0, 42.0, 48.0, 82.0), "disc", 0.9))
+    options = {"segmenter": red_segmenter, "detector": detector, "extract_shadows": False}
+    layered = ToolChainDecomposer(**options)(image)
+    assert layered.metadata["objects_detected"] == 1 and "speck" not in layered.labels
+    assert layered.num_objects == 2  # the disc detected, the square peeled whole
+    kept = ToolChainDecomposer(min_detected_share=0.0, **options)(image)
+    assert kept.metadata["objects_detected"] == 2 and "speck" in kept.labels
+    with pytest.raises(ValueError, match=r"min_detected_share must be in \[0, 1\)"):
+        ToolChainDecomposer(min_detected_share=1.0)
+
+
 def test_no_detector_without_a_learned_segmenter_and_no_detected_objects_with_only_prompts(red_segmenter):
     image, _, _ = two_things()
     assert ToolChainDecomposer(segmenter=None).detector is None  # "auto" needs a segmenter

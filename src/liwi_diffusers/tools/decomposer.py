@@ -124,6 +124,10 @@ class ToolChainDecomposer:
             trains offline scores below the rules on the real-photo benchmark; see the README).
         prompt_segmenter: the selection rules (a `PromptSegmenter`) that box and point prompts and detected boxes
             go through (None: its defaults). The fast preset runs GrabCut smaller (200 px, 3 iterations).
+        min_detected_share: detected boxes smaller than this share of the photo's area make no layer (they still
+            guide point prompts and name prompted layers). The detector's tiny boxes (people far off on a beach)
+            give near-empty layers that take slots under the layer limit: on the real-photo benchmark, dropping
+            those under 0.25 % found more of the annotated objects (0.610 -> 0.617) with 140 -> 128 layers.
 
     Default tools are built on first use, so constructing the decomposer is cheap; pymatting (and its
     one-off numba compile) loads on the first call.
@@ -161,6 +165,7 @@ class ToolChainDecomposer:
         prompt_head: Any = None,
         detector: Any = "auto",
         prompt_segmenter: PromptSegmenter | None = None,
+        min_detected_share: float = 0.0025,
     ) -> None:
         if max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {max_objects}")
@@ -179,6 +184,8 @@ class ToolChainDecomposer:
         for name, side in sides.items():
             if side is not None and (isinstance(side, bool) or not isinstance(side, (int, np.integer)) or side < 64):
                 raise ValueError(f"{name} must be None or an int of at least 64 pixels, got {side!r}")
+        if not 0.0 <= min_detected_share < 1.0:
+            raise ValueError(f"min_detected_share must be in [0, 1), got {min_detected_share}")
         if max_resolution < 16:
             raise ValueError(f"max_resolution must be at least 16 pixels, got {max_resolution}")
         self._segmenter_choice = segmenter
@@ -197,6 +204,7 @@ class ToolChainDecomposer:
         self.first_round_side = None if first_round_side is None else int(first_round_side)
         self.detection_side = None if detection_side is None else int(detection_side)
         self.reuse_peeled_in_boxes = bool(reuse_peeled_in_boxes)
+        self.min_detected_share = float(min_detected_share)
         self.max_resolution = max_resolution
         self.extract_shadows = extract_shadows
         self.trim_shadows = trim_shadows
@@ -471,14 +479,19 @@ class ToolChainDecomposer:
     ) -> tuple[list[_Found], str, int, int]:
         """The detected objects (each box segmented as a box prompt is) and the automatic ones that are not them.
 
-        Detections come best first; a box whose mask is empty or repeats an earlier one (IoU >= 0.5) is dropped.
+        Detections come best first; a box smaller than ``min_detected_share`` of the photo, or whose mask is empty
+        or repeats an earlier one (IoU >= 0.5), is dropped.
         Automatic objects are then kept or dropped as beside prompted ones (`_put_first`). Also returns how many
         objects were detected and how many of the kept boxes took peeled objects instead of a pass.
         """
         detected: list[tuple[np.ndarray, str]] = []
         reused = 0
         boxes = _at_side(segmenter, self.detection_side)
+        height, width = work.shape[:2]
         for detection in detections:
+            x0, y0, x1, y1 = detection.box
+            if (x1 - x0) * (y1 - y0) < self.min_detected_share * height * width:
+                continue
             box = BoxPrompt(*detection.box)
             coverage = self._peeled_in_box(found, box) if self.reuse_peeled_in_boxes else None
             from_peeled = coverage is not None
