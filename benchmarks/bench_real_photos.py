@@ -22,6 +22,10 @@ Metrics, per photo group:
   share with IoU >= 0.5. Pixels where the annotation itself is unsure (values strictly between 0.3 and 0.7,
   e.g. the outline band of Oxford-IIIT Pet trimaps) are left out of both sums. Annotations are not exhaustive
   (COCO labels only some things), so this is recall of the annotated objects: extra layers are not penalised.
+- layers: how many object layers were predicted, and "matched", the share of them whose alpha has soft IoU >= 0.5
+  with some annotated object. COCO annotates every instance of its 80 classes (at least 0.4 % of the photo here),
+  so an unmatched layer is an object of another kind (a tree, a sign), a part, a merge, or nothing: a lower bound
+  of the layers' precision, for weighing what a setting adds against what it finds.
 - shadows: for every annotated cast shadow, the best IoU of any predicted shadow layer thresholded at 0.1;
 - background: mean |background - clean plate| over the objects-and-shadows region, divided by the same figure
   for the input photo (below 1: closer to the empty scene than leaving the photo as it is);
@@ -66,6 +70,11 @@ def soft_iou(prediction: np.ndarray, truth: np.ndarray) -> float:
 def best_object_ious(alphas: list[np.ndarray], truths: list[np.ndarray]) -> list[float]:
     """Per annotated object, the best soft IoU of any predicted alpha (0 when nothing was predicted)."""
     return [max((soft_iou(alpha, truth) for alpha in alphas), default=0.0) for truth in truths]
+
+
+def best_layer_ious(alphas: list[np.ndarray], truths: list[np.ndarray]) -> list[float]:
+    """Per predicted alpha, the best soft IoU with any annotated object (0 when nothing is annotated)."""
+    return [max((soft_iou(alpha, truth) for truth in truths), default=0.0) for alpha in alphas]
 
 
 def best_shadow_ious(shadows: list[np.ndarray], truths: list[np.ndarray], threshold: float = 0.1) -> list[float]:
@@ -176,6 +185,7 @@ def evaluate(rows: dict[str, Any], samples: list[Any], keep_layers: set[str] | N
                 "objects_predicted": layered.num_objects,
                 "stop_reason": layered.metadata.get("stop_reason", ""),
                 "object_ious": best_object_ious(alphas, sample.object_masks),
+                "layer_ious": best_layer_ious(alphas, sample.object_masks),
                 "recomposition_max": layered.check(sample.image).max_abs_error,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
@@ -204,11 +214,14 @@ def summarise(records: list[dict[str, Any]], group: str | None) -> dict[str, Any
     ious = [v for r in chosen for v in r["object_ious"]]
     shadow = [v for r in chosen for v in r.get("shadow_ious", [])]
     ratios = [r["background_ratio"] for r in chosen if np.isfinite(r.get("background_ratio", np.nan))]
+    layers = [v for r in chosen for v in r.get("layer_ious", [])]
     return {
         "photos": len(chosen),
         "objects": len(ious),
         "found": float(np.mean([v >= 0.5 for v in ious])) if ious else None,
         "mean_iou": float(np.mean(ious)) if ious else None,
+        "layers": len(layers),
+        "layers_matched": float(np.mean([v >= 0.5 for v in layers])) if layers else None,
         "shadows": len(shadow),
         "shadow_iou": float(np.mean(shadow)) if shadow else None,
         "clean_plates": len(ratios),
@@ -224,13 +237,15 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
         return "n/a" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
 
     lines = [
-        "| row | group | photos | objects | found | mean IoU | shadow IoU | background ratio | s/photo | peak RSS MB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| row | group | photos | objects | found | mean IoU | layers | matched | shadow IoU | background ratio "
+        "| s/photo | peak RSS MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row, groups in summary.items():
         for group, s in groups.items():
             lines.append(
                 f"| {row} | {group} | {s['photos']} | {s['objects']} | {cell(s['found'])} | {cell(s['mean_iou'])} | "
+                f"{s['layers']} | {cell(s['layers_matched'])} | "
                 f"{cell(s['shadow_iou'])} | {cell(s['background_ratio'])} | {cell(s['seconds_mean'], 1)} | "
                 f"{cell(s['peak_rss_mb'], 0)} |"
             )

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_real_photos import background_ratio, best_object_ious, best_shadow_ious, soft_iou
+from bench_real_photos import background_ratio, best_layer_ious, best_object_ious, best_shadow_ious, soft_iou, summarise
 
 
 def test_soft_iou_is_min_over_max_and_ignores_the_unsure_band():
@@ -39,6 +39,27 @@ def test_best_ious_pick_the_best_layer_per_truth_and_zero_without_layers():
     assert best_object_ious([half], [a]) == [pytest.approx(0.5)]
     shadow = a * 0.3  # sigma 0.3 > 0.1 counts as shadow
     assert best_shadow_ious([shadow * 0, shadow], [a]) == [1.0]
+
+
+def test_layers_are_matched_to_the_annotated_objects_they_overlap():
+    a = np.zeros((6, 6), np.float32)
+    a[:3] = 1
+    stray = np.zeros((6, 6), np.float32)
+    stray[5, 5] = 1
+    assert best_layer_ious([a, stray], [a]) == [1.0, 0.0]
+    assert best_layer_ious([a], []) == [0.0]
+    records = [
+        {
+            "groups": ["pair"],
+            "object_ious": [1.0, 0.2],
+            "layer_ious": [1.0, 0.0, 0.6],
+            "seconds": 1.0,
+            "peak_rss_mb": 1.0,
+        }
+    ]
+    summary = summarise(records, None)
+    assert summary["layers"] == 3 and summary["layers_matched"] == pytest.approx(2 / 3)
+    assert summary["found"] == 0.5
 
 
 def test_background_ratio_is_below_one_when_closer_to_the_empty_scene():
