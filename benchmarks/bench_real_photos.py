@@ -25,7 +25,8 @@ Metrics, per photo group:
 - layers: how many object layers were predicted, and "matched", the share of them whose alpha has soft IoU >= 0.5
   with some annotated object. COCO annotates every instance of its 80 classes (at least 0.4 % of the photo here),
   so an unmatched layer is an object of another kind (a tree, a sign), a part, a merge, or nothing: a lower bound
-  of the layers' precision, for weighing what a setting adds against what it finds.
+  of the layers' precision, for weighing what a setting adds against what it finds. A layer under 0.4 % of the
+  photo cannot match (smaller instances are not in the annotations), whatever it shows.
 - shadows: for every annotated cast shadow, the best IoU of any predicted shadow layer thresholded at 0.1;
 - background: mean |background - clean plate| over the objects-and-shadows region, divided by the same figure
   for the input photo (below 1: closer to the empty scene than leaving the photo as it is);
