@@ -154,9 +154,10 @@ class BandMatter:
     estimate gives similar colours at about 50x the cost), so the object shows no halo of its old background.
 
     A segmenter is sometimes unsure of a whole object: its matte is grey (0.7-0.9) all through an opaque bench or
-    car, which would leave the layer see-through. So when the object's interior (its solid part, eroded by 5 % of
-    its size) is mostly under ``high``, the coverage is first divided by the interior's ``interior_quantile``
-    quantile, so that the interior is sure and the edge keeps its shape (``interior_quantile=None``: off).
+    car, which would leave the layer see-through. So when the ``interior_quantile`` quantile of the object's
+    interior (its solid part, eroded by 5 % of its size) is under ``high`` (by default: a quarter of the interior is
+    unsure), the coverage is first divided by that quantile, so that the interior is sure and the edge keeps its
+    shape (``interior_quantile=None``: off).
     """
 
     def __init__(
