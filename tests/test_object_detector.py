@@ -371,6 +371,26 @@ def test_first_round_and_detected_boxes_run_at_their_own_sides(red_segmenter):
         ToolChainDecomposer(first_round_side=True)
 
 
+def test_large_detected_boxes_run_at_the_large_box_side_only_where_it_is_smaller(red_segmenter):
+    image, _, _ = two_things()
+    recorder = SideRecorder(red_segmenter)
+    large, small = Detection((8.0, 30.0, 60.0, 90.0), "large", 0.9), Detection((58.0, 14.0, 82.0, 38.0), "small", 0.8)
+    options = {"segmenter": recorder, "detector": BoxesAt(large, small), "extract_shadows": False, "tiles": 0}
+    layered = ToolChainDecomposer(large_box_side=64, max_rounds=1, **options)(image)
+    first, *boxes = recorder.log
+    assert first == (None, image.shape[:2])
+    assert [side for side, _ in boxes] == [64, None]  # the 62 px crop at 64; the 29 px one at the nominal side
+    assert layered.metadata["large_box_side"] == 64
+    recorder.log.clear()
+    ToolChainDecomposer(large_box_side=None, max_rounds=1, **options)(image)
+    assert {side for side, _ in recorder.log} == {None}
+    recorder.log.clear()
+    ToolChainDecomposer(large_box_side=128, detection_side=96, max_rounds=1, **options)(image)
+    assert {side for side, _ in recorder.log[1:]} == {96}  # never larger than the boxes' own side
+    with pytest.raises(ValueError, match="large_box_side must be None or an int of at least 64"):
+        ToolChainDecomposer(large_box_side=10)
+
+
 def test_a_detected_box_that_a_peeled_object_fills_takes_it_without_a_crop_pass(red_segmenter):
     image, disc, _ = two_things()
     recorder = SideRecorder(red_segmenter)

@@ -96,8 +96,8 @@ class ToolChainDecomposer:
         first_round_side: the whole photo in the first round is, and
         detection_side: each detected box's crop is, where the segmenter takes other sizes
             (`OnnxSegmenter.at_side`; others ignore all four). Defaults: see `TILE_SIDE` and `LATER_ROUND_SIDE`;
-            the first round and the boxes at the nominal side. `FAST` holds the settings of the fast
-            preset (``load_decomposer("fast")``, ``liwi decompose --method fast``).
+            the first round and the boxes at the nominal side (large boxes at ``large_box_side``). `FAST` holds the
+            settings of the fast preset (``load_decomposer("fast")``, ``liwi decompose --method fast``).
         reuse_peeled_in_boxes: a detected box that objects already peeled fill (each at least 90 % inside the box
             grown by the prompt margin, together fitting it as a box prompt's mask must, `PromptSegmenter.fills_box`)
             takes those objects instead of a segmenter pass on its crop. False (default): every box gets its
@@ -128,6 +128,10 @@ class ToolChainDecomposer:
             guide point prompts and name prompted layers). The detector's tiny boxes (people far off on a beach)
             give near-empty layers that take slots under the layer limit: on the real-photo benchmark, dropping
             those under 0.25 % found more of the annotated objects (0.610 -> 0.617) with 140 -> 128 layers.
+        large_box_side: a detected box whose crop (the box plus 20 %) is at least 0.8 of this side on its long side
+            is segmented at this side instead of ``detection_side`` (only where it is smaller; None: off). Such a
+            crop has the detail already, and the nominal side would only upsample it: on the real-photo benchmark,
+            default, the same objects found and mean IoU 0.569 -> 0.575, multi photos at 1 MP 0.83x the time.
 
     Default tools are built on first use, so constructing the decomposer is cheap; pymatting (and its
     one-off numba compile) loads on the first call.
@@ -166,6 +170,7 @@ class ToolChainDecomposer:
         detector: Any = "auto",
         prompt_segmenter: PromptSegmenter | None = None,
         min_detected_share: float = 0.0025,
+        large_box_side: int | None = 640,
     ) -> None:
         if max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {max_objects}")
@@ -180,6 +185,7 @@ class ToolChainDecomposer:
             "later_round_side": later_round_side,
             "first_round_side": first_round_side,
             "detection_side": detection_side,
+            "large_box_side": large_box_side,
         }
         for name, side in sides.items():
             if side is not None and (isinstance(side, bool) or not isinstance(side, (int, np.integer)) or side < 64):
@@ -205,6 +211,7 @@ class ToolChainDecomposer:
         self.detection_side = None if detection_side is None else int(detection_side)
         self.reuse_peeled_in_boxes = bool(reuse_peeled_in_boxes)
         self.min_detected_share = float(min_detected_share)
+        self.large_box_side = None if large_box_side is None else int(large_box_side)
         self.max_resolution = max_resolution
         self.extract_shadows = extract_shadows
         self.trim_shadows = trim_shadows
@@ -433,6 +440,7 @@ class ToolChainDecomposer:
                     "later_round_side": self.later_round_side,
                     "first_round_side": self.first_round_side,
                     "detection_side": self.detection_side,
+                    "large_box_side": self.large_box_side,
                     "reuse_peeled_in_boxes": self.reuse_peeled_in_boxes,
                 }
             )
@@ -487,6 +495,11 @@ class ToolChainDecomposer:
         detected: list[tuple[np.ndarray, str]] = []
         reused = 0
         boxes = _at_side(segmenter, self.detection_side)
+        large_boxes = None  # the segmenter at ``large_box_side``, when that is smaller than the boxes' own side
+        if self.large_box_side is not None and (
+            self.detection_side is None or self.large_box_side < self.detection_side
+        ):
+            large_boxes = _at_side(segmenter, self.large_box_side)
         height, width = work.shape[:2]
         for detection in detections:
             x0, y0, x1, y1 = detection.box
@@ -496,7 +509,8 @@ class ToolChainDecomposer:
             coverage = self._peeled_in_box(found, box) if self.reuse_peeled_in_boxes else None
             from_peeled = coverage is not None
             if coverage is None:
-                coverage = self.prompt_segmenter.segment_box(work, box, boxes)
+                large = large_boxes is not None and max(x1 - x0, y1 - y0) * 1.2 >= 0.8 * self.large_box_side
+                coverage = self.prompt_segmenter.segment_box(work, box, large_boxes if large else boxes)
             solid = coverage >= 0.5
             if not solid.any() or any(_iou(solid, other >= 0.5) >= 0.5 for other, _ in detected):
                 continue
