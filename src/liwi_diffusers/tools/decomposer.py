@@ -128,10 +128,11 @@ class ToolChainDecomposer:
             guide point prompts and name prompted layers). The detector's tiny boxes (people far off on a beach)
             give near-empty layers that take slots under the layer limit: on the real-photo benchmark, dropping
             those under 0.25 % found more of the annotated objects (0.610 -> 0.617) with 140 -> 128 layers.
-        large_box_side: a detected box whose crop (the box plus 20 %) is at least 0.8 of this side on its long side
-            is segmented at this side instead of ``detection_side`` (only where it is smaller; None: off). Such a
-            crop has the detail already, and the nominal side would only upsample it: on the real-photo benchmark,
-            default, the same objects found and mean IoU 0.569 -> 0.575, multi photos at 1 MP 0.83x the time.
+        large_box_side: a detected box whose crop (the box and the prompt margin around it) is at least 0.8 of
+            this side on its long side is segmented at this side instead of ``detection_side`` (only where it is
+            smaller; None: off). Such a crop has the detail already, and the nominal side would only upsample it:
+            on the real-photo benchmark, default, the same objects found and mean IoU 0.569 -> 0.575, multi photos
+            at 1 MP 0.83x the time.
 
     Default tools are built on first use, so constructing the decomposer is cheap; pymatting (and its
     one-off numba compile) loads on the first call.
@@ -509,7 +510,8 @@ class ToolChainDecomposer:
             coverage = self._peeled_in_box(found, box) if self.reuse_peeled_in_boxes else None
             from_peeled = coverage is not None
             if coverage is None:
-                large = large_boxes is not None and max(x1 - x0, y1 - y0) * 1.2 >= 0.8 * self.large_box_side
+                crop_side = max(x1 - x0, y1 - y0) * (1 + 2 * self.prompt_segmenter.box_margin)  # what is segmented
+                large = large_boxes is not None and crop_side >= 0.8 * self.large_box_side
                 coverage = self.prompt_segmenter.segment_box(work, box, large_boxes if large else boxes)
             solid = coverage >= 0.5
             if not solid.any() or any(_iou(solid, other >= 0.5) >= 0.5 for other, _ in detected):

@@ -173,12 +173,12 @@ class BandMatter:
         if interior_quantile is not None and not 0.0 <= interior_quantile <= 1.0:
             raise ValueError(f"interior_quantile must be in [0, 1] or None, got {interior_quantile}")
         self.low = low
-        self.interior_quantile = interior_quantile
         self.high = high
         self.min_band = min_band
         self.working_size = working_size
         self.epsilon = epsilon
         self.max_iterations = max_iterations
+        self.interior_quantile = interior_quantile
 
     def __call__(self, image: Any, mask: Any) -> Matte:
         """Matte of the object whose soft coverage is ``mask`` in ``image``."""
