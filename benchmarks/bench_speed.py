@@ -2,10 +2,11 @@
 
     python benchmarks/bench_speed.py                         # 1, 4, 12 MP; before / after configurations
     python benchmarks/bench_speed.py --megapixels 1 --photos 3
+    python benchmarks/bench_speed.py --megapixels 1 --photos 5 --group single --configs default fast
 
-Photos: real photos of the real-photo benchmark (``benchmarks/data/real/``, the first ``--photos`` multi-object
-ones), upscaled (Lanczos) to each size. Configurations, all measured in the same process and run (ratios between
-them are what to compare on a shared machine):
+Photos: real photos of the real-photo benchmark (``benchmarks/data/real/``, the first ``--photos`` of ``--group``:
+multi-object ones by default, or single-subject ones or pairs), upscaled (Lanczos) to each size. Configurations,
+all measured in the same process and run (ratios between them are what to compare on a shared machine):
 
 - ``default``: today's default (every pass at the nominal 1024, the model file as exported);
 - ``later-640``: peeling rounds after the first at 640 (``later_round_side=640``, a second ONNX Runtime session);
@@ -159,7 +160,8 @@ def upscaled(image: np.ndarray, megapixels: float) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--megapixels", nargs="+", type=float, default=[1, 4, 12])
-    parser.add_argument("--photos", type=int, default=2, help="multi-object photos of the real-photo benchmark")
+    parser.add_argument("--photos", type=int, default=2, help="photos of the real-photo benchmark's --group")
+    parser.add_argument("--group", choices=("single", "pair", "multi"), default="multi", help="which photos")
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -167,7 +169,7 @@ def main() -> None:
     from liwi_diffusers.tools._utils import resize, scale_for
     from liwi_diffusers.tools.segmenter import OnnxSegmenter
 
-    photos = load_real_benchmark(groups=["multi"])[: args.photos]
+    photos = load_real_benchmark(groups=[args.group])[: args.photos]
     segmenter = OnnxSegmenter.from_cache()
     rows = []
     for sample in photos:
@@ -241,7 +243,13 @@ def main() -> None:
             )
     write_results(
         args.output,
-        {"command": "python " + " ".join(sys.argv), "cpu_count": os.cpu_count(), "summary": summary, "rows": rows},
+        {
+            "command": "python " + " ".join(sys.argv),
+            "cpu_count": os.cpu_count(),
+            "group": args.group,
+            "summary": summary,
+            "rows": rows,
+        },
     )
 
 
