@@ -15,8 +15,9 @@ all measured in the same process and run (ratios between them are what to compar
   detector is downloaded);
 - ``with-crops``: the first round's 2 x 2 crops whether or not a detector is in use (``tiles=2``);
 - ``fast``: the fast preset (``load_decomposer("fast")``, `liwi_diffusers.tools.decomposer.FAST`);
-- ``fast-before``: the fast preset of the previous release: every detected box gets a segmenter pass, and box
-  GrabCut at its default size (``reuse_peeled_in_boxes=False``, the default `PromptSegmenter`).
+- ``fast-before``: the fast preset of the previous release: a box that nothing fits tries GrabCut from the
+  segmenter's matte and from all three shape priors (``grabcut_from_matte=True``, ``box_priors`` "box", "middle",
+  "ellipse").
 
 Stages, timed by wrapping the decomposer's tools: segmenter passes (first / crops / detected boxes / later
 rounds), instance splitting, matting, shadows, fill (inpainting), and the rest (full-resolution layers,
@@ -127,6 +128,7 @@ def _flagged(method: Any, role: RoleSegmenter, flag: str) -> Any:
 def decomposer_for(config: str, segmenter: Any, clock: dict[str, float]) -> tuple[Any, RoleSegmenter]:
     from liwi_diffusers.tools import ToolChainDecomposer
     from liwi_diffusers.tools.decomposer import FAST
+    from liwi_diffusers.tools.prompts import PromptSegmenter
 
     role = RoleSegmenter(segmenter, clock)
     sides = {
@@ -136,7 +138,7 @@ def decomposer_for(config: str, segmenter: Any, clock: dict[str, float]) -> tupl
         "no-crops": {"tiles": 0},
         "with-crops": {"tiles": 2},
         "fast": dict(FAST),
-        "fast-before": {**FAST, "reuse_peeled_in_boxes": False, "prompt_segmenter": None},
+        "fast-before": {**FAST, "prompt_segmenter": PromptSegmenter(grabcut_size=200, grabcut_iterations=3)},
     }[config]
     decomposer = ToolChainDecomposer(segmenter=role, **sides)
     decomposer._matter = Timed(decomposer.matter, clock, "matting")

@@ -269,6 +269,48 @@ def test_a_box_around_nothing_it_can_find_gives_the_ellipse_it_holds():
     assert mask[30, 30] == 1.0 and mask[21, 11] == 0.0 and mask[30, 11] == 1.0 and mask[:20].max() == 0.0
 
 
+def count_grabcuts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts `PromptSegmenter._grabcut` calls (one entry each) while the test runs."""
+    calls: list[int] = []
+    run = PromptSegmenter._grabcut
+
+    def counted(self: PromptSegmenter, *args, **kwargs):
+        calls.append(1)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(PromptSegmenter, "_grabcut", counted)
+    return calls
+
+
+def test_a_box_that_nothing_fits_tries_one_grabcut_per_shape_prior_it_is_given(monkeypatch):
+    """Flat grey, no segmenter: every shape prior is tried and refused, then the ellipse is the answer; the fast
+    preset's shorter list runs fewer GrabCuts for the same fallback, and an unknown prior is a clear error."""
+    image = np.full((64, 64, 3), 0.5, np.float32)
+    prompts = parse_prompts(boxes=[(10, 20, 50, 40)], size=(64, 64))
+    calls = count_grabcuts(monkeypatch)
+    masks = []
+    for priors, expected in ((("box", "middle", "ellipse"), 3), (("box", "ellipse"), 2), ((), 0)):
+        calls.clear()
+        masks.append(PromptSegmenter(box_priors=priors)(image, prompts)[0])
+        assert len(calls) == expected, priors
+    assert all(np.array_equal(mask, masks[0]) for mask in masks) and masks[0][30, 30] == 1.0
+    with pytest.raises(ValueError, match=r"unknown box prior.*'square'"):
+        PromptSegmenter(box_priors=("box", "square"))
+
+
+def test_grabcut_from_the_matte_runs_only_when_asked(monkeypatch, onnx_segmenter):
+    """A box far larger than the red square it holds: the segmenter's region does not fit the box, so the
+    default tries GrabCut seeded by its matte next; without ``grabcut_from_matte`` that GrabCut is not run."""
+    image, _, _ = two_things()
+    prompts = parse_prompts(boxes=[(44, 2, 96, 60)], size=(96, 96))
+    calls = count_grabcuts(monkeypatch)
+    PromptSegmenter(box_priors=())(image, prompts, onnx_segmenter)
+    assert len(calls) == 1
+    calls.clear()
+    mask = PromptSegmenter(box_priors=(), grabcut_from_matte=False)(image, prompts, onnx_segmenter)[0]
+    assert len(calls) == 0 and mask.any() and mask[:, :44].max() == 0.0  # still an answer, inside the box
+
+
 def test_depth_is_one_at_a_regions_middle_and_small_on_its_rim():
     region = np.zeros((30, 30), bool)
     region[5:25, 5:25] = True

@@ -46,21 +46,25 @@ TILE_SIDE: int | None = None
 LATER_ROUND_SIDE: int | None = None
 # The fast preset (`load_decomposer("fast")`, `liwi decompose --method fast`): the whole photo at 640, no crops, one
 # round, the detected boxes at 384; a box that peeled objects already fill takes them with no pass of its own (the
-# 640 pass sees a large box in more detail than a 384 pass on its crop), and box GrabCut at 200 px, 3 iterations.
-# On the real-photo benchmark (45 photos, found single / pair / multi) it keeps 0.933 / 0.567 / 0.469 against the
-# default's 1.000 / 0.567 / 0.531 (the previous fast preset, which segmented every box and ran GrabCut at 320 px,
-# 5 iterations: 0.867 / 0.533 / 0.469), for 0.22 of the default's time on multi photos at 1 MP (4.6 s against 21.3 s,
-# and 6.1 s for the previous fast preset, 2 cores; `benchmarks/results/speed_fast_reuse.json`). Measured beside it:
-# boxes at 512 or 384 with everything else at the default lose multi 0.531 -> 0.469; the photo at 640 with boxes at
-# 1024 keeps multi 0.531 but pays 2.9 s a box. Reusing peeled objects at the default's sides loses instead (multi
-# 0.531 -> 0.521): there a box's own pass sees it in finer detail than the whole photo's.
+# 640 pass sees a large box in more detail than a 384 pass on its crop); box GrabCut at 200 px, 3 iterations, and a
+# box that nothing fits tries GrabCut only from the "box" and "ellipse" priors (not from the segmenter's matte nor
+# the "middle" prior: on the real-photo benchmark the same objects found, mean IoU 0.537 -> 0.536, for 0.75 of
+# the box GrabCut time; `benchmarks/results/real_photos_fast_trim.json`, `speed_fast_trim.json`). On the 45
+# photos it finds single / pair / multi 0.933 / 0.633 / 0.531 against the default's 1.000 / 0.667 / 0.625, for
+# about 0.2 of the default's time on multi photos at 1 MP (2.5 s against 11.4 s on 2 cores;
+# `benchmarks/results/speed_per_mp_epyc.json`). Measured beside it: boxes at 512 or 384 with everything else at the
+# default lose multi objects; the photo at 640 with boxes at 1024 keeps them but pays a full pass a box. Reusing
+# peeled objects at the default's sides loses instead: there a box's own pass sees it in finer detail than the
+# whole photo's.
 FAST: dict[str, Any] = {
     "first_round_side": 640,
     "tiles": 0,
     "max_rounds": 1,
     "detection_side": 384,
     "reuse_peeled_in_boxes": True,
-    "prompt_segmenter": PromptSegmenter(grabcut_size=200, grabcut_iterations=3),
+    "prompt_segmenter": PromptSegmenter(
+        grabcut_size=200, grabcut_iterations=3, grabcut_from_matte=False, box_priors=("box", "ellipse")
+    ),
 }
 _Found = tuple[np.ndarray, str, int]  # (coverage at working resolution, label, peeling round)
 

@@ -286,6 +286,9 @@ class RememberingSegmenter:
         return self._answers[key].copy()
 
 
+SHAPE_PRIORS = ("box", "middle", "ellipse")  # GrabCut's starting labels from a box alone (`_shape_prior_labels`)
+
+
 @dataclass
 class PromptSegmenter:
     """Masks of prompted objects: the segmenter on a crop around each prompt, GrabCut where it finds nothing.
@@ -310,6 +313,10 @@ class PromptSegmenter:
         split_instances: cut a point's region into instances (`split_salient_matte`) and keep the one under it.
         grabcut_size: GrabCut runs on the crop at most this many pixels on its long side.
         grabcut_iterations: GrabCut iterations.
+        grabcut_from_matte: whether a box tries GrabCut started from the segmenter's matte before the shape priors.
+        box_priors: the shape priors a box tries GrabCut from, in order (see `_shape_prior_labels`: "box",
+            "middle", "ellipse"). Each is one more GrabCut on a box that nothing fits; the fast preset keeps
+            fewer.
         learned: a `liwi_diffusers.tools.learned_prompts.LearnedPromptSegmenter` (a trained prompt head on the
             segmenter's features; opt-in): when set, it gives every box's and point's mask and the rules above are
             not used; None (default) keeps them.
@@ -326,7 +333,15 @@ class PromptSegmenter:
     split_instances: bool = True
     grabcut_size: int = 320
     grabcut_iterations: int = 5
+    grabcut_from_matte: bool = True
+    box_priors: tuple[str, ...] = SHAPE_PRIORS
     learned: Any = None
+
+    def __post_init__(self) -> None:
+        unknown = [prior for prior in self.box_priors if prior not in SHAPE_PRIORS]
+        if unknown:
+            raise ValueError(f"PromptSegmenter: unknown box prior(s) {unknown}; choose from {list(SHAPE_PRIORS)}")
+        self.box_priors = tuple(self.box_priors)
 
     def __call__(
         self, image: np.ndarray, prompts: Prompts, segmenter: Any = None, detected: Sequence[Sequence[float]] = ()
@@ -402,10 +417,10 @@ class PromptSegmenter:
                         # otherwise take its faint values for a faint object.
                         scale = 1.0 if threshold == 0.5 else 1.0 / max(threshold, 1e-3)
                         yield np.where(dilate(kept, 2), np.clip(matte * scale, 0, 1), 0.0), False
-                if peak >= 0.1:
+                if peak >= 0.1 and self.grabcut_from_matte:
                     seeded = self._grabcut(patch, _labels_from(matte >= min(0.5, 0.5 * peak), inside, seeds_out))
                     yield _box_regions(_without_regions_at(seeded & inside, seeds_out)).astype(np.float32), False
-            for prior in ("box", "middle", "ellipse"):
+            for prior in self.box_priors:
                 shaped = self._grabcut(patch, _shape_prior_labels(inside, target, seeds_out, prior)) & inside
                 yield _box_regions(_without_regions_at(shaped, seeds_out)).astype(np.float32), True
 
