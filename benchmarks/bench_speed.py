@@ -8,12 +8,14 @@ Photos: real photos of the real-photo benchmark (``benchmarks/data/real/``, the 
 multi-object ones by default, or single-subject ones or pairs), upscaled (Lanczos) to each size. Configurations,
 all measured in the same process and run (ratios between them are what to compare on a shared machine):
 
-- ``default``: today's default (every pass at the nominal 1024, the model file as exported);
+- ``default``: today's default (``ToolChainDecomposer()`` with the downloaded models);
 - ``later-640``: peeling rounds after the first at 640 (``later_round_side=640``, a second ONNX Runtime session);
 - ``crops-768``: also the crops at 768 (``tile_side=768``);
 - ``no-crops``: the default without the first round's crops (``tiles=0``; the default itself when the object
   detector is downloaded);
 - ``with-crops``: the first round's 2 x 2 crops whether or not a detector is in use (``tiles=2``);
+- ``large-512``: the default of the previous release: only detected boxes whose crop is at least 512 px run at
+  ``large_box_side`` (``large_box_min_crop=512``; now 256);
 - ``fast``: the fast preset (``load_decomposer("fast")``, `liwi_diffusers.tools.decomposer.FAST`);
 - ``fast-before``: the fast preset of the previous release: a box that nothing fits tries GrabCut from the
   segmenter's matte and from all three shape priors (``grabcut_from_matte=True``, ``box_priors`` "box", "middle",
@@ -45,7 +47,7 @@ from real_data import load_real_benchmark
 from results_io import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "speed.json"
-CONFIGS = ("default", "with-crops", "later-640", "crops-768", "no-crops", "fast", "fast-before")
+CONFIGS = ("default", "large-512", "with-crops", "later-640", "crops-768", "no-crops", "fast", "fast-before")
 
 
 class Timed:
@@ -133,6 +135,7 @@ def decomposer_for(config: str, segmenter: Any, clock: dict[str, float]) -> tupl
     role = RoleSegmenter(segmenter, clock)
     sides = {
         "default": {},
+        "large-512": {"large_box_min_crop": 512},
         "later-640": {"later_round_side": 640},
         "crops-768": {"tile_side": 768, "later_round_side": 640},
         "no-crops": {"tiles": 0},

@@ -376,11 +376,18 @@ def test_large_detected_boxes_run_at_the_large_box_side_only_where_it_is_smaller
     recorder = SideRecorder(red_segmenter)
     large, small = Detection((8.0, 30.0, 60.0, 90.0), "large", 0.9), Detection((58.0, 14.0, 82.0, 38.0), "small", 0.8)
     options = {"segmenter": recorder, "detector": BoxesAt(large, small), "extract_shadows": False, "tiles": 0}
-    layered = ToolChainDecomposer(large_box_side=64, max_rounds=1, **options)(image)
+    layered = ToolChainDecomposer(large_box_side=64, large_box_min_crop=40, max_rounds=1, **options)(image)
     first, *boxes = recorder.log
     assert first == (None, image.shape[:2])
     assert [side for side, _ in boxes] == [64, None]  # the 62 px crop at 64; the 29 px one at the nominal side
-    assert layered.metadata["large_box_side"] == 64
+    assert layered.metadata["large_box_side"] == 64 and layered.metadata["large_box_min_crop"] == 40
+    recorder.log.clear()
+    ToolChainDecomposer(large_box_side=64, large_box_min_crop=20, max_rounds=1, **options)(image)
+    assert [side for side, _ in recorder.log[1:]] == [64, 64]  # both crops are at least 20 px
+    recorder.log.clear()
+    layered = ToolChainDecomposer(large_box_side=64, max_rounds=1, **options)(image)
+    assert [side for side, _ in recorder.log[1:]] == [None, None]  # the default: crops of 256 px and more only
+    assert layered.metadata["large_box_min_crop"] == 256
     recorder.log.clear()
     ToolChainDecomposer(large_box_side=None, max_rounds=1, **options)(image)
     assert {side for side, _ in recorder.log} == {None}
@@ -389,6 +396,9 @@ def test_large_detected_boxes_run_at_the_large_box_side_only_where_it_is_smaller
     assert {side for side, _ in recorder.log[1:]} == {96}  # never larger than the boxes' own side
     with pytest.raises(ValueError, match="large_box_side must be None or an int of at least 64"):
         ToolChainDecomposer(large_box_side=10)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="large_box_min_crop must be"):
+            ToolChainDecomposer(large_box_min_crop=bad)
 
 
 def test_a_detected_box_that_a_peeled_object_fills_takes_it_without_a_crop_pass(red_segmenter):
