@@ -401,6 +401,20 @@ def test_large_detected_boxes_run_at_the_large_box_side_only_where_it_is_smaller
             ToolChainDecomposer(large_box_min_crop=bad)
 
 
+def test_box_prompts_follow_the_large_box_rule_too(red_segmenter):
+    """A box prompt's crop of at least ``large_box_min_crop`` px runs at ``large_box_side``, a smaller one at the
+    nominal side; with the rule off, both at the nominal side."""
+    image, _, _ = two_things()
+    recorder = SideRecorder(red_segmenter)
+    options = {"segmenter": recorder, "detector": None, "extract_shadows": False, "tiles": 0, "max_rounds": 1}
+    boxes = [(8, 30, 60, 90), (58, 14, 82, 38)]  # crops of about 74 and 33 px
+    ToolChainDecomposer(large_box_side=64, large_box_min_crop=40, **options)(image, boxes=boxes, only_prompts=True)
+    assert [side for side, _ in recorder.log] == [64, None]
+    recorder.log.clear()
+    ToolChainDecomposer(large_box_side=None, **options)(image, boxes=boxes, only_prompts=True)
+    assert [side for side, _ in recorder.log] == [None, None]
+
+
 def test_a_detected_box_that_a_peeled_object_fills_takes_it_without_a_crop_pass(red_segmenter):
     image, disc, _ = two_things()
     recorder = SideRecorder(red_segmenter)

@@ -132,9 +132,10 @@ class ToolChainDecomposer:
             guide point prompts and name prompted layers). The detector's tiny boxes (people far off on a beach)
             give near-empty layers that take slots under the layer limit: on the real-photo benchmark, dropping
             those under 0.25 % found more of the annotated objects (0.610 -> 0.617) with 140 -> 128 layers.
-        large_box_side: a detected box whose crop (the box and the prompt margin around it) is at least
+        large_box_side: a box whose crop (the box and the prompt margin around it, inside the photo) is at least
             ``large_box_min_crop`` pixels on its long side (at working resolution) is segmented at this side instead
-            of ``detection_side`` (only where it is smaller; None: off). Such a crop has the detail already, and the
+            of ``detection_side`` (detected boxes) or the nominal side (box prompts, and the detected boxes a point
+            prompt tries), only where it is smaller; None: off. Such a crop has the detail already, and the
             nominal side would only upsample it more: on the real-photo benchmark, default, crops of 512 px and
             more at 640 found the same objects with mean IoU 0.569 -> 0.575, multi photos at 1 MP 0.83x the time.
         large_box_min_crop: see ``large_box_side``. Per detected box (146 boxes of the 45 photos, the prompt mask's
@@ -483,7 +484,8 @@ class ToolChainDecomposer:
         fill the slots left under ``limit``. ``detected``: the detector's objects: points try their boxes first,
         and a prompted object whose bounding box matches a detected one (IoU >= 0.7) is named by its class.
         """
-        prompted = self.prompt_segmenter(work, prompts, segmenter, [detection.box for detection in detected])
+        boxes = [detection.box for detection in detected]
+        prompted = self.prompt_segmenter(work, prompts, segmenter, boxes, self._box_segmenter(segmenter, None))
         negatives = [p.pixel(work.shape) for p in prompts.negative_points]
         named = [(coverage, _detected_label(coverage, detected)) for coverage in prompted]
         objects, reason = self._put_first(work.shape[:2], named, found, limit, reason, negatives, "prompted")
@@ -510,12 +512,7 @@ class ToolChainDecomposer:
         """
         detected: list[tuple[np.ndarray, str]] = []
         reused = 0
-        boxes = _at_side(segmenter, self.detection_side)
-        large_boxes = None  # the segmenter at ``large_box_side``, when that is smaller than the boxes' own side
-        if self.large_box_side is not None and (
-            self.detection_side is None or self.large_box_side < self.detection_side
-        ):
-            large_boxes = _at_side(segmenter, self.large_box_side)
+        boxes = self._box_segmenter(segmenter, self.detection_side)
         height, width = work.shape[:2]
         for detection in detections:
             x0, y0, x1, y1 = detection.box
@@ -525,9 +522,7 @@ class ToolChainDecomposer:
             coverage = self._peeled_in_box(found, box) if self.reuse_peeled_in_boxes else None
             from_peeled = coverage is not None
             if coverage is None:
-                crop_side = max(x1 - x0, y1 - y0) * (1 + 2 * self.prompt_segmenter.box_margin)  # what is segmented
-                large = large_boxes is not None and crop_side >= self.large_box_min_crop
-                coverage = self.prompt_segmenter.segment_box(work, box, large_boxes if large else boxes)
+                coverage = self.prompt_segmenter.segment_box(work, box, boxes)
             solid = coverage >= 0.5
             if not solid.any() or any(_iou(solid, other >= 0.5) >= 0.5 for other, _ in detected):
                 continue
@@ -537,6 +532,16 @@ class ToolChainDecomposer:
             return found, reason, 0, 0
         objects, reason = self._put_first(work.shape[:2], detected, found, limit, reason, [], "detected")
         return objects, f"{len(detected)} detected; {reason}", len(detected), reused
+
+    def _box_segmenter(self, segmenter: Segmenter | None, side: int | None) -> Segmenter | None:
+        """What segments a box's crop: ``segmenter`` at ``side`` (None: its own), and at ``large_box_side`` for
+        crops of at least ``large_box_min_crop`` pixels where that side is the smaller."""
+        if segmenter is None:
+            return None
+        boxes = _at_side(segmenter, side)
+        if self.large_box_side is None or (side is not None and self.large_box_side >= side):
+            return boxes
+        return _ByCropSize(boxes, _at_side(segmenter, self.large_box_side), self.large_box_min_crop)
 
     def _peeled_in_box(self, found: list[_Found], box: BoxPrompt) -> np.ndarray | None:
         """The peeled objects that lie in ``box`` (see ``reuse_peeled_in_boxes``) as one coverage, or None."""
@@ -851,6 +856,18 @@ class PeelingProposer:
             return []
         found, _, self.last_stop_reason = self.finder._peel(rgb, self.segmenter, limit)
         return coverage_proposals([coverage for coverage, _, _ in found])
+
+
+class _ByCropSize:
+    """``small`` on crops under ``min_crop`` pixels on their long side, ``large`` on the others (the crop already
+    has the detail, and a larger input would only upsample it)."""
+
+    def __init__(self, small: Segmenter, large: Segmenter, min_crop: int) -> None:
+        self.small, self.large, self.min_crop = small, large, min_crop
+        self.name = getattr(small, "name", type(small).__name__)
+
+    def __call__(self, image: Any) -> np.ndarray:
+        return (self.large if max(np.shape(image)[:2]) >= self.min_crop else self.small)(image)
 
 
 def _at_side(segmenter: Segmenter, side: int | None) -> Segmenter:

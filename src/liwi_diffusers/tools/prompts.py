@@ -344,20 +344,26 @@ class PromptSegmenter:
         self.box_priors = tuple(self.box_priors)
 
     def __call__(
-        self, image: np.ndarray, prompts: Prompts, segmenter: Any = None, detected: Sequence[Sequence[float]] = ()
+        self,
+        image: np.ndarray,
+        prompts: Prompts,
+        segmenter: Any = None,
+        detected: Sequence[Sequence[float]] = (),
+        box_segmenter: Any = None,
     ) -> list[np.ndarray]:
         """One ``(H, W)`` float32 coverage per object prompt of ``prompts`` (in pixels of ``image``).
 
         ``detected``: an object detector's boxes ``(x0, y0, x1, y1)`` in pixels of ``image``, which point prompts
-        try first (see `segment_point`).
+        try first (see `segment_point`). ``box_segmenter``: what segments the crop around a box (a box prompt, or
+        a detected box a point tries); None: ``segmenter``.
         """
         negatives = [p.pixel(image.shape) for p in prompts.negative_points]
         masks = []
         for prompt in prompts.objects:
             if isinstance(prompt, BoxPrompt):
-                coverage = self.segment_box(image, prompt, segmenter, negatives)
+                coverage = self.segment_box(image, prompt, box_segmenter or segmenter, negatives)
             else:
-                coverage = self.segment_point(image, prompt, segmenter, negatives, detected)
+                coverage = self.segment_point(image, prompt, segmenter, negatives, detected, box_segmenter)
             masks.append(coverage.astype(np.float32))
         return masks
 
@@ -467,8 +473,9 @@ class PromptSegmenter:
         segmenter: Any = None,
         negatives: Sequence[tuple[int, int]] = (),
         detected: Sequence[Sequence[float]] = (),
+        box_segmenter: Any = None,
     ) -> np.ndarray:
-        """Coverage of the object under ``point``.
+        """Coverage of the object under ``point`` (``box_segmenter``, default ``segmenter``: for detected boxes).
 
         A detected box ``(x0, y0, x1, y1)`` of ``detected`` that holds the point is tried first, smallest first:
         it is segmented as a box prompt is (`segment_box`), and its region under the point is taken when the
@@ -489,7 +496,7 @@ class PromptSegmenter:
             return self.learned.point_mask(image, (x, y), negatives)
         if segmenter is not None:
             for box in sorted(_boxes_holding(detected, x, y), key=lambda b: (b[2] - b[0]) * (b[3] - b[1])):
-                coverage = self.segment_box(image, BoxPrompt(*box), segmenter, negatives)
+                coverage = self.segment_box(image, BoxPrompt(*box), box_segmenter or segmenter, negatives)
                 region = _region_at(coverage >= 0.5, x, y)
                 if region is not None and _depth_at(region, x, y) >= self.min_point_depth:
                     return np.where(dilate(region, 2), coverage, 0.0).astype(np.float32)
