@@ -541,7 +541,7 @@ class ToolChainDecomposer:
         boxes = _at_side(segmenter, side)
         if self.large_box_side is None or (side is not None and self.large_box_side >= side):
             return boxes
-        return _ByCropSize(boxes, _at_side(segmenter, self.large_box_side), self.large_box_min_crop)
+        return _ByCropSize(boxes, segmenter, self.large_box_side, self.large_box_min_crop)
 
     def _peeled_in_box(self, found: list[_Found], box: BoxPrompt) -> np.ndarray | None:
         """The peeled objects that lie in ``box`` (see ``reuse_peeled_in_boxes``) as one coverage, or None."""
@@ -859,15 +859,22 @@ class PeelingProposer:
 
 
 class _ByCropSize:
-    """``small`` on crops under ``min_crop`` pixels on their long side, ``large`` on the others (the crop already
-    has the detail, and a larger input would only upsample it)."""
+    """``small`` on crops under ``min_crop`` pixels on their long side, ``segmenter`` at ``large_side`` on the
+    others (the crop already has the detail, and a larger input would only upsample it). The large-side segmenter
+    (a second ONNX Runtime session) is made on first use only."""
 
-    def __init__(self, small: Segmenter, large: Segmenter, min_crop: int) -> None:
-        self.small, self.large, self.min_crop = small, large, min_crop
+    def __init__(self, small: Segmenter, segmenter: Segmenter, large_side: int, min_crop: int) -> None:
+        self.small, self.min_crop = small, min_crop
+        self._segmenter, self._large_side = segmenter, large_side
+        self._large: Segmenter | None = None
         self.name = getattr(small, "name", type(small).__name__)
 
     def __call__(self, image: Any) -> np.ndarray:
-        return (self.large if max(np.shape(image)[:2]) >= self.min_crop else self.small)(image)
+        if max(np.shape(image)[:2]) < self.min_crop:
+            return self.small(image)
+        if self._large is None:
+            self._large = _at_side(self._segmenter, self._large_side)
+        return self._large(image)
 
 
 def _at_side(segmenter: Segmenter, side: int | None) -> Segmenter:
